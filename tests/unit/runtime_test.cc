@@ -1,0 +1,260 @@
+// The coroutine runtime: Task, EventLoop (ready queue, timers, fds, cross-thread posts,
+// worker pool, io_uring) and the coroutine locks.
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/co_sync.h"
+#include "core/event_loop.h"
+#include "core/thread_pool.h"
+#include "core/uring.h"
+#include "test_support.h"
+
+namespace libblock {
+namespace {
+
+using testing::MakeLoop;
+
+Task<int> Value(int v) { co_return v; }
+
+Task<int> Sum(int n) {
+  int total = 0;
+  for (int i = 0; i < n; ++i) total += co_await Value(i);
+  co_return total;
+}
+
+TEST_CASE("tasks return values through nested awaits", "[runtime]") {
+  auto loop = MakeLoop();
+  REQUIRE(loop->Run(Sum(10)) == 45);
+}
+
+TEST_CASE("a million synchronously completing awaits do not grow the stack", "[runtime]") {
+  auto loop = MakeLoop();
+  // Each iteration awaits a child that finishes without suspending. Were each resume nested,
+  // this would overflow the native stack long before the end.
+  (void)loop->Run(Sum(1000));
+  int64_t n = 0;
+  auto count = [&]() -> Task<void> {
+    for (int i = 0; i < 1000000; ++i) n += co_await Value(1);
+  };
+  loop->Run(count());
+  REQUIRE(n == 1000000);
+}
+
+TEST_CASE("yield interleaves coroutines in FIFO order", "[runtime]") {
+  auto loop = MakeLoop();
+  std::vector<int> order;
+  auto worker = [&](int id) -> Task<void> {
+    for (int i = 0; i < 3; ++i) {
+      order.push_back(id);
+      co_await loop->Yield();
+    }
+  };
+  auto both = [&]() -> Task<void> {
+    loop->Spawn(worker(1));
+    loop->Spawn(worker(2));
+    while (order.size() < 6) co_await loop->Yield();
+  };
+  loop->Run(both());
+  REQUIRE(order == std::vector<int>{1, 2, 1, 2, 1, 2});
+}
+
+TEST_CASE("timers fire in deadline order and can be cancelled", "[runtime]") {
+  auto loop = MakeLoop();
+  std::vector<int> fired;
+  int64_t now = EventLoop::NowNs();
+  loop->AddTimer(now + 30'000'000, [&] { fired.push_back(3); });
+  loop->AddTimer(now + 10'000'000, [&] { fired.push_back(1); });
+  uint64_t cancelled = loop->AddTimer(now + 20'000'000, [&] { fired.push_back(2); });
+  REQUIRE(loop->CancelTimer(cancelled));
+  REQUIRE_FALSE(loop->CancelTimer(cancelled));
+  loop->RunUntil([&] { return fired.size() == 2; });
+  REQUIRE(fired == std::vector<int>{1, 3});
+  REQUIRE(EventLoop::NowNs() - now >= 30'000'000);
+}
+
+TEST_CASE("sleep suspends for at least the given time", "[runtime]") {
+  auto loop = MakeLoop();
+  int64_t start = EventLoop::NowNs();
+  loop->Run(loop->Sleep(20'000'000));
+  REQUIRE(EventLoop::NowNs() - start >= 20'000'000);
+}
+
+TEST_CASE("a post from another thread wakes a blocked loop", "[runtime]") {
+  auto loop = MakeLoop();
+  std::atomic<bool> ran{false};
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    loop->Post([&] { ran = true; });
+  });
+  loop->RunUntil([&] { return ran.load(); });
+  t.join();
+  REQUIRE(ran);
+}
+
+TEST_CASE("worker threads run blocking calls and resume on the loop", "[runtime]") {
+  auto loop = MakeLoop(/*io_uring=*/false);
+  REQUIRE_FALSE(loop->has_thread_pool());  // no thread until asked
+  std::thread::id loop_thread = std::this_thread::get_id();
+  int done = 0;
+  bool all_on_loop = true;
+  auto job = [&](int i) -> Task<void> {
+    int64_t r = co_await loop->RunInThread([i] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      return static_cast<int64_t>(i * 2);
+    });
+    if (std::this_thread::get_id() != loop_thread || r != i * 2) all_on_loop = false;
+    ++done;
+  };
+  for (int i = 0; i < 64; ++i) loop->Spawn(job(i));
+  loop->RunUntil([&] { return done == 64; });
+  REQUIRE(all_on_loop);
+  REQUIRE(loop->thread_pool().thread_count() <= 16);
+  REQUIRE(loop->pending_waits() == 0);
+}
+
+TEST_CASE("WaitFd resumes when a pipe becomes readable", "[runtime]") {
+  auto loop = MakeLoop();
+  int p[2];
+  REQUIRE(pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0);
+  uint32_t revents = 0;
+  bool done = false;
+  loop->Spawn(loop->WaitFd(p[0], EPOLLIN), [&](uint32_t r) {
+    revents = r;
+    done = true;
+  });
+  REQUIRE_FALSE(done);
+  loop->AddTimer(EventLoop::NowNs() + 5'000'000, [&] { REQUIRE(write(p[1], "x", 1) == 1); });
+  loop->RunUntil([&] { return done; });
+  REQUIRE((revents & EPOLLIN));
+  close(p[0]);
+  close(p[1]);
+}
+
+TEST_CASE("CoMutex excludes across suspension points and hands over in FIFO order", "[runtime]") {
+  auto loop = MakeLoop();
+  CoMutex mutex;
+  int inside = 0, max_inside = 0;
+  std::vector<int> order;
+  auto worker = [&](int id) -> Task<void> {
+    auto guard = co_await mutex.ScopedLock();
+    order.push_back(id);
+    ++inside;
+    max_inside = std::max(max_inside, inside);
+    co_await loop->Yield();
+    co_await loop->Sleep(100'000);
+    --inside;
+  };
+  int finished = 0;
+  for (int i = 0; i < 8; ++i) loop->Spawn(worker(i), [&] { ++finished; });
+  loop->RunUntil([&] { return finished == 8; });
+  REQUIRE(max_inside == 1);
+  REQUIRE(order == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7});
+  REQUIRE_FALSE(mutex.locked());
+}
+
+TEST_CASE("CoRwLock shares readers, excludes writers and does not starve them", "[runtime]") {
+  auto loop = MakeLoop();
+  CoRwLock lock;
+  std::vector<std::string> log;
+  int max_readers = 0;
+  auto reader = [&](int id) -> Task<void> {
+    co_await lock.ReadLock();
+    log.push_back("r" + std::to_string(id));
+    max_readers = std::max(max_readers, lock.readers());
+    co_await loop->Sleep(200'000);
+    lock.Unlock();
+  };
+  auto writer = [&]() -> Task<void> {
+    co_await lock.WriteLock();
+    REQUIRE(lock.readers() == 0);
+    log.push_back("w");
+    co_await loop->Sleep(200'000);
+    lock.Unlock();
+  };
+  int finished = 0;
+  auto done = [&] { ++finished; };
+  loop->Spawn(reader(1), done);
+  loop->Spawn(reader(2), done);
+  loop->Spawn(writer(), done);
+  loop->Spawn(reader(3), done);  // arrives after the writer queued: must wait for it
+  loop->RunUntil([&] { return finished == 4; });
+  REQUIRE(max_readers == 2);
+  REQUIRE(log == std::vector<std::string>{"r1", "r2", "w", "r3"});
+}
+
+TEST_CASE("nested Run completes an inner task while outer coroutines stay suspended",
+          "[runtime]") {
+  auto loop = MakeLoop();
+  bool outer_done = false;
+  loop->Spawn(loop->Sleep(5'000'000), [&] { outer_done = true; });
+  auto inner = [&]() -> Task<int> {
+    co_await loop->Yield();
+    co_return 7;
+  };
+  REQUIRE(loop->Run(inner()) == 7);
+  loop->RunUntil([&] { return outer_done; });
+  REQUIRE(outer_done);
+}
+
+#if LIBBLOCK_HAVE_IO_URING
+TEST_CASE("io_uring: 64 concurrent writes then reads land at the right offsets", "[runtime]") {
+  auto loop = MakeLoop(true);
+  REQUIRE(loop->uring() != nullptr);
+  testing::TempDir dir;
+  int fd = open(dir.File("f").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  REQUIRE(fd >= 0);
+  constexpr int kN = 64;
+  constexpr size_t kLen = 4096;
+  std::vector<std::vector<uint8_t>> bufs(kN);
+  int errors = 0, done = 0;
+  auto write_one = [&](int i) -> Task<void> {
+    bufs[i].assign(kLen, static_cast<uint8_t>(i + 1));
+    struct iovec iov = {bufs[i].data(), kLen};
+    int r = co_await loop->uring()->Writev(fd, &iov, 1, static_cast<int64_t>(i) * kLen);
+    if (r != static_cast<int>(kLen)) ++errors;
+    ++done;
+  };
+  for (int i = 0; i < kN; ++i) loop->Spawn(write_one(i));
+  REQUIRE(loop->uring()->in_flight() == kN);  // all queued before anything completes
+  loop->RunUntil([&] { return done == kN; });
+  REQUIRE(errors == 0);
+  done = 0;
+  int mismatches = 0;
+  auto read_one = [&](int i) -> Task<void> {
+    std::vector<uint8_t> buf(kLen);
+    struct iovec iov = {buf.data(), kLen};
+    int r = co_await loop->uring()->Readv(fd, &iov, 1, static_cast<int64_t>(i) * kLen);
+    if (r != static_cast<int>(kLen) || buf != bufs[i]) ++mismatches;
+    ++done;
+  };
+  for (int i = 0; i < kN; ++i) loop->Spawn(read_one(i));
+  loop->RunUntil([&] { return done == kN; });
+  REQUIRE(mismatches == 0);
+  // more ops than ring entries: the overflow queue must not lose any
+  LoopOptions small;
+  small.uring_entries = 8;
+  auto small_loop = EventLoop::Create(small);
+  REQUIRE(small_loop.ok());
+  EventLoop& sl = **small_loop;
+  done = 0;
+  auto fsync_one = [&]() -> Task<void> {
+    int r = co_await sl.uring()->Fsync(fd, true);
+    if (r != 0) ++errors;
+    ++done;
+  };
+  for (int i = 0; i < 100; ++i) sl.Spawn(fsync_one());
+  sl.RunUntil([&] { return done == 100; });
+  REQUIRE(errors == 0);
+  close(fd);
+}
+#endif
+
+}  // namespace
+}  // namespace libblock
