@@ -41,7 +41,7 @@ IoVec IoVec::Slice(size_t offset, size_t len) const {
   return out;
 }
 
-size_t IoVec::CopyFrom(size_t offset, const void* buf, size_t len) {
+size_t IoVec::CopyFrom(size_t offset, const void* buf, size_t len) const {
   const uint8_t* src = static_cast<const uint8_t*>(buf);
   size_t done = 0;
   for (const struct iovec& v : iov_) {
@@ -75,7 +75,7 @@ size_t IoVec::CopyTo(size_t offset, void* buf, size_t len) const {
   return done;
 }
 
-void IoVec::Memset(size_t offset, int c, size_t len) {
+void IoVec::Memset(size_t offset, int c, size_t len) const {
   for (const struct iovec& v : iov_) {
     if (len == 0) break;
     if (offset >= v.iov_len) {

@@ -32,9 +32,10 @@ class IoVec {
   int niov() const { return static_cast<int>(iov_.size()); }
 
   // Copies between this vector (starting at `offset`) and a flat buffer; return bytes copied.
-  size_t CopyFrom(size_t offset, const void* buf, size_t len);
+  // Const: an IoVec is a view; these change the memory it points at, not the view.
+  size_t CopyFrom(size_t offset, const void* buf, size_t len) const;
   size_t CopyTo(size_t offset, void* buf, size_t len) const;
-  void Memset(size_t offset, int c, size_t len);
+  void Memset(size_t offset, int c, size_t len) const;
 
   // True when every byte is zero (detect-zeroes, probed-raw checks).
   bool IsZero() const;

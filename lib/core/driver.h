@@ -1,0 +1,230 @@
+// The driver interface (QEMU's BlockDriver), split as QEMU's block_int-common.h splits it:
+//
+//   Driver      a static descriptor listed in the registry table: name, kind, option schemas,
+//               probe functions, and the factory that makes a NodeDriver for a node.
+//   NodeDriver  one driver instance bound to one node. Control plane: Open, Close, limits,
+//               permissions, reopen. I/O plane: read, write, write-zeroes, discard, flush,
+//               block status, truncate — each a coroutine.
+//
+// The core request path (core/io.cc) calls the I/O plane only with requests that are already
+// validated: inside [0, kMaxLength), aligned to the node's request_alignment, no larger than
+// max_transfer, with the flags the driver declared it supports. Capabilities are declared in
+// NodeDriver::caps() during Open, never discovered by trial calls.
+#ifndef LIBBLOCK_CORE_DRIVER_H_
+#define LIBBLOCK_CORE_DRIVER_H_
+
+#include <climits>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/options.h"
+#include "core/perm.h"
+#include "core/task.h"
+#include "nlohmann/json.hpp"
+#include "util/iovec.h"
+
+namespace libblock {
+
+class Child;
+class Graph;
+class Node;
+class NodeDriver;
+class Transaction;
+struct OpenContext;
+struct CreateContext;
+
+enum class DriverKind { kProtocol, kFormat, kFilter };
+
+// Request flags (QEMU's BdrvRequestFlags, by meaning; the values are ours).
+using ReqFlags = uint32_t;
+inline constexpr ReqFlags kReqFua = 1u << 0;             // durable when the request completes
+inline constexpr ReqFlags kReqMayUnmap = 1u << 1;        // write-zeroes may deallocate
+inline constexpr ReqFlags kReqNoFallback = 1u << 2;      // write-zeroes: ENOTSUP, not a slow path
+inline constexpr ReqFlags kReqSerialising = 1u << 3;     // exclusive against overlapping requests
+inline constexpr ReqFlags kReqWriteUnchanged = 1u << 4;  // the data does not change (copy-on-read)
+inline constexpr ReqFlags kReqNoWait = 1u << 5;          // serialising: fail with EBUSY, don't wait
+
+// Truncate/create preallocation (QEMU's PreallocMode).
+enum class PreallocMode { kOff, kMetadata, kFalloc, kFull };
+std::string_view PreallocModeName(PreallocMode mode);
+absl::StatusOr<PreallocMode> ParsePreallocMode(std::string_view text);
+
+// Block status flags; values match QEMU's BDRV_BLOCK_* so `qemu-img map`-style output and
+// NBD base:allocation mapping read naturally.
+inline constexpr uint32_t kStatusData = 0x01;         // reads return data from `file` at `map`
+inline constexpr uint32_t kStatusZero = 0x02;         // reads return zeroes
+inline constexpr uint32_t kStatusOffsetValid = 0x04;  // `map` and `file` are meaningful
+inline constexpr uint32_t kStatusRaw = 0x08;          // ask `file` at `map` (filters, raw)
+inline constexpr uint32_t kStatusAllocated = 0x10;    // this layer provides the content
+inline constexpr uint32_t kStatusEof = 0x20;          // the range reaches the end of the node
+
+struct BlockStatus {
+  uint32_t flags = 0;
+  int64_t bytes = 0;         // length of the extent the flags describe (> 0)
+  int64_t map = 0;           // host offset in `file`, valid with kStatusOffsetValid
+  Node* file = nullptr;
+};
+
+// Request limits of a node (QEMU's BlockLimits). Zero means "no limit" for max_* fields.
+struct BlockLimits {
+  uint32_t request_alignment = 1;
+  int64_t max_transfer = 0;
+  int64_t opt_transfer = 0;
+  uint32_t min_mem_alignment = 1;
+  uint32_t opt_mem_alignment = 1;
+  uint32_t pdiscard_alignment = 0;
+  int64_t max_pdiscard = 0;
+  uint32_t pwrite_zeroes_alignment = 0;
+  int64_t max_pwrite_zeroes = 0;
+  int max_iov = IOV_MAX;
+};
+
+// What a node's driver can do, declared during Open.
+struct Capabilities {
+  bool write_zeroes = false;   // WriteZeroes is implemented (else: the core writes zero buffers)
+  bool discard = false;        // Discard is implemented (else: discard is a no-op)
+  bool truncate = false;       // Truncate is implemented
+  bool block_status = false;   // GetBlockStatus is implemented (else: all data)
+  ReqFlags write_flags = 0;    // flags Write honours (kReqFua)
+  ReqFlags zero_flags = 0;     // flags WriteZeroes honours (kReqFua, kReqMayUnmap, kReqNoFallback)
+  bool serialise_writes = false;  // every write is serialising against overlapping requests
+};
+
+// Logical and physical block sizes of a host device (QEMU's BlockSizes).
+struct BlockSizes {
+  uint32_t logical = 512;
+  uint32_t physical = 512;
+};
+
+class NodeDriver {
+ public:
+  explicit NodeDriver(Node& node) : node_(node) {}
+  virtual ~NodeDriver() = default;
+  NodeDriver(const NodeDriver&) = delete;
+  NodeDriver& operator=(const NodeDriver&) = delete;
+
+  Node& node() const { return node_; }
+  const Capabilities& caps() const { return caps_; }
+
+  // ---- control plane --------------------------------------------------------------------
+  // Reads the driver's options (already validated into ctx.values), opens children through
+  // ctx.OpenChild, and declares capabilities. On failure the node is torn down.
+  virtual Task<absl::Status> Open(OpenContext& ctx) = 0;
+  // Called while every child is still attached and permissions still held: write back
+  // cached metadata, drop preallocation, etc. In-flight requests have completed.
+  virtual Task<absl::Status> Close() { co_return absl::OkStatus(); }
+
+  // Adjusts limits after the defaults merged from children were filled in.
+  virtual void RefreshLimits(BlockLimits& limits) {}
+
+  // Permissions this node asks of `child`, given the node's own cumulative perm/shared.
+  virtual void ChildPerm(const Child& child, Perm perm, Perm shared, Perm* nperm, Perm* nshared);
+
+  // Checks that the node can take `perm` while others may do `shared`, and prepares it
+  // (e.g. image lock bytes). Register commit/abort actions in `tran`. A relaxation (perm
+  // shrinking, shared growing) must not fail.
+  virtual absl::Status PreparePerm(Perm perm, Perm shared, Transaction& tran) {
+    return absl::OkStatus();
+  }
+
+  // Reopen read-only <-> read-write (the node's flags already show the new state). Prepare
+  // whatever the new mode needs; undo on abort, finish on commit.
+  virtual absl::Status PrepareReopen(bool read_only, Transaction& tran) {
+    return absl::OkStatus();
+  }
+
+  // Current length in bytes (sync: drivers answer from cached metadata or a cheap syscall).
+  virtual absl::StatusOr<int64_t> GetLength() = 0;
+  // Bytes the node occupies on its storage; the default sums the storage children.
+  virtual absl::StatusOr<int64_t> GetAllocatedSize();
+  virtual absl::StatusOr<BlockSizes> ProbeBlockSizes();
+  // Driver-specific fields for `info`.
+  virtual void FillInfo(nlohmann::json& info) {}
+
+  // ---- I/O plane --------------------------------------------------------------------------
+  virtual Task<absl::Status> Read(int64_t offset, int64_t bytes, const IoVec& qiov,
+                                  ReqFlags flags) = 0;
+  virtual Task<absl::Status> Write(int64_t offset, int64_t bytes, const IoVec& qiov,
+                                   ReqFlags flags) = 0;
+  virtual Task<absl::Status> WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags);
+  virtual Task<absl::Status> Discard(int64_t offset, int64_t bytes);
+  // Make completed writes of this node durable in its own layer (children are flushed by
+  // the core afterwards).
+  virtual Task<absl::Status> Flush() { co_return absl::OkStatus(); }
+  virtual Task<absl::StatusOr<BlockStatus>> GetBlockStatus(int64_t offset, int64_t bytes,
+                                                           bool want_zero);
+  virtual Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode,
+                                      ReqFlags flags);
+
+ protected:
+  Capabilities caps_;
+
+ private:
+  Node& node_;
+};
+
+// A filter's instance: every operation it does not override goes unchanged to its filtered
+// child. Only filters that are data-neutral for an operation may inherit it; a filter that
+// changes data must override.
+class FilterDriver : public NodeDriver {
+ public:
+  using NodeDriver::NodeDriver;
+
+  Child* filtered() const { return filtered_; }
+
+  absl::StatusOr<int64_t> GetLength() override;
+  Task<absl::Status> Read(int64_t offset, int64_t bytes, const IoVec& qiov,
+                          ReqFlags flags) override;
+  Task<absl::Status> Write(int64_t offset, int64_t bytes, const IoVec& qiov,
+                           ReqFlags flags) override;
+  Task<absl::Status> WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) override;
+  Task<absl::Status> Discard(int64_t offset, int64_t bytes) override;
+  Task<absl::StatusOr<BlockStatus>> GetBlockStatus(int64_t offset, int64_t bytes,
+                                                   bool want_zero) override;
+  Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode,
+                              ReqFlags flags) override;
+
+ protected:
+  // Opens the "file" child as the filtered child and mirrors its capabilities.
+  Task<absl::Status> OpenFiltered(OpenContext& ctx);
+
+  Child* filtered_ = nullptr;
+};
+
+// The static descriptor of a driver: one entry of the registry table.
+struct Driver {
+  std::string_view name;
+  DriverKind kind;
+  // Filename prefix that selects this protocol ("file" for "file:a.img", "null-co" for
+  // "null-co://"); empty when none.
+  std::string_view protocol_prefix;
+  const OptionSchema* options = nullptr;         // runtime options
+  const OptionSchema* create_options = nullptr;  // nullptr: the driver cannot create images
+  // Formats: score 0..100 of how much the first bytes look like this format.
+  int (*probe)(const uint8_t* buf, size_t len, std::string_view filename) = nullptr;
+  // Protocols: score 0..100 of how much a plain filename names this protocol's kind of file.
+  int (*probe_device)(std::string_view filename) = nullptr;
+  // Makes an instance for a node; nullptr for a format that is recognized but not built.
+  std::unique_ptr<NodeDriver> (*instantiate)(Node& node) = nullptr;
+  // Creates an image (create_options validated into ctx.values).
+  Task<absl::Status> (*create)(CreateContext& ctx) = nullptr;
+  // Protocols: rewrites a filename into options (strips "proto:"); nullptr: filename as is.
+  absl::Status (*parse_filename)(std::string_view filename, Options& options) = nullptr;
+};
+
+// What drivers see while they create an image.
+struct CreateContext {
+  Graph& graph;
+  std::string filename;
+  OptionValues values;   // create_options, validated
+  Options extra;         // options not in the schema (e.g. "file.*" for the protocol layer)
+};
+
+}  // namespace libblock
+
+#endif  // LIBBLOCK_CORE_DRIVER_H_

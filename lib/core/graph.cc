@@ -1,0 +1,672 @@
+#include "core/graph.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <set>
+
+#include "absl/strings/str_format.h"
+#include "core/event_loop.h"
+#include "util/status.h"
+
+namespace libblock {
+namespace {
+
+constexpr std::string_view kDiscardChoices[] = {"ignore", "off", "unmap", "on"};
+constexpr std::string_view kDetectZeroesChoices[] = {"off", "on", "unmap"};
+
+// Options every node accepts, whatever its driver (QEMU's bdrv_runtime_opts + the
+// generic flags of blockdev-add). Inheritable ones have no default here: an unset option
+// takes the parent's value.
+constexpr OptionSpec kGenericSpecs[] = {
+    {"node-name", OptionType::kString, "", "name of the node in the graph"},
+    {"read-only", OptionType::kBool, "", "open the node read-only"},
+    {"auto-read-only", OptionType::kBool, "", "use read-only when read-write is refused"},
+    {"force-share", OptionType::kBool, "",
+     "ignore other users' locks and share every permission (read-only nodes only)"},
+    {"cache.direct", OptionType::kBool, "", "bypass the host page cache (O_DIRECT)"},
+    {"cache.no-flush", OptionType::kBool, "", "ignore flush requests (unsafe)"},
+    {"discard", OptionType::kEnum, "", "discard requests: ignore/off or unmap/on",
+     kDiscardChoices},
+    {"detect-zeroes", OptionType::kEnum, "off",
+     "turn writes of zeroes into write-zeroes: off, on, unmap", kDetectZeroesChoices},
+};
+
+// Node names follow QEMU's id_wellformed rule, and fit its 32-byte node_name field.
+bool WellFormedNodeName(std::string_view name) {
+  if (name.empty() || !std::isalpha(static_cast<unsigned char>(name[0]))) return false;
+  for (char c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_') {
+      return false;
+    }
+  }
+  return true;
+}
+
+// The parent of the temporary edge used to read the probe sector.
+class ProbeParent : public ChildParent {
+ public:
+  std::string ParentDescription() const override { return "the format probe"; }
+};
+
+void MergeLimits(BlockLimits& into, const BlockLimits& from) {
+  auto min_nonzero = [](int64_t a, int64_t b) { return a == 0 ? b : (b == 0 ? a : std::min(a, b)); };
+  into.max_transfer = min_nonzero(into.max_transfer, from.max_transfer);
+  into.opt_transfer = std::max(into.opt_transfer, from.opt_transfer);
+  into.min_mem_alignment = std::max(into.min_mem_alignment, from.min_mem_alignment);
+  into.opt_mem_alignment = std::max(into.opt_mem_alignment, from.opt_mem_alignment);
+  into.max_iov = std::min(into.max_iov, from.max_iov);
+}
+
+}  // namespace
+
+struct Graph::GenericOptions {
+  std::optional<std::string> node_name;
+  NodeFlags flags;
+};
+
+// ---- Node ------------------------------------------------------------------------------------
+
+Node::Node(Graph& graph, const Driver& driver, std::string name, bool auto_named)
+    : graph_(graph), driver_(driver), name_(std::move(name)), auto_named_(auto_named) {}
+
+Node::~Node() = default;
+
+EventLoop& Node::loop() const { return graph_.loop(); }
+
+Child* Node::FindChild(std::string_view name) const {
+  for (Child* c : children_) {
+    if (c->name() == name) return c;
+  }
+  return nullptr;
+}
+
+Child* Node::primary_child() const {
+  for (Child* c : children_) {
+    if (c->role() & (kRolePrimary | kRoleFiltered)) return c;
+  }
+  return nullptr;
+}
+
+std::string Node::ParentDescription() const { return absl::StrFormat("node '%s'", name_); }
+
+absl::Status Node::RefreshSize() {
+  LB_ASSIGN_OR_RETURN(int64_t len, impl_->GetLength());
+  size_ = len;
+  return absl::OkStatus();
+}
+
+void Node::RefreshLimits() {
+  BlockLimits limits;
+  for (Child* c : children_) {
+    if (c->role() & (kRoleData | kRoleFiltered | kRoleCow)) MergeLimits(limits, c->node()->limits());
+  }
+  impl_->RefreshLimits(limits);
+  limits_ = limits;
+}
+
+Task<void> Node::WaitIdle() {
+  while (in_flight_ > 0) co_await idle_waiters_.Wait();
+}
+
+void Node::Drain() {
+  loop().RunUntil([this] { return in_flight_ == 0; });
+}
+
+// ---- OpenContext -------------------------------------------------------------------------------
+
+Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, ChildRole role,
+                                                     bool allow_none) {
+  Options child_options = options.ExtractPrefix(name);
+  std::optional<OptionValue> reference = options.Take(name);
+  const NodeFlags& pf = node.flags();
+  bool parent_is_format = node.driver().kind == DriverKind::kFormat;
+
+  Node* child_node = nullptr;
+  if (reference) {
+    const std::string* ref = std::get_if<std::string>(&*reference);
+    if (!ref) {
+      co_return ErrnoError(EINVAL, absl::StrFormat("option '%s' must name a node", name));
+    }
+    if (!child_options.empty()) {
+      co_return ErrnoError(EINVAL, "Cannot reference an existing block device with additional "
+                                   "options or a new filename");
+    }
+    child_node = graph.FindNode(*ref);
+    if (!child_node) {
+      co_return ErrnoError(ENOENT, absl::StrFormat("Cannot find device='%s' nor node-name='%s'",
+                                                   *ref, *ref));
+    }
+    graph.Ref(child_node);
+  } else if (name == "file" && file_hint) {
+    child_node = std::exchange(file_hint, nullptr);
+  } else {
+    std::string child_filename = name == "file" ? filename : std::string();
+    if (child_options.empty() && child_filename.empty()) {
+      if (allow_none) co_return nullptr;
+      co_return ErrnoError(EINVAL,
+                           absl::StrFormat("A block device must be specified for \"%s\"", name));
+    }
+    // QEMU's bdrv_inherited_options: cache mode and force-share come from the parent; backing
+    // files default to read-only, other children share the parent's mode; lower layers
+    // default to discard=unmap because the top layer already applies the discard policy.
+    OpenParams params;
+    params.protocol_only = (parent_is_format && !(role & kRoleCow)) || (role & kRoleMetadata);
+    params.inherit.cache_direct = pf.cache_direct;
+    params.inherit.cache_no_flush = pf.cache_no_flush;
+    params.inherit.force_share = pf.force_share;
+    if (role & kRoleCow) {
+      params.inherit.read_only = true;
+      params.inherit.auto_read_only = false;
+    } else {
+      params.inherit.read_only = pf.read_only;
+      params.inherit.auto_read_only = pf.auto_read_only;
+    }
+    params.inherit.unmap = true;
+    params.inherit.writethrough = pf.writethrough;
+    absl::StatusOr<Node*> opened =
+        co_await graph.OpenCo(std::move(child_filename), std::move(child_options), params);
+    if (!opened.ok()) co_return opened.status();
+    child_node = *opened;
+  }
+
+  absl::StatusOr<Child*> edge = graph.AttachChild(node, *child_node, std::string(name), role);
+  graph.Unref(child_node);  // the edge holds the reference now (or the node is closed)
+  co_return edge;
+}
+
+// ---- Graph -------------------------------------------------------------------------------------
+
+Graph::Graph(EventLoop& loop, const Registry& registry) : loop_(loop), registry_(registry) {}
+
+Graph::~Graph() {
+  // Close from the roots down until nothing is left. Edges from non-node parents (backends
+  // that were not closed) are cut first so every node becomes reachable as a root.
+  for (auto& [name, node] : nodes_) {
+    for (Child* p : std::vector<Child*>(node->parents_)) {
+      if (!p->parent()->AsNode()) {
+        Transaction tran;
+        Unlink(p, tran);
+        tran.Commit();
+        --node->refcnt_;
+        delete p;
+      }
+    }
+  }
+  while (!nodes_.empty()) {
+    Node* root = nullptr;
+    for (auto& [name, node] : nodes_) {
+      if (node->parents_.empty()) {
+        root = node.get();
+        break;
+      }
+    }
+    if (!root) break;  // impossible in a DAG
+    root->refcnt_ = 1;
+    Unref(root);
+  }
+}
+
+Node* Graph::FindNode(std::string_view name) const {
+  auto it = nodes_.find(name);
+  return it == nodes_.end() ? nullptr : it->second.get();
+}
+
+std::vector<Node*> Graph::nodes() const {
+  std::vector<Node*> out;
+  for (const auto& [name, node] : nodes_) out.push_back(node.get());
+  return out;
+}
+
+void Graph::Warn(std::string_view message) {
+  std::string text(message);
+  if (warning_handler_) {
+    warning_handler_(text);
+  } else {
+    fprintf(stderr, "%s\n", text.c_str());
+  }
+}
+
+absl::StatusOr<std::string> Graph::AssignNodeName(std::optional<std::string> requested) {
+  if (requested) {
+    if (!WellFormedNodeName(*requested)) {
+      return ErrnoError(EINVAL, absl::StrFormat("Invalid node-name: '%s'", *requested));
+    }
+    if (requested->size() >= 32) return ErrnoError(EINVAL, "Node name too long");
+    if (FindNode(*requested)) {
+      return ErrnoError(EEXIST, absl::StrFormat("Duplicate nodes with node-name='%s'", *requested));
+    }
+    return *requested;
+  }
+  // Generated names start with '#', which a user-given name cannot, so they never collide.
+  for (;;) {
+    std::string name = absl::StrFormat("#block%03d", next_auto_name_++);
+    if (!FindNode(name)) return name;
+  }
+}
+
+absl::StatusOr<Graph::GenericOptions> Graph::ParseGenericOptions(const Driver& driver,
+                                                                 Options& options,
+                                                                 const OpenParams& params) {
+  OptionSchema schema{driver.name, kGenericSpecs};
+  LB_ASSIGN_OR_RETURN(OptionValues v, ConsumeOptions(schema, options));
+  GenericOptions out;
+  out.node_name = v.FindString("node-name");
+  NodeFlags& f = out.flags;
+  const InheritedFlags& in = params.inherit;
+  f.explicit_read_only = v.IsSet("read-only");
+  f.read_only = v.FindBool("read-only").value_or(in.read_only.value_or(false));
+  f.auto_read_only = v.FindBool("auto-read-only").value_or(in.auto_read_only.value_or(false));
+  f.force_share = v.FindBool("force-share").value_or(in.force_share.value_or(false));
+  f.cache_direct = v.FindBool("cache.direct").value_or(in.cache_direct.value_or(false));
+  f.cache_no_flush = v.FindBool("cache.no-flush").value_or(in.cache_no_flush.value_or(false));
+  if (auto d = v.FindString("discard")) {
+    f.unmap = (*d == "unmap" || *d == "on");
+  } else {
+    f.unmap = in.unmap.value_or(false);
+  }
+  std::string dz = v.GetString("detect-zeroes");
+  f.detect_zeroes = dz == "on" ? DetectZeroes::kOn : dz == "unmap" ? DetectZeroes::kUnmap
+                                                                    : DetectZeroes::kOff;
+  f.writethrough = in.writethrough;
+  if (f.force_share && !f.read_only) {
+    return ErrnoError(EINVAL, "force-share=on can only be used with read-only images");
+  }
+  if (f.detect_zeroes == DetectZeroes::kUnmap && !f.unmap) {
+    return ErrnoError(EINVAL, "setting detect-zeroes to unmap is not allowed without setting "
+                              "discard operation to unmap");
+  }
+  return out;
+}
+
+absl::StatusOr<Node*> Graph::Open(std::string_view filename, Options options,
+                                  const OpenParams& params) {
+  return loop_.Run(OpenCo(std::string(filename), std::move(options), params));
+}
+
+Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
+                                           OpenParams params) {
+  if (IsJsonFilename(filename)) {
+    absl::StatusOr<Options> json = ParseJsonFilename(filename);
+    if (!json.ok()) co_return json.status();
+    options.MergeMissing(*json);  // explicit options win over the pseudo-filename
+    filename.clear();
+  }
+
+  const Driver* drv = nullptr;
+  if (std::optional<OptionValue> d = options.Take("driver")) {
+    const std::string* name = std::get_if<std::string>(&*d);
+    if (!name) co_return ErrnoError(EINVAL, "option 'driver' must be a string");
+    drv = registry_.Find(*name);
+    if (!drv) co_return ErrnoError(EINVAL, absl::StrFormat("Unknown driver '%s'", *name));
+  }
+  // Without a format, a top-level "filename" option names the protocol file.
+  if (!drv || drv->kind == DriverKind::kProtocol) {
+    if (std::optional<std::string> f = options.GetString("filename")) {
+      if (!filename.empty()) {
+        co_return ErrnoError(EINVAL, "a filename and the 'filename' option cannot be used together");
+      }
+      filename = *f;
+      options.Erase("filename");
+    }
+  }
+  if (!drv && filename.empty()) co_return ErrnoError(EINVAL, "Must specify either driver or file");
+  if (!drv && params.protocol_only) {
+    absl::StatusOr<const Driver*> proto = registry_.ProtocolForFilename(filename);
+    if (!proto.ok()) co_return proto.status();
+    drv = *proto;
+  }
+
+  // Generic options belong to the node being opened; for a probed format they are parsed
+  // before the format is known, so messages name the file instead.
+  Driver placeholder{};
+  std::string owner_name;
+  if (!drv) {
+    owner_name = absl::StrFormat("image '%s'", filename);
+    placeholder.name = owner_name;
+  }
+  absl::StatusOr<GenericOptions> generic =
+      ParseGenericOptions(drv ? *drv : placeholder, options, params);
+  if (!generic.ok()) co_return generic.status();
+
+  Node* probed_file = nullptr;
+  if (!drv) {
+    // QEMU's bdrv_open without a driver: open the protocol layer, then probe the format.
+    OpenParams fp;
+    fp.protocol_only = true;
+    const NodeFlags& gf = generic->flags;
+    fp.inherit = {gf.read_only, gf.auto_read_only, gf.force_share, gf.cache_direct,
+                  gf.cache_no_flush, true, gf.writethrough};
+    absl::StatusOr<Node*> file = co_await OpenCo(filename, options.ExtractPrefix("file"), fp);
+    if (!file.ok()) co_return file.status();
+    probed_file = *file;
+    absl::StatusOr<const Driver*> fmt = co_await ProbeFormat(*probed_file, filename);
+    if (!fmt.ok()) {
+      Unref(probed_file);
+      co_return fmt.status();
+    }
+    drv = *fmt;
+    generic->flags.probed = true;
+  }
+
+  absl::Status st;
+  if (!drv->instantiate) {
+    st = ErrnoError(ENOTSUP, absl::StrFormat("Driver '%s' is not supported by this build of "
+                                             "libblock", drv->name));
+  } else if (drv->kind == DriverKind::kProtocol && !filename.empty()) {
+    if (drv->parse_filename) {
+      st = drv->parse_filename(filename, options);
+    } else {
+      options.Set("filename", filename);
+    }
+  }
+  absl::StatusOr<std::string> name = st.ok() ? AssignNodeName(generic->node_name) : st;
+  if (!name.ok()) {
+    if (probed_file) Unref(probed_file);
+    co_return name.status();
+  }
+
+  auto owned = std::make_unique<Node>(*this, *drv, *name, !generic->node_name.has_value());
+  Node* node = owned.get();
+  nodes_.emplace(*name, std::move(owned));
+  node->refcnt_ = 1;
+  node->flags_ = generic->flags;
+  node->open_options_ = options;
+  node->impl_ = drv->instantiate(*node);
+  if (drv->kind == DriverKind::kProtocol) node->filename_ = filename;
+
+  OpenContext ctx{*this, *node, filename, std::move(options), {}, probed_file};
+  if (drv->options) {
+    absl::StatusOr<OptionValues> values = ConsumeOptions(*drv->options, ctx.options);
+    if (values.ok()) {
+      ctx.values = std::move(*values);
+    } else {
+      st = values.status();
+    }
+  }
+  if (st.ok()) st = co_await node->impl_->Open(ctx);
+  if (st.ok()) {
+    node->opened_ = true;
+    if (!ctx.options.empty()) {
+      const std::string& key = ctx.options.begin()->first;
+      st = ErrnoError(EINVAL, drv->kind == DriverKind::kProtocol
+                                  ? absl::StrFormat("Block protocol '%s' doesn't support the option '%s'", drv->name, key)
+                                  : absl::StrFormat("Block format '%s' does not support the option '%s'", drv->name, key));
+    }
+  }
+  if (st.ok()) {
+    if (node->filename_.empty()) {
+      if (Child* primary = node->primary_child()) node->filename_ = primary->node()->filename();
+    }
+    node->RefreshLimits();
+    st = node->RefreshSize();
+  }
+  if (ctx.file_hint) Unref(ctx.file_hint);  // the driver did not take the probed file
+  if (!st.ok()) {
+    Unref(node);
+    co_return st;
+  }
+  co_return node;
+}
+
+Task<absl::StatusOr<const Driver*>> Graph::ProbeFormat(Node& file, std::string_view filename) {
+  ProbeParent parent;
+  absl::StatusOr<Child*> edge = AttachChild(parent, file, "probe", kRolePrimary, 0, kPermAll);
+  if (!edge.ok()) co_return edge.status();
+  uint8_t buf[kProbeBufferSize] = {};
+  int64_t len = std::min<int64_t>(kProbeBufferSize, file.size());
+  absl::Status st = absl::OkStatus();
+  if (len > 0) st = co_await (*edge)->Pread(0, buf, len);
+  DetachChild(*edge);
+  if (!st.ok()) {
+    co_return ErrnoError(StatusErrno(st), absl::StrFormat("Could not read image for determining "
+                                                          "its format: %s", st.message()));
+  }
+  const Driver* drv = registry_.ProbeFormat(buf, static_cast<size_t>(len), filename).driver;
+  if (!drv) co_return ErrnoError(ENOENT, "Could not determine image format: No compatible driver found");
+  co_return drv;
+}
+
+absl::Status Graph::Create(std::string_view filename, std::string_view format, Options options) {
+  const Driver* drv = registry_.Find(format);
+  if (!drv) return ErrnoError(EINVAL, absl::StrFormat("Unknown file format '%s'", format));
+  if (!drv->create) {
+    return ErrnoError(ENOTSUP, absl::StrFormat("Format driver '%s' does not support image creation",
+                                               drv->name));
+  }
+  CreateContext ctx{*this, std::string(filename), {}, {}};
+  if (drv->create_options) {
+    LB_ASSIGN_OR_RETURN(ctx.values, ConsumeOptions(*drv->create_options, options));
+  }
+  if (!options.empty()) {
+    return ErrnoError(EINVAL, absl::StrFormat("%s: invalid create option '%s'", drv->name,
+                                              options.begin()->first));
+  }
+  return loop_.Run(drv->create(ctx));
+}
+
+void Graph::Ref(Node* node) { ++node->refcnt_; }
+
+void Graph::Unref(Node* node) {
+  if (--node->refcnt_ > 0) return;
+  CloseNode(node);
+}
+
+void Graph::CloseNode(Node* node) {
+  node->closing_ = true;
+  node->Drain();
+  if (node->opened_) {
+    absl::Status st = loop_.Run(node->impl_->Close());
+    if (!st.ok()) Warn(absl::StrFormat("closing node '%s': %s", node->name(), st.message()));
+  }
+  while (!node->children_.empty()) DetachChild(node->children_.back());
+  nodes_.erase(node->name_);
+}
+
+// ---- transactions --------------------------------------------------------------------------------
+
+void Graph::Link(Child* child, Transaction& tran) {
+  if (Node* p = child->parent()->AsNode()) {
+    p->children_.push_back(child);
+    tran.OnAbort([p, child] { std::erase(p->children_, child); });
+  }
+  Node* n = child->node_;
+  n->parents_.push_back(child);
+  tran.OnAbort([n, child] { std::erase(n->parents_, child); });
+}
+
+void Graph::Unlink(Child* child, Transaction& tran) {
+  if (Node* p = child->parent()->AsNode()) {
+    auto pos = std::find(p->children_.begin(), p->children_.end(), child) - p->children_.begin();
+    std::erase(p->children_, child);
+    tran.OnAbort([p, child, pos] { p->children_.insert(p->children_.begin() + pos, child); });
+  }
+  Node* n = child->node_;
+  auto pos = std::find(n->parents_.begin(), n->parents_.end(), child) - n->parents_.begin();
+  std::erase(n->parents_, child);
+  tran.OnAbort([n, child, pos] { n->parents_.insert(n->parents_.begin() + pos, child); });
+}
+
+namespace {
+bool IsDescendant(const Node* ancestor, const Node* candidate) {
+  if (ancestor == candidate) return true;
+  for (const Child* c : ancestor->children()) {
+    if (IsDescendant(c->node(), candidate)) return true;
+  }
+  return false;
+}
+}  // namespace
+
+absl::StatusOr<Child*> Graph::AttachChild(ChildParent& parent, Node& child, std::string name,
+                                          ChildRole role, Perm perm, Perm shared) {
+  Node* parent_node = parent.AsNode();
+  if (parent_node && IsDescendant(&child, parent_node)) {
+    return ErrnoError(EINVAL, absl::StrFormat("Making '%s' a child of '%s' would create a cycle",
+                                              child.name(), parent_node->name()));
+  }
+  auto edge = std::make_unique<Child>(&parent, &child, std::move(name), role);
+  edge->perm_ = parent_node ? 0 : perm;
+  edge->shared_ = parent_node ? kPermAll : shared;
+  Transaction tran;
+  Link(edge.get(), tran);
+  std::vector<Node*> roots = {parent_node ? parent_node : &child};
+  absl::Status st = RefreshPerms(roots, tran, /*relaxing=*/false);
+  if (!st.ok()) {
+    tran.Abort();
+    return st;
+  }
+  tran.Commit();
+  ++child.refcnt_;
+  return edge.release();
+}
+
+void Graph::DetachChild(Child* child) {
+  Node* node = child->node_;
+  Transaction tran;
+  Unlink(child, tran);
+  (void)RefreshPerms({node}, tran, /*relaxing=*/true);
+  tran.Commit();
+  delete child;
+  Unref(node);
+}
+
+absl::Status Graph::ReplaceChild(Child* child, Node& new_node) {
+  Node* old = child->node_;
+  if (old == &new_node) return absl::OkStatus();
+  Node* parent_node = child->parent()->AsNode();
+  if (parent_node && IsDescendant(&new_node, parent_node)) {
+    return ErrnoError(EINVAL, absl::StrFormat("Making '%s' a child of '%s' would create a cycle",
+                                              new_node.name(), parent_node->name()));
+  }
+  Transaction tran;
+  Unlink(child, tran);
+  tran.Assign(&child->node_, &new_node);
+  Link(child, tran);
+  std::vector<Node*> roots = {parent_node ? parent_node : &new_node, old};
+  absl::Status st = RefreshPerms(roots, tran, /*relaxing=*/false);
+  if (!st.ok()) {
+    tran.Abort();
+    return st;
+  }
+  tran.Commit();
+  ++new_node.refcnt_;
+  Unref(old);
+  return absl::OkStatus();
+}
+
+absl::Status Graph::SetEdgePerm(Child* child, Perm perm, Perm shared) {
+  bool relaxing = (perm & ~child->perm_) == 0 && (child->shared_ & ~shared) == 0;
+  Transaction tran;
+  tran.Assign(&child->perm_, perm);
+  tran.Assign(&child->shared_, shared);
+  absl::Status st = RefreshPerms({child->node_}, tran, relaxing);
+  if (!st.ok()) {
+    tran.Abort();
+    return st;
+  }
+  tran.Commit();
+  return absl::OkStatus();
+}
+
+absl::Status Graph::Reopen(Node& node, bool read_only, const std::vector<EdgeUpdate>& edge_updates) {
+  Transaction tran;
+  for (const EdgeUpdate& u : edge_updates) {
+    tran.Assign(&u.child->perm_, u.perm);
+    tran.Assign(&u.child->shared_, u.shared);
+  }
+  // The node itself and every child that inherited its mode (not backing files, not children
+  // whose read-only option was given explicitly) change together.
+  std::vector<Node*> affected;
+  std::function<void(Node*, bool)> collect = [&](Node* n, bool is_target) {
+    if (std::find(affected.begin(), affected.end(), n) != affected.end()) return;
+    if (!is_target && n->flags_.explicit_read_only) return;
+    affected.push_back(n);
+    for (Child* c : n->children_) {
+      if (!(c->role() & kRoleCow)) collect(c->node_, false);
+    }
+  };
+  collect(&node, true);
+  for (Node* n : affected) {
+    if (n->flags_.read_only == read_only) continue;
+    tran.Assign(&n->flags_.read_only, read_only);
+    if (read_only) reopening_read_only_.push_back(n);
+  }
+  absl::Status st;
+  for (Node* n : affected) {
+    st = n->impl_->PrepareReopen(read_only, tran);
+    if (!st.ok()) break;
+  }
+  if (st.ok()) st = RefreshPerms({&node}, tran, /*relaxing=*/false);
+  reopening_read_only_.clear();
+  if (!st.ok()) {
+    tran.Abort();
+    return st;
+  }
+  tran.Commit();
+  return absl::OkStatus();
+}
+
+absl::Status Graph::CheckParentConflicts(const Node& node) const {
+  for (const Child* a : node.parents_) {
+    for (const Child* b : node.parents_) {
+      if (a == b) continue;
+      Perm conflict = b->perm_ & ~a->shared_;
+      if (!conflict) continue;
+      return ErrnoError(
+          EPERM,
+          absl::StrFormat("Permission conflict on node '%s': permissions '%s' are both required "
+                          "by %s (uses node '%s' as '%s' child) and unshared by %s (uses node "
+                          "'%s' as '%s' child).",
+                          node.name(), PermNames(conflict), b->parent()->ParentDescription(),
+                          node.name(), b->name(), a->parent()->ParentDescription(), node.name(),
+                          a->name()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Graph::RefreshPerms(const std::vector<Node*>& roots, Transaction& tran,
+                                 bool relaxing) {
+  // Reverse post-order of a DFS over children: every node comes after all of its parents
+  // that are reachable from the roots, so its incoming edges are final when it is checked.
+  std::vector<Node*> order;
+  std::set<Node*> visited;
+  std::function<void(Node*)> visit = [&](Node* n) {
+    if (!visited.insert(n).second) return;
+    for (Child* c : n->children_) visit(c->node_);
+    order.push_back(n);
+  };
+  for (Node* r : roots) visit(r);
+  std::reverse(order.begin(), order.end());
+
+  for (Node* n : order) {
+    Perm perm = 0, shared = kPermAll;
+    for (const Child* p : n->parents_) {
+      perm |= p->perm_;
+      shared &= p->shared_;
+    }
+    absl::Status st = CheckParentConflicts(*n);
+    if (st.ok() && (perm & (kPermWrite | kPermWriteUnchanged)) && n->flags_.read_only) {
+      bool was_writable = std::find(reopening_read_only_.begin(), reopening_read_only_.end(), n) !=
+                          reopening_read_only_.end();
+      st = ErrnoError(EPERM, was_writable
+                                 ? "Cannot make block node read-only, there is a writer on it"
+                                 : "Block node is read-only");
+    }
+    if (st.ok()) st = n->impl_->PreparePerm(perm, shared, tran);
+    // Losing permissions cannot be refused: a relaxing refresh carries on regardless.
+    if (!st.ok() && !relaxing) return st;
+    tran.Assign(&n->perm_, perm);
+    tran.Assign(&n->shared_, shared);
+    for (Child* c : n->children_) {
+      Perm np = 0, ns = kPermAll;
+      n->impl_->ChildPerm(*c, perm, shared, &np, &ns);
+      if (c->node_->flags_.force_share) ns = kPermAll;
+      tran.Assign(&c->perm_, np);
+      tran.Assign(&c->shared_, ns);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace libblock

@@ -1,0 +1,496 @@
+// The request path: every I/O enters a node through a Child and passes here before the
+// driver sees it (QEMU's block/io.c, by behaviour).
+//
+//  * bounds: offsets and lengths stay within [0, kMaxLength);
+//  * permissions: writes need the edge's write (or write-unchanged) permission, growing the
+//    node needs resize, truncate needs resize;
+//  * alignment: requests are padded out to request_alignment — reads with bounce head/tail
+//    segments, writes by read-modify-write of the partial blocks under a serialising request;
+//  * size: requests are split at max_transfer; reads past the end of the node return zeroes;
+//  * tracking: every request is counted for drain and registered for overlap checks; a
+//    serialising request waits for earlier overlapping requests and makes later ones wait;
+//  * fallbacks: write-zeroes without driver support writes zero buffers, FUA without driver
+//    support becomes a flush, discard is advisory, and flushes are skipped when nothing was
+//    written since the last one.
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <list>
+
+#include "absl/strings/str_format.h"
+#include "core/graph.h"
+#include "core/node.h"
+#include "util/checked_math.h"
+#include "util/status.h"
+
+namespace libblock {
+
+// Counts a request against its node for drain and registers its overlap range.
+class RequestScope {
+ public:
+  explicit RequestScope(Node& node) : node_(node) { ++node_.in_flight_; }
+  ~RequestScope() {
+    Untrack();
+    if (--node_.in_flight_ == 0) node_.idle_waiters_.WakeAll();
+  }
+  RequestScope(const RequestScope&) = delete;
+  RequestScope& operator=(const RequestScope&) = delete;
+
+  void Track(int64_t offset, int64_t bytes, bool serialising) {
+    req_.offset = offset;
+    req_.bytes = bytes;
+    req_.serialising = serialising;
+    req_.seq = node_.next_seq_++;
+    if (serialising) ++node_.serialising_in_flight_;
+    it_ = node_.tracked_.insert(node_.tracked_.end(), &req_);
+    tracked_ = true;
+  }
+
+  // Waits until no earlier overlapping request conflicts with this one (a conflict needs
+  // either side to be serialising). Only earlier requests count, so waits form no cycle.
+  Task<absl::Status> WaitForConflicts(bool no_wait) {
+    if (!req_.serialising && node_.serialising_in_flight_ == 0) co_return absl::OkStatus();
+    for (;;) {
+      TrackedRequest* blocker = nullptr;
+      for (TrackedRequest* r : node_.tracked_) {
+        if (r == &req_ || r->seq > req_.seq) continue;
+        if (!r->serialising && !req_.serialising) continue;
+        if (r->offset < req_.offset + req_.bytes && req_.offset < r->offset + r->bytes) {
+          blocker = r;
+          break;
+        }
+      }
+      if (!blocker) co_return absl::OkStatus();
+      if (no_wait) co_return ErrnoError(EBUSY, "an overlapping request is in flight");
+      co_await blocker->waiters.Wait();
+    }
+  }
+
+ private:
+  void Untrack() {
+    if (!tracked_) return;
+    tracked_ = false;
+    node_.tracked_.erase(it_);
+    if (req_.serialising) --node_.serialising_in_flight_;
+    req_.waiters.WakeAll();
+  }
+
+  Node& node_;
+  TrackedRequest req_;
+  std::list<TrackedRequest*>::iterator it_;
+  bool tracked_ = false;
+};
+
+namespace {
+
+absl::Status RangeError(const Node& n, int64_t offset, int64_t bytes) {
+  return ErrnoError(EIO, absl::StrFormat("node '%s': request [%d, +%d) is out of range",
+                                         n.name(), offset, bytes));
+}
+
+int64_t MaxTransfer(const Node& n) {
+  int64_t max = n.limits().max_transfer;
+  if (max <= 0 || max > (int64_t{1} << 30)) max = int64_t{1} << 30;
+  return std::max<int64_t>(AlignDown(max, n.limits().request_alignment),
+                           n.limits().request_alignment);
+}
+
+// Reads an aligned range from the driver: splits at max_transfer and zero-fills what lies
+// beyond the end of the node (rounded up to the alignment, as the driver may return a
+// partial last block).
+Task<absl::Status> ReadAligned(Node& n, int64_t offset, int64_t bytes, const IoVec& qiov,
+                               ReqFlags flags) {
+  int64_t align = n.limits().request_alignment;
+  int64_t max_bytes = AlignUp(std::max<int64_t>(0, n.size() - offset), align);
+  int64_t max_transfer = MaxTransfer(n);
+  if (bytes <= max_bytes && bytes <= max_transfer) {
+    co_return co_await n.impl()->Read(offset, bytes, qiov, flags);
+  }
+  int64_t done = 0;
+  while (done < bytes) {
+    int64_t num = std::min(bytes - done, max_bytes - done);
+    if (num <= 0) {
+      qiov.Memset(static_cast<size_t>(done), 0, static_cast<size_t>(bytes - done));
+      break;
+    }
+    num = std::min(num, max_transfer);
+    IoVec part = qiov.Slice(static_cast<size_t>(done), static_cast<size_t>(num));
+    LB_CO_RETURN_IF_ERROR(co_await n.impl()->Read(offset + done, num, part, flags));
+    done += num;
+  }
+  co_return absl::OkStatus();
+}
+
+}  // namespace
+
+// The request path's access to node internals (write generations, cached size).
+struct NodeIo {
+  static void NoteWrite(Node& n, int64_t end) {
+    ++n.write_gen_;
+    if (end > n.size_) n.size_ = end;
+  }
+  static void NoteChange(Node& n) { ++n.write_gen_; }
+  static Task<absl::Status> Flush(Node& n);
+};
+
+namespace {
+
+Task<absl::Status> FlushNode(Node& n) { return NodeIo::Flush(n); }
+
+Task<absl::Status> WriteAligned(Node& n, int64_t offset, int64_t bytes, const IoVec& qiov,
+                                ReqFlags flags) {
+  const Capabilities& caps = n.impl()->caps();
+  ReqFlags driver_flags = flags & caps.write_flags;
+  int64_t max_transfer = MaxTransfer(n);
+  for (int64_t done = 0; done < bytes;) {
+    int64_t num = std::min(bytes - done, max_transfer);
+    IoVec part = done == 0 && num == bytes
+                     ? qiov
+                     : qiov.Slice(static_cast<size_t>(done), static_cast<size_t>(num));
+    LB_CO_RETURN_IF_ERROR(co_await n.impl()->Write(offset + done, num, part, driver_flags));
+    done += num;
+  }
+  if ((flags & kReqFua) && !(caps.write_flags & kReqFua)) co_return co_await FlushNode(n);
+  co_return absl::OkStatus();
+}
+
+// The padding of an unaligned request: bounce buffers for the partial head and tail blocks.
+struct Padding {
+  int64_t offset = 0;   // aligned start
+  int64_t bytes = 0;    // aligned length
+  int64_t head = 0;     // bytes of padding before the request
+  int64_t tail = 0;     // bytes of padding after it
+  AlignedBuffer head_buf, tail_buf;
+  bool needed() const { return head != 0 || tail != 0; }
+};
+
+Padding ComputePadding(const Node& n, int64_t offset, int64_t bytes) {
+  Padding p;
+  int64_t align = n.limits().request_alignment;
+  p.offset = AlignDown(offset, align);
+  int64_t end = AlignUp(offset + bytes, align);
+  p.bytes = end - p.offset;
+  p.head = offset - p.offset;
+  p.tail = end - (offset + bytes);
+  size_t mem = std::max<size_t>(n.limits().opt_mem_alignment, 512);
+  if (p.head) p.head_buf = AlignedBuffer(static_cast<size_t>(align), mem);
+  if (p.tail) p.tail_buf = AlignedBuffer(static_cast<size_t>(align), mem);
+  return p;
+}
+
+// head_buf + qiov + tail_buf, where the buffers hold whole blocks and only their padding
+// parts are spliced in. When head and tail fall in one block, tail_buf aliases head_buf.
+IoVec PaddedVector(const Padding& p, const IoVec& qiov, int64_t bytes, int64_t align,
+                   bool same_block) {
+  IoVec out;
+  if (p.head) out.Append(p.head_buf.data(), static_cast<size_t>(p.head));
+  out.AppendSlice(qiov, 0, static_cast<size_t>(bytes));
+  if (p.tail) {
+    uint8_t* tail_block = same_block ? p.head_buf.data() : p.tail_buf.data();
+    out.Append(tail_block + (align - p.tail), static_cast<size_t>(p.tail));
+  }
+  return out;
+}
+
+}  // namespace
+
+Task<absl::Status> NodeIo::Flush(Node& n) {
+  // Nothing written since the last successful flush: nothing to make durable in this layer.
+  // Children are still visited: they may have been written through other parents.
+  absl::Status st;
+  if (n.write_gen_ != n.flushed_gen_) {
+    uint64_t gen = n.write_gen_;
+    st = co_await n.impl()->Flush();
+    if (st.ok()) n.flushed_gen_ = std::max(n.flushed_gen_, gen);
+  }
+  for (Child* c : n.children()) {
+    if (!(c->perm() & (kPermWrite | kPermWriteUnchanged))) continue;
+    absl::Status child_st = co_await c->Flush();
+    if (st.ok()) st = child_st;
+  }
+  co_return st;
+}
+
+namespace {
+
+absl::Status CheckWritable(const Child& c, const Node& n, int64_t offset, int64_t bytes,
+                           ReqFlags flags) {
+  if (!RangeIsValid(offset, bytes)) return RangeError(n, offset, bytes);
+  Perm need = (flags & kReqWriteUnchanged) ? (kPermWrite | kPermWriteUnchanged) : kPermWrite;
+  if (!(c.perm() & need)) {
+    return ErrnoError(EPERM, absl::StrFormat("node '%s': write through '%s' child without the "
+                                             "write permission", n.name(), c.name()));
+  }
+  if (n.flags().read_only) return ErrnoError(EPERM, "Block node is read-only");
+  if (offset + bytes > n.size() && !(c.perm() & kPermResize)) {
+    return ErrnoError(EPERM, absl::StrFormat("node '%s': writing past the end (%d bytes) needs "
+                                             "the resize permission", n.name(), n.size()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// ---- Child I/O ---------------------------------------------------------------------------------
+
+Task<absl::Status> Child::Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) {
+  Node& n = *node_;
+  if (!RangeIsValid(offset, bytes)) co_return RangeError(n, offset, bytes);
+  if (bytes == 0) co_return absl::OkStatus();
+  RequestScope scope(n);
+  int64_t align = n.limits().request_alignment;
+  Padding pad = ComputePadding(n, offset, bytes);
+  scope.Track(pad.offset, pad.bytes, flags & kReqSerialising);
+  LB_CO_RETURN_IF_ERROR(co_await scope.WaitForConflicts(flags & kReqNoWait));
+  flags &= ~(kReqSerialising | kReqNoWait);
+  if (!pad.needed()) co_return co_await ReadAligned(n, offset, bytes, qiov, flags);
+  bool same_block = pad.bytes == align;
+  IoVec padded = PaddedVector(pad, qiov, bytes, align, same_block && pad.head);
+  co_return co_await ReadAligned(n, pad.offset, pad.bytes, padded, flags);
+}
+
+Task<absl::Status> Child::Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) {
+  Node& n = *node_;
+  LB_CO_RETURN_IF_ERROR(CheckWritable(*this, n, offset, bytes, flags));
+  if (bytes == 0) co_return absl::OkStatus();
+  if (n.flags().detect_zeroes != DetectZeroes::kOff && !(flags & kReqWriteUnchanged) &&
+      qiov.IsZero()) {
+    ReqFlags zf = flags & (kReqFua | kReqSerialising);
+    if (n.flags().detect_zeroes == DetectZeroes::kUnmap) zf |= kReqMayUnmap;
+    co_return co_await WriteZeroes(offset, bytes, zf);
+  }
+  RequestScope scope(n);
+  int64_t align = n.limits().request_alignment;
+  Padding pad = ComputePadding(n, offset, bytes);
+  bool serialising = pad.needed() || (flags & kReqSerialising) || n.impl()->caps().serialise_writes;
+  scope.Track(pad.offset, pad.bytes, serialising);
+  LB_CO_RETURN_IF_ERROR(co_await scope.WaitForConflicts(flags & kReqNoWait));
+  flags &= ~(kReqSerialising | kReqNoWait);
+  absl::Status st;
+  if (!pad.needed()) {
+    st = co_await WriteAligned(n, offset, bytes, qiov, flags);
+  } else {
+    // Read-modify-write of the partial blocks. The request is serialising over the aligned
+    // range, so no other write can change those blocks between our read and our write.
+    bool same_block = pad.bytes == align;
+    if (pad.head) {
+      IoVec h(pad.head_buf.data(), static_cast<size_t>(align));
+      LB_CO_RETURN_IF_ERROR(co_await ReadAligned(n, pad.offset, align, h, 0));
+    }
+    if (pad.tail && !(same_block && pad.head)) {
+      IoVec t(pad.tail_buf.data(), static_cast<size_t>(align));
+      LB_CO_RETURN_IF_ERROR(co_await ReadAligned(n, pad.offset + pad.bytes - align, align, t, 0));
+    }
+    IoVec padded = PaddedVector(pad, qiov, bytes, align, same_block && pad.head);
+    st = co_await WriteAligned(n, pad.offset, pad.bytes, padded, flags);
+  }
+  if (st.ok()) NodeIo::NoteWrite(n, offset + bytes);
+  co_return st;
+}
+
+Task<absl::Status> Child::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) {
+  Node& n = *node_;
+  LB_CO_RETURN_IF_ERROR(CheckWritable(*this, n, offset, bytes, flags));
+  if (bytes == 0) co_return absl::OkStatus();
+  if (!n.flags().unmap) flags &= ~kReqMayUnmap;
+  const Capabilities& caps = n.impl()->caps();
+  RequestScope scope(n);
+  int64_t req_align = n.limits().request_alignment;
+  int64_t align = std::max<int64_t>(req_align, n.limits().pwrite_zeroes_alignment);
+  scope.Track(AlignDown(offset, req_align), AlignUp(offset + bytes, req_align) - AlignDown(offset, req_align),
+              flags & kReqSerialising);
+  LB_CO_RETURN_IF_ERROR(co_await scope.WaitForConflicts(flags & kReqNoWait));
+  flags &= ~(kReqSerialising | kReqNoWait);
+
+  int64_t max_zero = n.limits().max_pwrite_zeroes > 0 ? AlignDown(n.limits().max_pwrite_zeroes, align)
+                                                      : AlignDown(kMaxLength, align);
+  if (max_zero <= 0) max_zero = align;
+  AlignedBuffer zero_buf;
+  int64_t pos = offset, end = offset + bytes;
+  while (pos < end) {
+    int64_t num = end - pos;
+    bool aligned_piece = false;
+    if (pos % align) {
+      num = std::min(num, align - pos % align);  // up to the first aligned boundary
+    } else if (num >= align) {
+      num = std::min(AlignDown(num, align), max_zero);
+      aligned_piece = true;
+    }
+    absl::Status st = ErrnoError(ENOTSUP, "write-zeroes not supported");
+    if (caps.write_zeroes && aligned_piece) {
+      st = co_await n.impl()->WriteZeroes(pos, num, flags & caps.zero_flags);
+      if (st.ok() && (flags & kReqFua) && !(caps.zero_flags & kReqFua)) st = co_await FlushNode(n);
+    }
+    if (StatusErrno(st) == ENOTSUP && !aligned_piece && caps.write_zeroes &&
+        num % req_align == 0 && pos % req_align == 0) {
+      // Aligned to the request granularity but not to the zeroing granularity: the driver
+      // may still zero it efficiently.
+      st = co_await n.impl()->WriteZeroes(pos, num, flags & caps.zero_flags);
+    }
+    if (StatusErrno(st) == ENOTSUP) {
+      if (flags & kReqNoFallback) co_return st;
+      // Fall back to writing zeroes, through the padding-aware write path.
+      int64_t chunk = std::min<int64_t>(num, std::min<int64_t>(MaxTransfer(n), 1 << 20));
+      if (!zero_buf || static_cast<int64_t>(zero_buf.size()) < chunk) {
+        zero_buf = AlignedBuffer(static_cast<size_t>(chunk),
+                                 std::max<size_t>(n.limits().opt_mem_alignment, 512), true);
+      }
+      for (int64_t done = 0; done < num;) {
+        int64_t len = std::min(num - done, chunk);
+        IoVec z(zero_buf.data(), static_cast<size_t>(len));
+        int64_t p = pos + done;
+        Padding pad = ComputePadding(n, p, len);
+        if (!pad.needed()) {
+          st = co_await WriteAligned(n, p, len, z, flags);
+        } else {
+          bool same_block = pad.bytes == req_align;
+          absl::Status rs;
+          if (pad.head) {
+            IoVec h(pad.head_buf.data(), static_cast<size_t>(req_align));
+            rs = co_await ReadAligned(n, pad.offset, req_align, h, 0);
+          }
+          if (rs.ok() && pad.tail && !(same_block && pad.head)) {
+            IoVec t(pad.tail_buf.data(), static_cast<size_t>(req_align));
+            rs = co_await ReadAligned(n, pad.offset + pad.bytes - req_align, req_align, t, 0);
+          }
+          if (!rs.ok()) co_return rs;
+          IoVec padded = PaddedVector(pad, z, len, req_align, same_block && pad.head);
+          st = co_await WriteAligned(n, pad.offset, pad.bytes, padded, flags);
+        }
+        if (!st.ok()) break;
+        done += len;
+      }
+    }
+    LB_CO_RETURN_IF_ERROR(st);
+    pos += num;
+  }
+  NodeIo::NoteWrite(n, end);
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> Child::Discard(int64_t offset, int64_t bytes) {
+  Node& n = *node_;
+  if (!RangeIsValid(offset, bytes)) co_return RangeError(n, offset, bytes);
+  if (!(perm() & kPermWrite)) {
+    co_return ErrnoError(EPERM, absl::StrFormat("node '%s': discard through '%s' child without "
+                                                "the write permission", n.name(), name()));
+  }
+  if (n.flags().read_only) co_return ErrnoError(EPERM, "Block node is read-only");
+  // discard=ignore (the default) turns discard into a no-op, as in QEMU.
+  if (!n.flags().unmap || !n.impl()->caps().discard || bytes == 0) co_return absl::OkStatus();
+  int64_t align = std::max<int64_t>(n.limits().request_alignment, n.limits().pdiscard_alignment);
+  int64_t start = AlignUp(offset, align), end = AlignDown(offset + bytes, align);
+  if (start >= end) co_return absl::OkStatus();
+  RequestScope scope(n);
+  scope.Track(start, end - start, false);
+  LB_CO_RETURN_IF_ERROR(co_await scope.WaitForConflicts(false));
+  int64_t max = n.limits().max_pdiscard > 0 ? AlignDown(n.limits().max_pdiscard, align) : end - start;
+  if (max <= 0) max = align;
+  for (int64_t pos = start; pos < end;) {
+    int64_t num = std::min(end - pos, max);
+    absl::Status st = co_await n.impl()->Discard(pos, num);
+    // Discard is advisory: a driver or file system that cannot do it is not an error.
+    if (!st.ok() && StatusErrno(st) != ENOTSUP) co_return st;
+    pos += num;
+  }
+  NodeIo::NoteChange(n);
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> Child::Flush() {
+  Node& n = *node_;
+  RequestScope scope(n);
+  co_return co_await FlushNode(n);
+}
+
+Task<absl::StatusOr<BlockStatus>> Child::GetBlockStatus(int64_t offset, int64_t bytes,
+                                                         bool want_zero) {
+  Node& n = *node_;
+  if (!RangeIsValid(offset, bytes)) co_return RangeError(n, offset, bytes);
+  BlockStatus out;
+  int64_t total = n.size();
+  if (offset >= total || bytes == 0) {
+    out.flags = kStatusEof;
+    out.bytes = 0;
+    co_return out;
+  }
+  bytes = std::min(bytes, total - offset);
+  RequestScope scope(n);
+  if (!n.impl()->caps().block_status) {
+    // No allocation information: everything is data. A protocol maps to itself.
+    out.flags = kStatusData | kStatusAllocated;
+    if (n.driver().kind == DriverKind::kProtocol) {
+      out.flags |= kStatusOffsetValid;
+      out.map = offset;
+      out.file = &n;
+    }
+    out.bytes = bytes;
+  } else {
+    absl::StatusOr<BlockStatus> r = co_await n.impl()->GetBlockStatus(offset, bytes, want_zero);
+    if (!r.ok()) co_return r;
+    out = *r;
+    if (out.bytes <= 0 || out.bytes > bytes) {
+      co_return ErrnoError(EIO, absl::StrFormat("node '%s': driver returned a bad block status "
+                                                "length %d", n.name(), out.bytes));
+    }
+    if (out.flags & kStatusRaw) {
+      // The layer passes the range through unchanged: ask the node it maps to.
+      Child* edge = nullptr;
+      for (Child* c : n.children()) {
+        if (c->node() == out.file) edge = c;
+      }
+      if (!edge) co_return ErrnoError(EIO, "block status points at a node that is not a child");
+      int64_t len = out.bytes;
+      absl::StatusOr<BlockStatus> inner = co_await edge->GetBlockStatus(out.map, len, want_zero);
+      if (!inner.ok()) co_return inner;
+      if (inner->bytes == 0) {  // past the end of the child: reads as zeroes
+        out.flags = kStatusZero | kStatusAllocated;
+        out.file = nullptr;
+      } else {
+        out = *inner;
+        out.flags &= ~kStatusEof;
+      }
+    }
+    if (out.flags & (kStatusData | kStatusZero)) out.flags |= kStatusAllocated;
+  }
+  if (offset + out.bytes == total) out.flags |= kStatusEof;
+  co_return out;
+}
+
+Task<absl::Status> Child::Truncate(int64_t size, bool exact, PreallocMode mode, ReqFlags flags) {
+  Node& n = *node_;
+  if (!(perm() & kPermResize)) {
+    co_return ErrnoError(EPERM, absl::StrFormat("node '%s': resizing through '%s' child needs "
+                                                "the resize permission", n.name(), name()));
+  }
+  if (size < 0) co_return ErrnoError(EINVAL, "Image size cannot be negative");
+  if (size > kMaxLength) {
+    co_return ErrnoError(EFBIG, absl::StrFormat("Required too big image size, it must be not "
+                                                "greater than %d", kMaxLength));
+  }
+  if (n.flags().read_only) co_return ErrnoError(EACCES, "Image is read-only");
+  if (!n.impl()->caps().truncate) {
+    co_return ErrnoError(ENOTSUP, "Image format driver does not support resize");
+  }
+  RequestScope scope(n);
+  int64_t from = std::min(size, n.size());
+  scope.Track(from, kMaxLength - from, true);
+  LB_CO_RETURN_IF_ERROR(co_await scope.WaitForConflicts(false));
+  absl::Status st = co_await n.impl()->Truncate(size, exact, mode, flags);
+  absl::Status refreshed = n.RefreshSize();
+  NodeIo::NoteChange(n);
+  if (!st.ok()) co_return st;
+  co_return refreshed;
+}
+
+Task<absl::Status> Child::Pread(int64_t offset, void* buf, int64_t bytes) {
+  IoVec v(buf, static_cast<size_t>(bytes));
+  co_return co_await Read(offset, bytes, v, 0);
+}
+
+Task<absl::Status> Child::Pwrite(int64_t offset, const void* buf, int64_t bytes, ReqFlags flags) {
+  IoVec v(const_cast<void*>(buf), static_cast<size_t>(bytes));
+  co_return co_await Write(offset, bytes, v, flags);
+}
+
+}  // namespace libblock

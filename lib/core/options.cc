@@ -1,0 +1,682 @@
+// Block layer options: the flat dictionary, the key=value and json: syntaxes, QEMU-compatible
+// number parsing and schema validation.
+//
+// Compatibility notes (behaviour follows QEMU's documented syntax, not its code):
+//  - key=value: elements split at single commas, ",," is a literal comma; the first element may
+//    be an implied value. Unlike QEMU's keyval parser, "a=1,a.b=2" is accepted: -drive style
+//    options legitimately combine "file=x" with "file.locking=off".
+//  - Sizes: qemu_strtosz syntax. Fractions are evaluated exactly in decimal and rounded down to
+//    whole bytes, so "1.5k" is 1536 and "0.1k" is 102.
+#include "core/options.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "nlohmann/json.hpp"
+#include "util/status.h"
+
+namespace libblock {
+namespace {
+
+// Same type as OptionValues::Typed (an alias names the type, so the two are interchangeable).
+using TypedValue = std::variant<std::string, bool, int64_t, uint64_t>;
+
+// Past this depth a json: filename is refused rather than flattened: such filenames can come from
+// untrusted image headers (backing file names) and flattening recurses.
+constexpr int kMaxJsonDepth = 64;
+
+constexpr std::string_view kJsonPrefix = "json:";
+constexpr std::string_view kJsonError = "could not parse the JSON options";
+
+absl::Status InvalidArgument(std::string_view message) { return ErrnoError(EINVAL, message); }
+
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+int HexDigitValue(char c) {
+  if (IsDigit(c)) return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool HasHexPrefix(std::string_view text) {
+  return text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X') &&
+         HexDigitValue(text[2]) >= 0;
+}
+
+// Reads digits of `base` starting at *pos into *value. False on overflow; stops at the first
+// non-digit. The caller checks that at least one digit was read.
+bool AccumulateDigits(std::string_view text, size_t* pos, int base, uint64_t* value) {
+  bool ok = true;
+  for (; *pos < text.size(); ++*pos) {
+    char c = text[*pos];
+    int digit = base == 16 ? HexDigitValue(c) : (IsDigit(c) ? c - '0' : -1);
+    if (digit < 0) break;
+    if (__builtin_mul_overflow(*value, static_cast<uint64_t>(base), value) ||
+        __builtin_add_overflow(*value, static_cast<uint64_t>(digit), value)) {
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+// floor(0.<digits> * 2^shift), computed exactly by doubling the decimal fraction `shift` times
+// and collecting the carries out of the integer position.
+uint64_t FractionTimesPowerOfTwo(std::string_view digits, int shift) {
+  while (!digits.empty() && digits.back() == '0') digits.remove_suffix(1);
+  std::vector<uint8_t> fraction(digits.begin(), digits.end());
+  for (uint8_t& d : fraction) d -= '0';
+  uint64_t result = 0;
+  for (int i = 0; i < shift; ++i) {
+    int carry = 0;
+    for (size_t j = fraction.size(); j-- > 0;) {
+      int v = fraction[j] * 2 + carry;
+      fraction[j] = static_cast<uint8_t>(v % 10);
+      carry = v / 10;
+    }
+    result = result * 2 + static_cast<uint64_t>(carry);
+  }
+  return result;
+}
+
+int SuffixShift(char c) {
+  switch (c) {
+    case 'b': case 'B': return 0;
+    case 'k': case 'K': return 10;
+    case 'm': case 'M': return 20;
+    case 'g': case 'G': return 30;
+    case 't': case 'T': return 40;
+    case 'p': case 'P': return 50;
+    case 'e': case 'E': return 60;
+    default: return -1;
+  }
+}
+
+std::string EscapeCommas(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    out += c;
+    if (c == ',') out += ',';
+  }
+  return out;
+}
+
+absl::Status CheckKey(std::string_view key, bool had_comma) {
+  if (had_comma) {
+    return InvalidArgument(absl::StrFormat("parameter name '%s' contains a comma", key));
+  }
+  if (key.empty()) return InvalidArgument("empty parameter name");
+  size_t start = 0;
+  while (true) {
+    size_t dot = key.find('.', start);
+    size_t end = dot == std::string_view::npos ? key.size() : dot;
+    if (end == start) {
+      return InvalidArgument(absl::StrFormat("invalid parameter name '%s': empty component", key));
+    }
+    if (dot == std::string_view::npos) return absl::OkStatus();
+    start = dot + 1;
+  }
+}
+
+nlohmann::json ScalarToJson(const OptionValue& value) {
+  return std::visit([](const auto& v) { return nlohmann::json(v); }, value);
+}
+
+// Turns objects whose keys are exactly "0".."n-1" into arrays, bottom-up.
+void CrumpleArrays(nlohmann::json& node) {
+  if (!node.is_object()) return;
+  for (auto& child : node) CrumpleArrays(child);
+  if (node.empty()) return;
+  for (size_t i = 0; i < node.size(); ++i) {
+    if (!node.contains(std::to_string(i))) return;
+  }
+  nlohmann::json array = nlohmann::json::array();
+  for (size_t i = 0; i < node.size(); ++i) array.push_back(std::move(node[std::to_string(i)]));
+  node = std::move(array);
+}
+
+absl::Status FlattenJson(const nlohmann::json& node, const std::string& key, int depth,
+                         Options& out) {
+  if (depth > kMaxJsonDepth) {
+    return InvalidArgument(
+        absl::StrFormat("%s: nested more than %d levels deep", kJsonError, kMaxJsonDepth));
+  }
+  auto join = [&](const std::string& child) { return key.empty() ? child : key + "." + child; };
+  if (node.is_object()) {
+    for (const auto& item : node.items()) {
+      if (item.key().empty()) {
+        return InvalidArgument(absl::StrFormat("%s: empty key%s", kJsonError,
+                                               key.empty() ? "" : " in '" + key + "'"));
+      }
+      LB_RETURN_IF_ERROR(FlattenJson(item.value(), join(item.key()), depth + 1, out));
+    }
+    return absl::OkStatus();
+  }
+  if (node.is_array()) {
+    for (size_t i = 0; i < node.size(); ++i) {
+      LB_RETURN_IF_ERROR(FlattenJson(node[i], join(std::to_string(i)), depth + 1, out));
+    }
+    return absl::OkStatus();
+  }
+  OptionValue value;
+  switch (node.type()) {
+    case nlohmann::json::value_t::string: value = node.get<std::string>(); break;
+    case nlohmann::json::value_t::boolean: value = node.get<bool>(); break;
+    case nlohmann::json::value_t::number_integer: value = node.get<int64_t>(); break;
+    case nlohmann::json::value_t::number_unsigned: {
+      uint64_t u = node.get<uint64_t>();
+      if (u <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        value = static_cast<int64_t>(u);
+      } else {
+        value = u;
+      }
+      break;
+    }
+    case nlohmann::json::value_t::number_float: value = node.get<double>(); break;
+    case nlohmann::json::value_t::null:
+      return InvalidArgument(absl::StrFormat("%s: value of '%s' is null", kJsonError, key));
+    default:
+      return InvalidArgument(absl::StrFormat("%s: unsupported value for '%s'", kJsonError, key));
+  }
+  if (out.Has(key)) {
+    return InvalidArgument(absl::StrFormat("%s: parameter '%s' given twice", kJsonError, key));
+  }
+  out.Set(key, std::move(value));
+  return absl::OkStatus();
+}
+
+// A SAX consumer that only remembers where parsing failed, for the error message.
+struct JsonErrorLocator {
+  size_t position = 0;
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(int64_t) { return true; }
+  bool number_unsigned(uint64_t) { return true; }
+  bool number_float(double, const std::string&) { return true; }
+  bool string(std::string&) { return true; }
+  bool binary(nlohmann::json::binary_t&) { return true; }
+  bool start_object(size_t) { return true; }
+  bool key(std::string&) { return true; }
+  bool end_object() { return true; }
+  bool start_array(size_t) { return true; }
+  bool end_array() { return true; }
+  bool parse_error(size_t pos, const std::string&, const nlohmann::json::exception&) {
+    position = pos;
+    return false;
+  }
+};
+
+std::string JoinChoices(absl::Span<const std::string_view> choices) {
+  std::string out;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (i > 0) out += i + 1 == choices.size() ? " or " : ", ";
+    out += absl::StrFormat("'%s'", choices[i]);
+  }
+  return out;
+}
+
+// The error for a value that does not fit the spec's type; `text` is the value as given.
+absl::Status TypeError(std::string_view owner, const OptionSpec& spec, std::string_view text) {
+  std::string what;
+  switch (spec.type) {
+    case OptionType::kString: what = "expects a string"; break;
+    case OptionType::kBool: what = "expects 'on' or 'off'"; break;
+    case OptionType::kInt: what = "expects an integer"; break;
+    case OptionType::kSize:
+      what = "expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E)";
+      break;
+    case OptionType::kEnum:
+      what = absl::StrFormat("does not accept value '%s' (expected %s)", text,
+                             JoinChoices(spec.choices));
+      break;
+  }
+  return InvalidArgument(absl::StrFormat("%s: parameter '%s' %s", owner, spec.name, what));
+}
+
+absl::StatusOr<TypedValue> ConvertText(std::string_view owner, const OptionSpec& spec,
+                                       std::string_view text) {
+  switch (spec.type) {
+    case OptionType::kString:
+      return TypedValue(std::string(text));
+    case OptionType::kEnum:
+      for (std::string_view choice : spec.choices) {
+        if (choice == text) return TypedValue(std::string(text));
+      }
+      break;
+    case OptionType::kBool:
+      if (auto b = ParseBool(text); b.ok()) return TypedValue(*b);
+      break;
+    case OptionType::kInt:
+      if (auto i = ParseInt(text); i.ok()) return TypedValue(*i);
+      break;
+    case OptionType::kSize:
+      if (auto s = ParseSize(text); s.ok()) return TypedValue(*s);
+      break;
+  }
+  return TypeError(owner, spec, text);
+}
+
+absl::StatusOr<TypedValue> Convert(std::string_view owner, const OptionSpec& spec,
+                                   const OptionValue& value) {
+  if (const auto* text = std::get_if<std::string>(&value)) return ConvertText(owner, spec, *text);
+  if (const auto* b = std::get_if<bool>(&value)) {
+    if (spec.type == OptionType::kBool) return TypedValue(*b);
+  } else if (const auto* i = std::get_if<int64_t>(&value)) {
+    if (spec.type == OptionType::kInt) return TypedValue(*i);
+    if (spec.type == OptionType::kSize && *i >= 0) return TypedValue(static_cast<uint64_t>(*i));
+  } else if (const auto* u = std::get_if<uint64_t>(&value)) {
+    if (spec.type == OptionType::kSize) return TypedValue(*u);
+  }
+  return TypeError(owner, spec, OptionValueText(value));
+}
+
+std::string_view TypeName(OptionType type) {
+  switch (type) {
+    case OptionType::kString: return "str";
+    case OptionType::kBool: return "bool (on/off)";
+    case OptionType::kInt: return "num";
+    case OptionType::kSize: return "size";
+    case OptionType::kEnum: return "enum";
+  }
+  return "?";
+}
+
+[[noreturn]] void Die(std::string_view owner, std::string_view caller, std::string_view name,
+                      std::string_view problem) {
+  std::fprintf(stderr, "libblock: %.*s: %.*s(\"%.*s\"): %.*s\n",
+               static_cast<int>(owner.size()), owner.data(), static_cast<int>(caller.size()),
+               caller.data(), static_cast<int>(name.size()), name.data(),
+               static_cast<int>(problem.size()), problem.data());
+  std::abort();
+}
+
+}  // namespace
+
+std::string OptionValueText(const OptionValue& value) {
+  struct Visitor {
+    std::string operator()(const std::string& s) const { return s; }
+    std::string operator()(bool b) const { return b ? "on" : "off"; }
+    std::string operator()(int64_t i) const { return std::to_string(i); }
+    std::string operator()(uint64_t u) const { return std::to_string(u); }
+    std::string operator()(double d) const {
+      char buf[64];
+      auto result = std::to_chars(buf, buf + sizeof(buf), d);
+      return std::string(buf, result.ptr);
+    }
+  };
+  return std::visit(Visitor{}, value);
+}
+
+// ---- Options ----
+
+bool Options::Has(std::string_view key) const { return map_.find(key) != map_.end(); }
+
+const OptionValue* Options::Get(std::string_view key) const {
+  auto it = map_.find(key);
+  return it == map_.end() ? nullptr : &it->second;
+}
+
+std::optional<std::string> Options::GetString(std::string_view key) const {
+  const OptionValue* value = Get(key);
+  if (value == nullptr) return std::nullopt;
+  return OptionValueText(*value);
+}
+
+void Options::Set(std::string key, OptionValue value) {
+  map_.insert_or_assign(std::move(key), std::move(value));
+}
+
+void Options::SetDefault(std::string key, OptionValue value) {
+  map_.try_emplace(std::move(key), std::move(value));
+}
+
+bool Options::Erase(std::string_view key) {
+  auto it = map_.find(key);
+  if (it == map_.end()) return false;
+  map_.erase(it);
+  return true;
+}
+
+std::optional<OptionValue> Options::Take(std::string_view key) {
+  auto it = map_.find(key);
+  if (it == map_.end()) return std::nullopt;
+  OptionValue value = std::move(it->second);
+  map_.erase(it);
+  return value;
+}
+
+Options Options::ExtractPrefix(std::string_view prefix) {
+  std::string start = std::string(prefix) + ".";
+  Options result;
+  auto it = map_.lower_bound(start);
+  while (it != map_.end() && it->first.starts_with(start)) {
+    result.map_.emplace(it->first.substr(start.size()), std::move(it->second));
+    it = map_.erase(it);
+  }
+  return result;
+}
+
+bool Options::HasPrefix(std::string_view prefix) const {
+  std::string start = std::string(prefix) + ".";
+  auto it = map_.lower_bound(start);
+  return it != map_.end() && it->first.starts_with(start);
+}
+
+void Options::MergeMissing(const Options& other) {
+  for (const auto& [key, value] : other.map_) map_.try_emplace(key, value);
+}
+
+std::string Options::ToString() const {
+  std::string out;
+  for (const auto& [key, value] : map_) {
+    if (!out.empty()) out += ',';
+    out += EscapeCommas(key);
+    out += '=';
+    out += EscapeCommas(OptionValueText(value));
+  }
+  return out;
+}
+
+nlohmann::json Options::ToJson() const {
+  nlohmann::json root = nlohmann::json::object();
+  for (const auto& [key, value] : map_) {
+    nlohmann::json* node = &root;
+    std::string_view rest = key;
+    while (true) {
+      size_t dot = rest.find('.');
+      if (dot == std::string_view::npos) break;
+      std::string component(rest.substr(0, dot));
+      auto child = node->find(component);
+      if (child == node->end()) {
+        node = &((*node)[component] = nlohmann::json::object());
+      } else if (child->is_object()) {
+        node = &*child;
+      } else {
+        break;  // a scalar sits here already: keep the rest of the key flat
+      }
+      rest.remove_prefix(dot + 1);
+    }
+    (*node)[std::string(rest)] = ScalarToJson(value);
+  }
+  for (auto& child : root) CrumpleArrays(child);
+  return root;
+}
+
+// ---- Parsers ----
+
+absl::StatusOr<Options> ParseKeyValueOptions(std::string_view text, std::string_view implied_key) {
+  Options opts;
+  if (text.empty()) return opts;
+  size_t pos = 0;
+  for (bool first = true;; first = false) {
+    // One element, up to the next single comma, with ",," undoubled.
+    std::string element;
+    size_t eq = std::string::npos;
+    bool comma_in_key = false;
+    while (pos < text.size()) {
+      char c = text[pos];
+      if (c == ',') {
+        if (pos + 1 == text.size() || text[pos + 1] != ',') break;
+        if (eq == std::string::npos) comma_in_key = true;
+        element += ',';
+        pos += 2;
+        continue;
+      }
+      if (c == '=' && eq == std::string::npos) eq = element.size();
+      element += c;
+      ++pos;
+    }
+    if (element.empty()) {
+      return InvalidArgument(absl::StrFormat("empty element in options '%s'", text));
+    }
+    std::string key;
+    std::string value;
+    if (eq == std::string::npos) {
+      if (!first || implied_key.empty()) {
+        return InvalidArgument(
+            absl::StrFormat("parameter '%s' has no value (expected key=value)", element));
+      }
+      key = std::string(implied_key);
+      value = std::move(element);
+    } else {
+      key = element.substr(0, eq);
+      value = element.substr(eq + 1);
+      LB_RETURN_IF_ERROR(CheckKey(key, comma_in_key));
+    }
+    if (opts.Has(key)) {
+      return InvalidArgument(absl::StrFormat("parameter '%s' given twice", key));
+    }
+    opts.Set(std::move(key), std::move(value));
+    if (pos == text.size()) return opts;
+    ++pos;  // the separating comma; a trailing one leaves an empty element behind
+  }
+}
+
+bool IsJsonFilename(std::string_view filename) { return filename.starts_with(kJsonPrefix); }
+
+absl::StatusOr<Options> ParseJsonFilename(std::string_view filename) {
+  if (!IsJsonFilename(filename)) {
+    return InvalidArgument(absl::StrFormat("%s: filename does not start with 'json:'", kJsonError));
+  }
+  std::string_view body = filename.substr(kJsonPrefix.size());
+  nlohmann::json tree = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (tree.is_discarded()) {
+    JsonErrorLocator locator;
+    nlohmann::json::sax_parse(body, &locator);
+    return InvalidArgument(absl::StrFormat("%s: syntax error at byte %d of '%s'", kJsonError,
+                                           locator.position + kJsonPrefix.size(), filename));
+  }
+  if (!tree.is_object()) {
+    return InvalidArgument(absl::StrFormat("%s: expected an object, got %s", kJsonError,
+                                           tree.type_name()));
+  }
+  Options opts;
+  LB_RETURN_IF_ERROR(FlattenJson(tree, "", 0, opts));
+  return opts;
+}
+
+absl::StatusOr<uint64_t> ParseSize(std::string_view text) {
+  auto fail = [&](std::string_view why) {
+    return InvalidArgument(absl::StrFormat("invalid size '%s': %s", text, why));
+  };
+  if (text.empty()) return fail("empty");
+  if (text[0] == '-') return fail("negative sizes are not allowed");
+  bool hex = HasHexPrefix(text);
+  size_t pos = hex ? 2 : 0;
+  size_t digits_start = pos;
+  uint64_t whole = 0;
+  bool fits = AccumulateDigits(text, &pos, hex ? 16 : 10, &whole);
+  if (pos == digits_start) return fail("expected a number");
+  std::string_view fraction;
+  if (!hex && pos < text.size() && text[pos] == '.') {
+    size_t start = ++pos;
+    while (pos < text.size() && IsDigit(text[pos])) ++pos;
+    if (pos == start) return fail("expected digits after '.'");
+    fraction = text.substr(start, pos - start);
+  }
+  int shift = 0;
+  if (pos < text.size() && SuffixShift(text[pos]) >= 0) shift = SuffixShift(text[pos++]);
+  if (pos < text.size()) {
+    return fail(absl::StrFormat("unexpected '%s'", text.substr(pos)));
+  }
+  if (!fits || whole > (std::numeric_limits<uint64_t>::max() >> shift)) {
+    return fail("too large (the limit is 2^64 - 1 bytes)");
+  }
+  if (shift == 0 && fraction.find_first_not_of('0') != std::string_view::npos) {
+    return fail("fractional number of bytes");
+  }
+  // whole <= max >> shift and the fraction adds less than 2^shift, so this cannot overflow.
+  return (whole << shift) + FractionTimesPowerOfTwo(fraction, shift);
+}
+
+absl::StatusOr<bool> ParseBool(std::string_view text) {
+  if (text == "on" || text == "yes" || text == "true") return true;
+  if (text == "off" || text == "no" || text == "false") return false;
+  return InvalidArgument(absl::StrFormat("invalid boolean '%s' (expected 'on' or 'off')", text));
+}
+
+absl::StatusOr<int64_t> ParseInt(std::string_view text) {
+  std::string_view digits = text;
+  bool negative = false;
+  if (!digits.empty() && (digits[0] == '-' || digits[0] == '+')) {
+    negative = digits[0] == '-';
+    digits.remove_prefix(1);
+  }
+  bool hex = HasHexPrefix(digits);
+  size_t pos = hex ? 2 : 0;
+  uint64_t magnitude = 0;
+  bool fits = AccumulateDigits(digits, &pos, hex ? 16 : 10, &magnitude);
+  if (pos == (hex ? 2u : 0u) || pos != digits.size()) {
+    return InvalidArgument(absl::StrFormat("invalid integer '%s'", text));
+  }
+  uint64_t limit = static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) + (negative ? 1 : 0);
+  if (!fits || magnitude > limit) {
+    return InvalidArgument(absl::StrFormat("integer '%s' is out of range", text));
+  }
+  // Negating in unsigned arithmetic handles INT64_MIN, whose magnitude has no int64 form.
+  return negative ? static_cast<int64_t>(0 - magnitude) : static_cast<int64_t>(magnitude);
+}
+
+// ---- Schemas ----
+
+const OptionSpec* OptionSchema::Find(std::string_view name) const {
+  for (const OptionSpec& spec : specs) {
+    if (spec.name == name) return &spec;
+  }
+  return nullptr;
+}
+
+std::string OptionSchema::Help() const {
+  std::vector<std::string> heads;
+  size_t width = 0;
+  for (const OptionSpec& spec : specs) {
+    std::string type = std::string(TypeName(spec.type));
+    if (spec.type == OptionType::kEnum && !spec.choices.empty()) {
+      type.clear();
+      for (std::string_view choice : spec.choices) {
+        if (!type.empty()) type += '|';
+        type += choice;
+      }
+    }
+    heads.push_back(absl::StrFormat("%s=<%s>", spec.name, type));
+    width = std::max(width, heads.back().size());
+  }
+  std::string out;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    out += absl::StrFormat("  %-*s  - %s", static_cast<int>(width), heads[i], specs[i].help);
+    if (!specs[i].default_value.empty()) {
+      out += absl::StrFormat(" (default: %s)", specs[i].default_value);
+    }
+    out += '\n';
+  }
+  return out;
+}
+
+// ---- OptionValues ----
+
+const OptionValues::Entry& OptionValues::Lookup(std::string_view name,
+                                                std::string_view caller) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) Die(owner_, caller, name, "no such option in the schema");
+  return it->second;
+}
+
+const OptionValues::Typed* OptionValues::Effective(std::string_view name, std::string_view caller,
+                                                   std::initializer_list<OptionType> types) const {
+  const Entry& entry = Lookup(name, caller);
+  bool type_ok = false;
+  for (OptionType type : types) type_ok |= entry.type == type;
+  if (!type_ok) Die(owner_, caller, name, "the option has another type");
+  if (entry.value) return &*entry.value;
+  if (entry.default_value) return &*entry.default_value;
+  return nullptr;
+}
+
+bool OptionValues::IsSet(std::string_view name) const {
+  return Lookup(name, "OptionValues::IsSet").value.has_value();
+}
+
+bool OptionValues::Has(std::string_view name) const {
+  const Entry& entry = Lookup(name, "OptionValues::Has");
+  return entry.value.has_value() || entry.default_value.has_value();
+}
+
+const OptionValues::Typed& OptionValues::Required(std::string_view name, std::string_view caller,
+                                                  std::initializer_list<OptionType> types) const {
+  const Typed* typed = Effective(name, caller, types);
+  if (typed == nullptr) Die(owner_, caller, name, "neither a value nor a default");
+  return *typed;
+}
+
+std::string OptionValues::GetString(std::string_view name) const {
+  return std::get<std::string>(
+      Required(name, "OptionValues::GetString", {OptionType::kString, OptionType::kEnum}));
+}
+
+bool OptionValues::GetBool(std::string_view name) const {
+  return std::get<bool>(Required(name, "OptionValues::GetBool", {OptionType::kBool}));
+}
+
+int64_t OptionValues::GetInt(std::string_view name) const {
+  return std::get<int64_t>(Required(name, "OptionValues::GetInt", {OptionType::kInt}));
+}
+
+uint64_t OptionValues::GetSize(std::string_view name) const {
+  return std::get<uint64_t>(Required(name, "OptionValues::GetSize", {OptionType::kSize}));
+}
+
+std::optional<std::string> OptionValues::FindString(std::string_view name) const {
+  const Typed* typed =
+      Effective(name, "OptionValues::FindString", {OptionType::kString, OptionType::kEnum});
+  if (typed == nullptr) return std::nullopt;
+  return std::get<std::string>(*typed);
+}
+
+std::optional<bool> OptionValues::FindBool(std::string_view name) const {
+  const Typed* typed = Effective(name, "OptionValues::FindBool", {OptionType::kBool});
+  if (typed == nullptr) return std::nullopt;
+  return std::get<bool>(*typed);
+}
+
+std::optional<int64_t> OptionValues::FindInt(std::string_view name) const {
+  const Typed* typed = Effective(name, "OptionValues::FindInt", {OptionType::kInt});
+  if (typed == nullptr) return std::nullopt;
+  return std::get<int64_t>(*typed);
+}
+
+std::optional<uint64_t> OptionValues::FindSize(std::string_view name) const {
+  const Typed* typed = Effective(name, "OptionValues::FindSize", {OptionType::kSize});
+  if (typed == nullptr) return std::nullopt;
+  return std::get<uint64_t>(*typed);
+}
+
+absl::StatusOr<OptionValues> ConsumeOptions(const OptionSchema& schema, Options& opts) {
+  OptionValues values;
+  values.owner_ = std::string(schema.owner);
+  std::vector<std::string_view> taken;
+  for (const OptionSpec& spec : schema.specs) {
+    OptionValues::Entry entry{spec.type, std::nullopt, std::nullopt};
+    if (!spec.default_value.empty()) {
+      auto parsed = ConvertText(schema.owner, spec, spec.default_value);
+      if (!parsed.ok()) Die(schema.owner, "ConsumeOptions", spec.name, "invalid default in schema");
+      entry.default_value = *std::move(parsed);
+    }
+    if (const OptionValue* given = opts.Get(spec.name)) {
+      LB_ASSIGN_OR_RETURN(entry.value, Convert(schema.owner, spec, *given));
+      taken.push_back(spec.name);
+    }
+    values.entries_.insert_or_assign(std::string(spec.name), std::move(entry));
+  }
+  // Only now, so that a failure leaves `opts` as it was.
+  for (std::string_view name : taken) opts.Erase(name);
+  return values;
+}
+
+}  // namespace libblock

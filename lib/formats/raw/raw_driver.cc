@@ -1,0 +1,201 @@
+// The raw format driver (QEMU's block/raw-format.c by behaviour).
+//
+// Without offset/size, raw is a filter over its file (the child role is "filtered"); with
+// them it maps guest [0, size) to file [offset, offset+size) (role "data"). Write
+// permission and resize are only asked of the file when raw's own users need them.
+//
+// Probed images: when the format was guessed rather than given, a guest could write a
+// header into sector 0 that makes the next open probe the file as another format (and read
+// a backing file of its choice). Like QEMU, such a node works on whole 512-byte sectors and
+// refuses (EPERM) a write whose new sector 0 would probe as anything but raw. The checked
+// bytes are copied first, so what was checked is exactly what is written.
+#include "formats/raw/raw_driver.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "core/graph.h"
+#include "core/node.h"
+#include "core/registry.h"
+#include "protocols/file/file_driver.h"
+#include "util/checked_math.h"
+#include "util/status.h"
+
+namespace libblock::raw {
+namespace {
+
+constexpr OptionSpec kSpecs[] = {
+    {"offset", OptionType::kSize, "0", "offset in the image file at which the disk starts"},
+    {"size", OptionType::kSize, "", "size of the disk (default: the rest of the file)"},
+};
+constexpr OptionSchema kSchema{"raw", kSpecs};
+
+constexpr int64_t kSectorSize = 512;
+
+class RawNode final : public NodeDriver {
+ public:
+  using NodeDriver::NodeDriver;
+
+  Task<absl::Status> Open(OpenContext& ctx) override {
+    offset_ = static_cast<int64_t>(ctx.values.GetSize("offset"));
+    if (std::optional<uint64_t> size = ctx.values.FindSize("size")) {
+      if (*size % kSectorSize) co_return ErrnoError(EINVAL, "Specified size is not multiple of 512");
+      size_ = static_cast<int64_t>(std::min<uint64_t>(*size, kMaxLength));
+    }
+    ChildRole role = (offset_ || size_) ? (kRoleData | kRolePrimary) : (kRoleFiltered | kRolePrimary);
+    absl::StatusOr<Child*> file = co_await ctx.OpenChild("file", role, /*allow_none=*/false);
+    if (!file.ok()) co_return file.status();
+    file_ = *file;
+
+    int64_t real = file_->node()->size();
+    if (offset_ > real) {
+      co_return ErrnoError(EINVAL, absl::StrFormat("Offset (%d) cannot be greater than size of the "
+                                                   "containing file (%d)", offset_, real));
+    }
+    if (size_ && real - offset_ < *size_) {
+      co_return ErrnoError(EINVAL, absl::StrFormat("The sum of offset (%d) and size (%d) has to be "
+                                                   "smaller or equal to the  actual size of the "
+                                                   "containing file (%d)", offset_, *size_, real));
+    }
+    const Capabilities& below = file_->node()->impl()->caps();
+    caps_.write_zeroes = true;
+    caps_.discard = true;
+    caps_.truncate = true;
+    caps_.block_status = true;
+    caps_.write_flags = below.write_flags;
+    caps_.zero_flags = below.zero_flags | kReqMayUnmap | kReqNoFallback;
+
+    if (node().flags().probed && !node().flags().read_only) {
+      ctx.graph.Warn(absl::StrFormat(
+          "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
+          "         Automatically detecting the format is dangerous for raw images, write "
+          "operations on block 0 will be restricted.\n"
+          "         Specify the 'raw' format explicitly to remove the restrictions.",
+          file_->node()->filename()));
+    }
+    co_return absl::OkStatus();
+  }
+
+  void RefreshLimits(BlockLimits& limits) override {
+    // A probed image is written in whole sectors, so sector 0 is always checked whole.
+    if (node().flags().probed) limits.request_alignment = std::max<uint32_t>(limits.request_alignment, kSectorSize);
+  }
+
+  void ChildPerm(const Child& child, Perm perm, Perm shared, Perm* nperm, Perm* nshared) override {
+    NodeDriver::ChildPerm(child, perm, shared, nperm, nshared);
+    // The data-role defaults add write/resize for formats that grow their files; raw only
+    // needs them when its users do, and asking for more would cause needless conflicts.
+    *nperm = (*nperm & ~(kPermWrite | kPermResize)) | (perm & (kPermWrite | kPermResize));
+  }
+
+  absl::StatusOr<int64_t> GetLength() override {
+    if (size_) return *size_;
+    return std::max<int64_t>(0, file_->node()->size() - offset_);
+  }
+
+  absl::StatusOr<BlockSizes> ProbeBlockSizes() override {
+    LB_ASSIGN_OR_RETURN(BlockSizes sizes, file_->node()->impl()->ProbeBlockSizes());
+    if (offset_ % std::max(sizes.logical, sizes.physical)) {
+      return ErrnoError(ENOTSUP, "the offset is not aligned to the device's block size");
+    }
+    return sizes;
+  }
+
+  void FillInfo(nlohmann::json& info) override {
+    if (offset_) info["offset"] = offset_;
+    if (size_) info["size"] = *size_;
+  }
+
+  Task<absl::Status> Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) override {
+    co_return co_await file_->Read(offset + offset_, bytes, qiov, flags);
+  }
+
+  Task<absl::Status> Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) override {
+    LB_CO_RETURN_IF_ERROR(CheckWindow(offset, bytes));
+    if (node().flags().probed && offset < kSectorSize && bytes > 0) {
+      // The request path aligned us to whole sectors, so this write starts at 0 and covers
+      // sector 0 entirely.
+      uint8_t sector0[kSectorSize];
+      qiov.CopyTo(0, sector0, kSectorSize);
+      ProbeMatch match = node().graph().registry().ProbeFormat(sector0, kSectorSize, "");
+      if (match.driver && match.driver->name != "raw") {
+        co_return ErrnoError(EPERM, absl::StrFormat("raw: refusing to write sector 0 of probed "
+                                                    "image '%s': it would be detected as %s",
+                                                    file_->node()->filename(), match.driver->name));
+      }
+      IoVec checked(sector0, kSectorSize);
+      checked.AppendSlice(qiov, kSectorSize, static_cast<size_t>(bytes - kSectorSize));
+      co_return co_await file_->Write(offset + offset_, bytes, checked, flags);
+    }
+    co_return co_await file_->Write(offset + offset_, bytes, qiov, flags);
+  }
+
+  Task<absl::Status> WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) override {
+    LB_CO_RETURN_IF_ERROR(CheckWindow(offset, bytes));
+    co_return co_await file_->WriteZeroes(offset + offset_, bytes, flags);
+  }
+
+  Task<absl::Status> Discard(int64_t offset, int64_t bytes) override {
+    LB_CO_RETURN_IF_ERROR(CheckWindow(offset, bytes));
+    co_return co_await file_->Discard(offset + offset_, bytes);
+  }
+
+  Task<absl::StatusOr<BlockStatus>> GetBlockStatus(int64_t offset, int64_t bytes, bool) override {
+    BlockStatus s;
+    s.flags = kStatusRaw | kStatusOffsetValid;
+    s.bytes = bytes;
+    s.map = offset + offset_;
+    s.file = file_->node();
+    co_return s;
+  }
+
+  Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode, ReqFlags flags) override {
+    if (size_) co_return ErrnoError(ENOTSUP, "Cannot resize fixed-size raw disks");
+    if (kMaxLength - size < offset_) co_return ErrnoError(EINVAL, "Disk size too large for the chosen offset");
+    co_return co_await file_->Truncate(size + offset_, exact, mode, flags);
+  }
+
+ private:
+  // Writes must stay inside a fixed-size window.
+  absl::Status CheckWindow(int64_t offset, int64_t bytes) const {
+    if (size_ && (offset > *size_ || bytes > *size_ - offset)) {
+      return ErrnoError(ENOSPC, absl::StrFormat("raw: write [%d, +%d) past the end of the %d-byte "
+                                                "window", offset, bytes, *size_));
+    }
+    return absl::OkStatus();
+  }
+
+  Child* file_ = nullptr;
+  int64_t offset_ = 0;
+  std::optional<int64_t> size_;
+};
+
+std::unique_ptr<NodeDriver> Instantiate(Node& node) { return std::make_unique<RawNode>(node); }
+
+// Creating a raw image is creating its protocol file, with the same options.
+Task<absl::Status> Create(CreateContext& ctx) {
+  absl::StatusOr<const Driver*> proto = ctx.graph.registry().ProtocolForFilename(ctx.filename);
+  if (!proto.ok()) co_return proto.status();
+  if (!(*proto)->create) {
+    co_return ErrnoError(ENOTSUP, absl::StrFormat("Protocol driver '%s' does not support image "
+                                                  "creation", (*proto)->name));
+  }
+  co_return co_await (*proto)->create(ctx);
+}
+
+}  // namespace
+
+int Probe(const uint8_t*, size_t, std::string_view) { return 1; }
+
+const Driver kDriver = {
+    .name = "raw",
+    .kind = DriverKind::kFormat,
+    .options = &kSchema,
+    .create_options = &file::kFileCreateSchema,  // qemu-img merges the protocol's options
+    .probe = Probe,
+    .instantiate = Instantiate,
+    .create = Create,
+};
+
+}  // namespace libblock::raw

@@ -1,0 +1,762 @@
+// The "file" and "host_device" protocols, after QEMU's file-posix by behaviour.
+//
+// Open flags: O_RDONLY/O_RDWR by the node's mode, O_DIRECT for cache.direct, O_DSYNC when the
+// node inherited writethrough (cache=writethrough|directsync). Data moves through the loop's
+// io_uring ring (aio=io_uring, the default when the ring exists) or the worker pool
+// (aio=threads); short transfers are continued, reads past EOF return zeroes. With O_DIRECT
+// the request and buffer alignments are probed (BLKSSZGET for devices) and misaligned
+// buffers are bounced.
+//
+// Write-zeroes uses fallocate (PUNCH_HOLE when unmapping is allowed, else ZERO_RANGE, plain
+// allocation past EOF; BLKZEROOUT on devices); discard punches holes (BLKDISCARD on
+// devices); block status comes from SEEK_DATA/SEEK_HOLE. Image locks (file_lock.h) follow
+// the permission transaction: prepare locks the union of old and new and checks for
+// conflicts, commit shrinks to the new set, abort restores the old one.
+#include "protocols/file/file_driver.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_format.h"
+#include "core/event_loop.h"
+#include "core/graph.h"
+#include "core/node.h"
+#include "core/transaction.h"
+#include "core/uring.h"
+#include "protocols/file/file_lock.h"
+#include "util/checked_math.h"
+#include "util/status.h"
+
+namespace libblock::file {
+namespace {
+
+constexpr std::string_view kAioChoices[] = {"threads", "native", "io_uring"};
+constexpr std::string_view kLockingChoices[] = {"auto", "on", "off"};
+constexpr OptionSpec kRuntimeSpecs[] = {
+    {"filename", OptionType::kString, "", "file name of the image"},
+    {"aio", OptionType::kEnum, "",
+     "host AIO implementation: threads, io_uring (default when available), native (io_uring, "
+     "needs cache.direct=on)", kAioChoices},
+    {"locking", OptionType::kEnum, "auto", "image file locking: auto, on, off", kLockingChoices},
+};
+constexpr OptionSchema kFileSchema{"file", kRuntimeSpecs};
+constexpr OptionSchema kHostDeviceSchema{"host_device", kRuntimeSpecs};
+
+constexpr std::string_view kPreallocChoices[] = {"off", "falloc", "full"};
+constexpr OptionSpec kCreateSpecs[] = {
+    {"size", OptionType::kSize, "", "virtual disk size"},
+    {"preallocation", OptionType::kEnum, "off", "preallocation mode: off, falloc, full",
+     kPreallocChoices},
+    {"nocow", OptionType::kBool, "off", "turn off copy-on-write (btrfs only)"},
+    {"extent_size_hint", OptionType::kSize, "1M", "extent size hint for the image file (XFS)"},
+};
+constexpr OptionSchema kHostDeviceCreateSchema{"host_device", kCreateSpecs};
+
+// What kind of file a descriptor refers to.
+bool IsDevice(const struct stat& st) { return S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode); }
+
+int64_t DeviceLength(int fd) {
+  uint64_t len = 0;
+  if (ioctl(fd, BLKGETSIZE64, &len) == 0) return static_cast<int64_t>(len);
+  off_t end = lseek(fd, 0, SEEK_END);
+  return end < 0 ? -errno : end;
+}
+
+class FileNode final : public NodeDriver {
+ public:
+  FileNode(Node& node, bool host_device) : NodeDriver(node), host_device_(host_device) {}
+  ~FileNode() override {
+    if (fd_ >= 0) close(fd_);
+  }
+
+  Task<absl::Status> Open(OpenContext& ctx) override;
+  void RefreshLimits(BlockLimits& limits) override;
+  absl::Status PreparePerm(Perm perm, Perm shared, Transaction& tran) override;
+  absl::Status PrepareReopen(bool read_only, Transaction& tran) override;
+  absl::StatusOr<int64_t> GetLength() override;
+  absl::StatusOr<int64_t> GetAllocatedSize() override;
+  absl::StatusOr<BlockSizes> ProbeBlockSizes() override;
+  void FillInfo(nlohmann::json& info) override;
+
+  Task<absl::Status> Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) override;
+  Task<absl::Status> Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) override;
+  Task<absl::Status> WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) override;
+  Task<absl::Status> Discard(int64_t offset, int64_t bytes) override;
+  Task<absl::Status> Flush() override;
+  Task<absl::StatusOr<BlockStatus>> GetBlockStatus(int64_t offset, int64_t bytes,
+                                                   bool want_zero) override;
+  Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode, ReqFlags flags) override;
+
+ private:
+  int OpenFlags(bool read_only) const;
+  void ProbeAlignment();
+  absl::Status ApplyLocks(int fd, Perm held, Perm unshared, bool unlock);
+  std::string Who() const { return absl::StrFormat("'%s'", filename_); }
+
+  // One syscall-level operation through io_uring or the worker pool: >= 0 or -errno.
+  Task<int64_t> Preadv(const IoVec& v, int64_t offset);
+  Task<int64_t> Pwritev(const IoVec& v, int64_t offset, int rw_flags);
+  Task<int64_t> Fallocate(int mode, int64_t offset, int64_t len);
+  Task<int64_t> Fdatasync();
+  Task<int64_t> Blocking(std::function<int64_t()> fn);
+  // Full transfers: continue short ones; reads past EOF zero-fill.
+  Task<absl::Status> TransferAll(bool write, int64_t offset, const IoVec& v, int rw_flags);
+
+  bool host_device_;
+  std::string filename_;
+  int fd_ = -1;
+  bool is_device_ = false;
+  bool use_uring_ = false;
+  bool direct_ = false;
+  bool dsync_ = false;
+  bool no_flush_ = false;
+  bool use_lock_ = false;
+  LockKind lock_kind_ = LockKind::kOfd;
+  // Lock state: the committed permission masks, and the bytes physically locked now.
+  Perm perm_ = 0, shared_ = kPermAll;
+  Perm locked_held_ = 0, locked_unshared_ = 0;
+  uint32_t request_align_ = 1, buf_align_ = 1;
+  bool has_fallocate_ = true;  // cleared when the file system refuses fallocate
+};
+
+int FileNode::OpenFlags(bool read_only) const {
+  int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  if (direct_) flags |= O_DIRECT;
+  if (dsync_) flags |= O_DSYNC;
+  return flags;
+}
+
+Task<absl::Status> FileNode::Open(OpenContext& ctx) {
+  Node& n = node();
+  std::optional<std::string> filename = ctx.values.FindString("filename");
+  if (!filename || filename->empty()) {
+    co_return ErrnoError(EINVAL, absl::StrFormat("%s: parameter 'filename' is required",
+                                                 n.driver().name));
+  }
+  filename_ = *filename;
+  n.set_filename(filename_);
+  direct_ = n.flags().cache_direct;
+  dsync_ = n.flags().writethrough;
+  no_flush_ = n.flags().cache_no_flush;
+
+  std::string aio = ctx.values.FindString("aio").value_or("");
+  Uring* ring = n.loop().uring();
+  if (aio == "native" && !direct_) {
+    co_return ErrnoError(EINVAL, "aio=native was specified, but it requires cache.direct=on, "
+                                 "which was not specified.");
+  }
+  if (aio == "io_uring" || aio == "native") {
+    if (!ring) co_return ErrnoError(ENOTSUP, "Unable to use io_uring: not available on this host");
+    use_uring_ = true;
+  } else if (aio.empty()) {
+    use_uring_ = ring != nullptr;
+  }
+
+  bool read_only = n.flags().read_only;
+  fd_ = open(filename_.c_str(), OpenFlags(read_only));
+  if (fd_ < 0 && !read_only && n.flags().auto_read_only &&
+      (errno == EACCES || errno == EROFS || errno == EPERM)) {
+    // auto-read-only: take what the file allows.
+    fd_ = open(filename_.c_str(), OpenFlags(true));
+    if (fd_ >= 0) n.mutable_flags().read_only = true;
+  }
+  if (fd_ < 0) {
+    int err = errno;
+    if (err == EINVAL && direct_) {
+      co_return ErrnoError(err, absl::StrFormat("Could not open '%s': the file system does not "
+                                                "support O_DIRECT (cache.direct=on)", filename_));
+    }
+    co_return ErrnoStatus(err, absl::StrFormat("Could not open '%s'", filename_));
+  }
+  struct stat st;
+  if (fstat(fd_, &st) != 0) co_return ErrnoStatus(errno, absl::StrFormat("Could not stat '%s'", filename_));
+  is_device_ = IsDevice(st);
+  if (host_device_ && !is_device_) {
+    co_return ErrnoError(EINVAL, absl::StrFormat("'host_device' driver requires '%s' to be either "
+                                                 "a character or block device", filename_));
+  }
+  if (!host_device_ && !S_ISREG(st.st_mode)) {
+    co_return ErrnoError(EINVAL, absl::StrFormat("'file' driver requires '%s' to be a regular file",
+                                                 filename_));
+  }
+
+  std::string locking = ctx.values.GetString("locking");
+  if (locking == "on") {
+    use_lock_ = true;
+    if (!OfdLocksAvailable()) {
+      lock_kind_ = LockKind::kPosix;
+      ctx.graph.Warn("warning: File lock requested but OFD locking syscall is unavailable, "
+                     "falling back to POSIX file locks\nDue to the implementation, locks can be "
+                     "lost unexpectedly.");
+    }
+  } else if (locking == "auto") {
+    use_lock_ = OfdLocksAvailable();
+  }
+
+  if (direct_) ProbeAlignment();
+
+  caps_.write_zeroes = true;
+  caps_.discard = true;
+  caps_.truncate = true;
+  caps_.block_status = !is_device_;
+  // FUA: O_DSYNC makes every write durable; otherwise RWF_DSYNC does it per write.
+  caps_.write_flags = kReqFua;
+  caps_.zero_flags = kReqMayUnmap | kReqNoFallback;
+  co_return absl::OkStatus();
+}
+
+void FileNode::ProbeAlignment() {
+  // Request alignment: the device's logical block size, else the smallest length an
+  // O_DIRECT read accepts. Buffer alignment: the smallest buffer offset a read accepts.
+  constexpr uint32_t kMaxAlign = 4096 * 16;
+  request_align_ = 0;
+  if (is_device_) {
+    int sector = 0;
+    if (ioctl(fd_, BLKSSZGET, &sector) == 0 && sector > 0) request_align_ = static_cast<uint32_t>(sector);
+  }
+  AlignedBuffer buf(2 * kMaxAlign, kMaxAlign);
+  if (request_align_ == 0) {
+    for (uint32_t align = 512; align <= kMaxAlign; align <<= 1) {
+      if (pread(fd_, buf.data(), align, 0) >= 0 || errno != EINVAL) {
+        request_align_ = align;
+        break;
+      }
+    }
+  }
+  if (request_align_ == 0) request_align_ = 4096;
+  buf_align_ = 0;
+  for (uint32_t align : {1u, 512u, 1024u, 2048u, 4096u}) {
+    if (pread(fd_, buf.data() + align, request_align_, 0) >= 0 || errno != EINVAL) {
+      buf_align_ = align;
+      break;
+    }
+  }
+  if (buf_align_ == 0) buf_align_ = 4096;
+}
+
+void FileNode::RefreshLimits(BlockLimits& limits) {
+  limits.request_alignment = request_align_;
+  limits.min_mem_alignment = buf_align_;
+  limits.opt_mem_alignment = direct_ ? std::max<uint32_t>(buf_align_, 4096) : buf_align_;
+  limits.max_iov = IOV_MAX;
+}
+
+absl::Status FileNode::ApplyLocks(int fd, Perm held, Perm unshared, bool unlock) {
+  absl::Status st = ApplyLockBytes(fd, lock_kind_, held, unshared, unlock);
+  if (st.ok()) {
+    locked_held_ = unlock ? held : (locked_held_ | held);
+    locked_unshared_ = unlock ? unshared : (locked_unshared_ | unshared);
+  }
+  return st;
+}
+
+absl::Status FileNode::PreparePerm(Perm perm, Perm shared, Transaction& tran) {
+  if (!use_lock_) {
+    perm_ = perm;
+    shared_ = shared;
+    return absl::OkStatus();
+  }
+  Perm old_perm = perm_, old_shared = shared_;
+  bool relaxing = (old_perm | perm) == old_perm && (old_shared & shared) == old_shared;
+  if (!relaxing) {
+    // Lock the union first, so nobody can slip in between the check and the commit.
+    absl::Status st = ApplyLocks(fd_, old_perm | perm, ~old_shared | ~shared, false);
+    if (st.ok()) st = CheckLockBytes(fd_, lock_kind_, perm, shared);
+    if (!st.ok()) {
+      (void)ApplyLocks(fd_, old_perm, ~old_shared & kPermAll, true);
+      return ErrnoError(StatusErrno(st),
+                        absl::StrFormat("%s\nIs another process using the image [%s]?",
+                                        st.message(), filename_));
+    }
+  }
+  tran.OnCommit([this, perm, shared] {
+    perm_ = perm;
+    shared_ = shared;
+    // Shrinking a lock set only unlocks bytes; nothing useful can be done if the kernel
+    // refuses that.
+    (void)ApplyLocks(fd_, perm, ~shared & kPermAll, true);
+  });
+  tran.OnAbort([this, old_perm, old_shared] {
+    (void)ApplyLocks(fd_, old_perm, ~old_shared & kPermAll, true);
+  });
+  return absl::OkStatus();
+}
+
+absl::Status FileNode::PrepareReopen(bool read_only, Transaction& tran) {
+  int accmode = fcntl(fd_, F_GETFL) & O_ACCMODE;
+  if ((accmode == O_RDONLY) == read_only) return absl::OkStatus();
+  int new_fd = open(filename_.c_str(), OpenFlags(read_only));
+  if (new_fd < 0) return ErrnoStatus(errno, absl::StrFormat("Could not reopen file '%s'", filename_));
+  tran.OnAbort([new_fd] { close(new_fd); });
+  // Commit (registered before the permission commit): carry the locks held now over to the
+  // new descriptor before the old one, and its locks, go away.
+  tran.OnCommit([this, new_fd] {
+    if (use_lock_) (void)ApplyLockBytes(new_fd, lock_kind_, locked_held_, locked_unshared_, false);
+    close(fd_);
+    fd_ = new_fd;
+  });
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> FileNode::GetLength() {
+  if (is_device_) {
+    int64_t len = DeviceLength(fd_);
+    if (len < 0) return ErrnoStatus(static_cast<int>(-len), absl::StrFormat("%s: cannot get the device size", Who()));
+    return len;
+  }
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return ErrnoStatus(errno, absl::StrFormat("%s: fstat", Who()));
+  return static_cast<int64_t>(st.st_size);
+}
+
+absl::StatusOr<int64_t> FileNode::GetAllocatedSize() {
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return ErrnoStatus(errno, absl::StrFormat("%s: fstat", Who()));
+  return static_cast<int64_t>(st.st_blocks) * 512;
+}
+
+absl::StatusOr<BlockSizes> FileNode::ProbeBlockSizes() {
+  if (!is_device_) return ErrnoError(ENOTSUP, "block sizes are only known for host devices");
+  BlockSizes sizes;
+  int logical = 0;
+  unsigned int physical = 0;
+  if (ioctl(fd_, BLKSSZGET, &logical) != 0) return ErrnoStatus(errno, absl::StrFormat("%s: BLKSSZGET", Who()));
+  if (ioctl(fd_, BLKPBSZGET, &physical) != 0) return ErrnoStatus(errno, absl::StrFormat("%s: BLKPBSZGET", Who()));
+  sizes.logical = static_cast<uint32_t>(logical);
+  sizes.physical = physical;
+  return sizes;
+}
+
+void FileNode::FillInfo(nlohmann::json& info) {
+  info["aio"] = use_uring_ ? "io_uring" : "threads";
+  info["locking"] = use_lock_ ? (lock_kind_ == LockKind::kOfd ? "ofd" : "posix") : "off";
+  if (direct_) info["request-alignment"] = request_align_;
+}
+
+// ---- syscall plumbing ------------------------------------------------------------------------
+
+Task<int64_t> FileNode::Blocking(std::function<int64_t()> fn) {
+  co_return co_await node().loop().RunInThread(std::move(fn));
+}
+
+Task<int64_t> FileNode::Preadv(const IoVec& v, int64_t offset) {
+  if (use_uring_) co_return co_await node().loop().uring()->Readv(fd_, v.iov(), v.niov(), offset);
+  int fd = fd_;
+  co_return co_await Blocking([fd, &v, offset]() -> int64_t {
+    ssize_t r = preadv(fd, v.iov(), v.niov(), offset);
+    return r < 0 ? -errno : r;
+  });
+}
+
+Task<int64_t> FileNode::Pwritev(const IoVec& v, int64_t offset, int rw_flags) {
+  if (use_uring_) {
+    co_return co_await node().loop().uring()->Writev(fd_, v.iov(), v.niov(), offset, rw_flags);
+  }
+  int fd = fd_;
+  co_return co_await Blocking([fd, &v, offset, rw_flags]() -> int64_t {
+    ssize_t r = pwritev2(fd, v.iov(), v.niov(), offset, rw_flags);
+    return r < 0 ? -errno : r;
+  });
+}
+
+Task<int64_t> FileNode::Fallocate(int mode, int64_t offset, int64_t len) {
+  Uring* ring = node().loop().uring();
+  if (use_uring_ && ring->SupportsFallocate()) co_return co_await ring->Fallocate(fd_, mode, offset, len);
+  int fd = fd_;
+  auto call = [fd, mode, offset, len]() -> int64_t {
+    return fallocate(fd, mode, offset, len) < 0 ? -errno : 0;
+  };
+  if (!use_uring_) co_return co_await Blocking(call);
+  co_return call();
+}
+
+Task<int64_t> FileNode::Fdatasync() {
+  if (use_uring_) co_return co_await node().loop().uring()->Fsync(fd_, /*datasync=*/true);
+  int fd = fd_;
+  co_return co_await Blocking([fd]() -> int64_t { return fdatasync(fd) < 0 ? -errno : 0; });
+}
+
+Task<absl::Status> FileNode::TransferAll(bool write, int64_t offset, const IoVec& qiov,
+                                         int rw_flags) {
+  // O_DIRECT needs buffers aligned to the probed buffer alignment: bounce the others.
+  if (direct_ && !qiov.IsAligned(buf_align_)) {
+    AlignedBuffer bounce(qiov.size(), std::max<uint32_t>(buf_align_, 512));
+    IoVec b(bounce.data(), qiov.size());
+    if (write) qiov.CopyTo(0, bounce.data(), qiov.size());
+    absl::Status st = co_await TransferAll(write, offset, b, rw_flags);
+    if (st.ok() && !write) qiov.CopyFrom(0, bounce.data(), qiov.size());
+    co_return st;
+  }
+  size_t done = 0, total = qiov.size();
+  while (done < total) {
+    IoVec rest = done == 0 ? qiov : qiov.Slice(done, total - done);
+    int64_t off = offset + static_cast<int64_t>(done);
+    int64_t r = write ? co_await Pwritev(rest, off, rw_flags) : co_await Preadv(rest, off);
+    if (r == -EINTR || r == -EAGAIN) continue;
+    if (r < 0) {
+      co_return ErrnoStatus(static_cast<int>(-r),
+                            absl::StrFormat("%s: %s at offset %d failed", Who(),
+                                            write ? "write" : "read", off));
+    }
+    if (r == 0) {
+      if (write) co_return ErrnoError(EIO, absl::StrFormat("%s: write made no progress", Who()));
+      qiov.Memset(done, 0, total - done);  // end of file: the rest reads as zeroes
+      break;
+    }
+    done += static_cast<size_t>(r);
+  }
+  co_return absl::OkStatus();
+}
+
+// ---- I/O ---------------------------------------------------------------------------------------
+
+Task<absl::Status> FileNode::Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags) {
+  if (static_cast<int64_t>(qiov.size()) != bytes) {
+    co_return co_await TransferAll(false, offset, qiov.Slice(0, static_cast<size_t>(bytes)), 0);
+  }
+  co_return co_await TransferAll(false, offset, qiov, 0);
+}
+
+Task<absl::Status> FileNode::Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) {
+  int rw_flags = ((flags & kReqFua) && !dsync_) ? RWF_DSYNC : 0;
+  if (static_cast<int64_t>(qiov.size()) != bytes) {
+    co_return co_await TransferAll(true, offset, qiov.Slice(0, static_cast<size_t>(bytes)), rw_flags);
+  }
+  co_return co_await TransferAll(true, offset, qiov, rw_flags);
+}
+
+Task<absl::Status> FileNode::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) {
+  if (is_device_) {
+    // Block devices: fallocate maps to the device's write-zeroes/discard-and-zero, with
+    // BLKZEROOUT as the fallback for older kernels.
+    int mode = (flags & kReqMayUnmap) ? (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
+                                      : (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
+    int64_t r = co_await Fallocate(mode, offset, bytes);
+    if (r == -EOPNOTSUPP || r == -ENOTTY || r == -EINVAL) {
+      int fd = fd_;
+      r = co_await Blocking([fd, offset, bytes]() -> int64_t {
+        uint64_t range[2] = {static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes)};
+        return ioctl(fd, BLKZEROOUT, range) < 0 ? -errno : 0;
+      });
+    }
+    if (r == -EOPNOTSUPP || r == -ENOTTY || r == -EINVAL) co_return ErrnoError(ENOTSUP, "write-zeroes not supported");
+    if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), absl::StrFormat("%s: write-zeroes failed", Who()));
+    co_return absl::OkStatus();
+  }
+  if (!has_fallocate_) co_return ErrnoError(ENOTSUP, "write-zeroes not supported");
+  absl::StatusOr<int64_t> len = GetLength();
+  if (!len.ok()) co_return len.status();
+  int64_t r = -EOPNOTSUPP;
+  if ((flags & kReqMayUnmap) && offset + bytes <= *len) {
+    // A punched hole reads as zeroes on every Linux file system that supports it.
+    r = co_await Fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes);
+  }
+  if (r == -EOPNOTSUPP || r == -EINVAL) r = co_await Fallocate(FALLOC_FL_ZERO_RANGE, offset, bytes);
+  if ((r == -EOPNOTSUPP || r == -EINVAL) && offset >= *len) {
+    // Entirely past the end: plain allocation extends the file with zeroes.
+    r = co_await Fallocate(0, offset, bytes);
+  }
+  if (r == -EOPNOTSUPP) {
+    has_fallocate_ = false;
+    co_return ErrnoError(ENOTSUP, "write-zeroes not supported");
+  }
+  if (r == -EINVAL) co_return ErrnoError(ENOTSUP, "write-zeroes not supported for this range");
+  if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), absl::StrFormat("%s: write-zeroes failed", Who()));
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> FileNode::Discard(int64_t offset, int64_t bytes) {
+  int64_t r;
+  if (is_device_) {
+    int fd = fd_;
+    r = co_await Blocking([fd, offset, bytes]() -> int64_t {
+      uint64_t range[2] = {static_cast<uint64_t>(offset), static_cast<uint64_t>(bytes)};
+      return ioctl(fd, BLKDISCARD, range) < 0 ? -errno : 0;
+    });
+  } else {
+    r = co_await Fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes);
+  }
+  if (r == -EOPNOTSUPP || r == -ENOTTY || r == -EINVAL) co_return ErrnoError(ENOTSUP, "discard not supported");
+  if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), absl::StrFormat("%s: discard failed", Who()));
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> FileNode::Flush() {
+  if (no_flush_) co_return absl::OkStatus();  // cache.no-flush / cache=unsafe
+  int64_t r = co_await Fdatasync();
+  if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), absl::StrFormat("%s: flush failed", Who()));
+  co_return absl::OkStatus();
+}
+
+Task<absl::StatusOr<BlockStatus>> FileNode::GetBlockStatus(int64_t offset, int64_t bytes,
+                                                           bool want_zero) {
+  BlockStatus s;
+  s.map = offset;
+  s.file = &node();
+  s.flags = kStatusData | kStatusOffsetValid;
+  s.bytes = bytes;
+  if (!want_zero) co_return s;
+  off_t data = lseek(fd_, offset, SEEK_DATA);
+  if (data < 0 && errno == ENXIO) {
+    s.flags = kStatusZero | kStatusOffsetValid;  // a hole up to the end of the file
+  } else if (data > offset) {
+    s.flags = kStatusZero | kStatusOffsetValid;
+    s.bytes = std::min<int64_t>(bytes, data - offset);
+  } else if (data == offset) {
+    off_t hole = lseek(fd_, offset, SEEK_HOLE);
+    if (hole > offset) s.bytes = std::min<int64_t>(bytes, hole - offset);
+  }
+  // With O_DIRECT a boundary inside a block cannot be acted on: round holes down and data up,
+  // and call a block that is part data, part hole, data.
+  if (request_align_ > 1 && s.bytes < bytes) {
+    int64_t end = offset + s.bytes;
+    if (s.flags & kStatusZero) {
+      int64_t aligned = AlignDown(end, request_align_);
+      if (aligned > offset) {
+        s.bytes = aligned - offset;
+      } else {
+        s.flags = kStatusData | kStatusOffsetValid;
+        s.bytes = std::min<int64_t>(bytes, AlignUp(end, request_align_) - offset);
+      }
+    } else {
+      s.bytes = std::min<int64_t>(bytes, AlignUp(end, request_align_) - offset);
+    }
+  }
+  co_return s;
+}
+
+Task<absl::Status> FileNode::Truncate(int64_t size, bool exact, PreallocMode mode, ReqFlags) {
+  if (is_device_) {
+    int64_t cur = DeviceLength(fd_);
+    if (mode != PreallocMode::kOff) {
+      co_return ErrnoError(ENOTSUP, absl::StrFormat("Preallocation mode '%s' unsupported for this "
+                                                    "non-regular file", PreallocModeName(mode)));
+    }
+    if (size != cur && exact) co_return ErrnoError(ENOTSUP, "Cannot resize device files");
+    if (size > cur) co_return ErrnoError(EINVAL, "Cannot grow device files");
+    co_return absl::OkStatus();
+  }
+  absl::StatusOr<int64_t> cur_or = GetLength();
+  if (!cur_or.ok()) co_return cur_or.status();
+  int64_t cur = *cur_or;
+  int fd = fd_;
+  auto ftrunc = [fd, size]() -> int64_t { return ftruncate(fd, size) < 0 ? -errno : 0; };
+  switch (mode) {
+    case PreallocMode::kOff: {
+      int64_t r = use_uring_ ? ftrunc() : co_await Blocking(ftrunc);
+      if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Failed to resize the file");
+      co_return absl::OkStatus();
+    }
+    case PreallocMode::kFalloc: {
+      if (size < cur) co_return ErrnoError(ENOTSUP, "Cannot use preallocation for shrinking files");
+      if (size == cur) co_return absl::OkStatus();
+      int64_t r = co_await Fallocate(0, cur, size - cur);
+      if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Could not preallocate new data");
+      co_return absl::OkStatus();
+    }
+    case PreallocMode::kFull: {
+      if (size < cur) co_return ErrnoError(ENOTSUP, "Cannot use preallocation for shrinking files");
+      // Set the final size first so the file system can allocate in one go, then write zeroes.
+      int64_t r = use_uring_ ? ftrunc() : co_await Blocking(ftrunc);
+      if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Failed to resize the file");
+      constexpr int64_t kChunk = 1 << 20;
+      AlignedBuffer zeroes(kChunk, 4096, true);
+      for (int64_t pos = cur; pos < size;) {
+        int64_t len = std::min(kChunk, size - pos);
+        int64_t start = pos;
+        int64_t wlen = len;
+        if (direct_) {  // O_DIRECT: write whole aligned blocks (they are zero beyond cur)
+          start = AlignDown(pos, request_align_);
+          wlen = AlignUp(pos + len, request_align_) - start;
+          if (wlen > kChunk) wlen = kChunk;
+          len = start + wlen - pos;
+        }
+        IoVec v(zeroes.data(), static_cast<size_t>(wlen));
+        LB_CO_RETURN_IF_ERROR(co_await TransferAll(true, start, v, 0));
+        pos += len;
+      }
+      if (direct_) {
+        int64_t fix = use_uring_ ? ftrunc() : co_await Blocking(ftrunc);
+        if (fix < 0) co_return ErrnoStatus(static_cast<int>(-fix), "Failed to resize the file");
+      }
+      int64_t s = co_await Fdatasync();
+      if (s < 0) co_return ErrnoStatus(static_cast<int>(-s), "Could not flush file to disk");
+      co_return absl::OkStatus();
+    }
+    case PreallocMode::kMetadata:
+      break;
+  }
+  co_return ErrnoError(ENOTSUP, absl::StrFormat("Unsupported preallocation mode: %s",
+                                                PreallocModeName(mode)));
+}
+
+// ---- create ------------------------------------------------------------------------------------
+
+Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
+  std::string filename = ctx.filename;
+  if (!host_device && filename.rfind("file:", 0) == 0) filename = filename.substr(5);
+  if (host_device && filename.rfind("host_device:", 0) == 0) filename = filename.substr(12);
+  std::optional<uint64_t> size = ctx.values.FindSize("size");
+  if (!size) co_return ErrnoError(EINVAL, "Parameter 'size' is required");
+  if (*size > static_cast<uint64_t>(kMaxLength)) {
+    co_return ErrnoError(EFBIG, absl::StrFormat("Image size must be less than %d bytes", kMaxLength));
+  }
+  absl::StatusOr<PreallocMode> mode = ParsePreallocMode(ctx.values.GetString("preallocation"));
+  if (!mode.ok()) co_return mode.status();
+
+  int fd = open(filename.c_str(), O_RDWR | O_CLOEXEC | (host_device ? 0 : O_CREAT), 0644);
+  if (fd < 0) co_return ErrnoStatus(errno, absl::StrFormat("Could not create '%s'", filename));
+  struct stat st;
+  fstat(fd, &st);
+  absl::Status status;
+  if (host_device || IsDevice(st)) {
+    // A device cannot be created, only checked: it must hold the requested size.
+    if (*mode != PreallocMode::kOff) {
+      status = ErrnoError(ENOTSUP, absl::StrFormat("Preallocation mode '%s' unsupported for this "
+                                                   "non-regular file", PreallocModeName(*mode)));
+    } else if (!IsDevice(st)) {
+      status = ErrnoError(EINVAL, absl::StrFormat("'%s' is not a device", filename));
+    } else if (DeviceLength(fd) < static_cast<int64_t>(*size)) {
+      status = ErrnoError(ENOSPC, absl::StrFormat("Device %s is too small", filename));
+    }
+    close(fd);
+    co_return status;
+  }
+  // Take the write and resize permissions, and make sure no one else is using the image:
+  // creating truncates it. Nobody may resize it until we return with the promised size.
+  LockKind kind = OfdLocksAvailable() ? LockKind::kOfd : LockKind::kPosix;
+  Perm perm = kPermWrite | kPermResize;
+  Perm shared = kPermAll & ~kPermResize;
+  status = ApplyLockBytes(fd, kind, perm, ~shared & kPermAll, false);
+  if (status.ok()) {
+    status = CheckLockBytes(fd, kind, perm, shared);
+    if (!status.ok()) {
+      status = ErrnoError(StatusErrno(status),
+                          absl::StrFormat("%s\nIs another process using the image [%s]?",
+                                          status.message(), filename));
+    }
+  }
+  if (status.ok() && ftruncate(fd, 0) != 0) status = ErrnoStatus(errno, "Could not clear the file");
+  if (status.ok() && ctx.values.GetBool("nocow")) {
+    // btrfs only; elsewhere the flag is unknown and the ioctl fails harmlessly.
+    int attr = 0;
+    if (ioctl(fd, FS_IOC_GETFLAGS, &attr) == 0) {
+      attr |= FS_NOCOW_FL;
+      (void)ioctl(fd, FS_IOC_SETFLAGS, &attr);
+    }
+  }
+  if (status.ok()) {
+    uint64_t hint = ctx.values.GetSize("extent_size_hint");
+    struct fsxattr attr = {};
+    if (hint > 1 && ioctl(fd, FS_IOC_FSGETXATTR, &attr) == 0) {
+      attr.fsx_xflags |= FS_XFLAG_EXTSIZE;
+      attr.fsx_extsize = static_cast<uint32_t>(std::min<uint64_t>(hint, UINT32_MAX));
+      if (ioctl(fd, FS_IOC_FSSETXATTR, &attr) != 0 && ctx.values.IsSet("extent_size_hint")) {
+        status = ErrnoStatus(errno, "Failed to set extent size hint");
+      }
+    }
+  }
+  if (status.ok()) {
+    int64_t target = static_cast<int64_t>(*size);
+    switch (*mode) {
+      case PreallocMode::kOff:
+        if (ftruncate(fd, target) != 0) status = ErrnoStatus(errno, "Could not resize file");
+        break;
+      case PreallocMode::kFalloc:
+        if (target > 0 && fallocate(fd, 0, 0, target) != 0) {
+          status = ErrnoStatus(errno, "Could not preallocate data for the new file");
+        }
+        break;
+      case PreallocMode::kFull: {
+        if (ftruncate(fd, target) != 0) {
+          status = ErrnoStatus(errno, "Could not resize file");
+          break;
+        }
+        std::vector<uint8_t> zeroes(1 << 20, 0);
+        for (int64_t pos = 0; pos < target && status.ok();) {
+          size_t len = static_cast<size_t>(std::min<int64_t>(zeroes.size(), target - pos));
+          ssize_t w = pwrite(fd, zeroes.data(), len, pos);
+          if (w < 0 && errno == EINTR) continue;
+          if (w <= 0) status = ErrnoStatus(w < 0 ? errno : EIO, "Could not write zeros for preallocation");
+          else pos += w;
+        }
+        if (status.ok() && fsync(fd) != 0) status = ErrnoStatus(errno, "Could not flush file to disk");
+        break;
+      }
+      case PreallocMode::kMetadata:
+        status = ErrnoError(ENOTSUP, "Unsupported preallocation mode: metadata");
+        break;
+    }
+  }
+  (void)ApplyLockBytes(fd, kind, 0, 0, true);
+  close(fd);
+  if (!status.ok()) co_return Prepend(status, absl::StrFormat("Could not create '%s': ", filename));
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> CreateRegular(CreateContext& ctx) { return CreateFile(ctx, false); }
+Task<absl::Status> CreateDevice(CreateContext& ctx) { return CreateFile(ctx, true); }
+
+std::unique_ptr<NodeDriver> InstantiateFile(Node& node) {
+  return std::make_unique<FileNode>(node, false);
+}
+std::unique_ptr<NodeDriver> InstantiateHostDevice(Node& node) {
+  return std::make_unique<FileNode>(node, true);
+}
+
+absl::Status ParseFileFilename(std::string_view filename, Options& options) {
+  if (filename.substr(0, 5) == "file:") filename.remove_prefix(5);
+  options.Set("filename", std::string(filename));
+  return absl::OkStatus();
+}
+
+absl::Status ParseHostDeviceFilename(std::string_view filename, Options& options) {
+  if (filename.substr(0, 12) == "host_device:") filename.remove_prefix(12);
+  options.Set("filename", std::string(filename));
+  return absl::OkStatus();
+}
+
+int ProbeHostDevice(std::string_view filename) {
+  std::string name(filename);
+  if (name.rfind("/dev/cdrom", 0) == 0) return 50;
+  struct stat st;
+  if (stat(name.c_str(), &st) == 0 && IsDevice(st)) return 100;
+  return 0;
+}
+
+}  // namespace
+
+const OptionSchema kFileCreateSchema{"file", kCreateSpecs};
+
+const Driver kFileDriver = {
+    .name = "file",
+    .kind = DriverKind::kProtocol,
+    .protocol_prefix = "file",
+    .options = &kFileSchema,
+    .create_options = &kFileCreateSchema,
+    .instantiate = InstantiateFile,
+    .create = CreateRegular,
+    .parse_filename = ParseFileFilename,
+};
+
+const Driver kHostDeviceDriver = {
+    .name = "host_device",
+    .kind = DriverKind::kProtocol,
+    .protocol_prefix = "host_device",
+    .options = &kHostDeviceSchema,
+    .create_options = &kHostDeviceCreateSchema,
+    .probe_device = ProbeHostDevice,
+    .instantiate = InstantiateHostDevice,
+    .create = CreateDevice,
+    .parse_filename = ParseHostDeviceFilename,
+};
+
+}  // namespace libblock::file

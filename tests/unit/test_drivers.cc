@@ -1,0 +1,154 @@
+#include "test_drivers.h"
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "core/event_loop.h"
+#include "core/graph.h"
+#include "core/node.h"
+#include "util/status.h"
+
+namespace libblock::testing {
+namespace {
+
+bool g_refuse_all = false;
+
+constexpr OptionSpec kProtoSpecs[] = {
+    {"filename", OptionType::kString, "", "ignored"},
+    {"size", OptionType::kSize, "1M", "size"},
+    {"veto", OptionType::kInt, "0", "permission bits to refuse"},
+};
+constexpr OptionSchema kProtoSchema{"test-proto", kProtoSpecs};
+
+class TestProto final : public NodeDriver {
+ public:
+  using NodeDriver::NodeDriver;
+  Task<absl::Status> Open(OpenContext& ctx) override {
+    data_.assign(ctx.values.GetSize("size"), 0);
+    veto_ = static_cast<Perm>(ctx.values.GetInt("veto"));
+    caps_.truncate = true;
+    co_return absl::OkStatus();
+  }
+  absl::Status PreparePerm(Perm perm, Perm, Transaction&) override {
+    if (g_refuse_all) return ErrnoError(EPERM, "test-proto refuses every permission change");
+    if (perm & veto_) {
+      return ErrnoError(EPERM, absl::StrFormat("test-proto vetoes '%s'", PermNames(perm & veto_)));
+    }
+    return absl::OkStatus();
+  }
+  absl::StatusOr<int64_t> GetLength() override { return static_cast<int64_t>(data_.size()); }
+  Task<absl::Status> Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags) override {
+    int64_t avail = std::max<int64_t>(0, std::min<int64_t>(bytes, data_.size() - offset));
+    if (avail > 0) qiov.CopyFrom(0, data_.data() + offset, static_cast<size_t>(avail));
+    if (avail < bytes) qiov.Memset(static_cast<size_t>(avail), 0, static_cast<size_t>(bytes - avail));
+    co_return absl::OkStatus();
+  }
+  Task<absl::Status> Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags) override {
+    if (offset + bytes > static_cast<int64_t>(data_.size())) data_.resize(offset + bytes);
+    qiov.CopyTo(0, data_.data() + offset, static_cast<size_t>(bytes));
+    co_return absl::OkStatus();
+  }
+  Task<absl::Status> Truncate(int64_t size, bool, PreallocMode, ReqFlags) override {
+    data_.resize(static_cast<size_t>(size));
+    co_return absl::OkStatus();
+  }
+
+ private:
+  std::vector<uint8_t> data_;
+  Perm veto_ = 0;
+};
+
+constexpr std::string_view kRoles[] = {"image", "data", "metadata"};
+constexpr OptionSpec kFmtSpecs[] = {
+    {"role", OptionType::kEnum, "image", "role of the file child", kRoles},
+};
+constexpr OptionSchema kFmtSchema{"test-fmt", kFmtSpecs};
+
+class TestFmt final : public NodeDriver {
+ public:
+  using NodeDriver::NodeDriver;
+  Task<absl::Status> Open(OpenContext& ctx) override {
+    std::string r = ctx.values.GetString("role");
+    ChildRole role = r == "data" ? kRoleData : r == "metadata" ? kRoleMetadata : kRoleImage;
+    absl::StatusOr<Child*> file = co_await ctx.OpenChild("file", role | kRolePrimary, false);
+    if (!file.ok()) co_return file.status();
+    file_ = *file;
+    absl::StatusOr<Child*> backing = co_await ctx.OpenChild("backing", kRoleCow, true);
+    if (!backing.ok()) co_return backing.status();
+    co_return absl::OkStatus();
+  }
+  absl::StatusOr<int64_t> GetLength() override { return file_->node()->size(); }
+  Task<absl::Status> Read(int64_t o, int64_t b, const IoVec& q, ReqFlags f) override {
+    co_return co_await file_->Read(o, b, q, f);
+  }
+  Task<absl::Status> Write(int64_t o, int64_t b, const IoVec& q, ReqFlags f) override {
+    co_return co_await file_->Write(o, b, q, f);
+  }
+
+ private:
+  Child* file_ = nullptr;
+};
+
+constexpr OptionSpec kDelaySpecs[] = {
+    {"ns", OptionType::kInt, "1000000", "delay per request"},
+};
+constexpr OptionSchema kDelaySchema{"test-delay", kDelaySpecs};
+
+class TestDelay final : public FilterDriver {
+ public:
+  using FilterDriver::FilterDriver;
+  Task<absl::Status> Open(OpenContext& ctx) override {
+    ns_ = ctx.values.GetInt("ns");
+    co_return co_await OpenFiltered(ctx);
+  }
+  Task<absl::Status> Read(int64_t o, int64_t b, const IoVec& q, ReqFlags f) override {
+    co_await node().loop().Sleep(ns_);
+    co_return co_await FilterDriver::Read(o, b, q, f);
+  }
+  Task<absl::Status> Write(int64_t o, int64_t b, const IoVec& q, ReqFlags f) override {
+    co_await node().loop().Sleep(ns_);
+    co_return co_await FilterDriver::Write(o, b, q, f);
+  }
+
+ private:
+  int64_t ns_ = 0;
+};
+
+const Driver kTestProto = {
+    .name = "test-proto",
+    .kind = DriverKind::kProtocol,
+    .protocol_prefix = "test-proto",
+    .options = &kProtoSchema,
+    .instantiate = [](Node& n) -> std::unique_ptr<NodeDriver> { return std::make_unique<TestProto>(n); },
+};
+const Driver kTestFmt = {
+    .name = "test-fmt",
+    .kind = DriverKind::kFormat,
+    .options = &kFmtSchema,
+    .instantiate = [](Node& n) -> std::unique_ptr<NodeDriver> { return std::make_unique<TestFmt>(n); },
+};
+const Driver kTestDelay = {
+    .name = "test-delay",
+    .kind = DriverKind::kFilter,
+    .options = &kDelaySchema,
+    .instantiate = [](Node& n) -> std::unique_ptr<NodeDriver> { return std::make_unique<TestDelay>(n); },
+};
+
+}  // namespace
+
+void SetTestProtoRefuseAll(bool refuse) { g_refuse_all = refuse; }
+
+const Registry& TestRegistry() {
+  static const Registry registry = [] {
+    std::vector<const Driver*> drivers = Registry::Builtin().drivers();
+    drivers.push_back(&kTestProto);
+    drivers.push_back(&kTestFmt);
+    drivers.push_back(&kTestDelay);
+    return Registry(drivers);
+  }();
+  return registry;
+}
+
+}  // namespace libblock::testing
