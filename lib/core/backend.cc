@@ -55,13 +55,19 @@ absl::Status ApplyCacheMode(std::string_view mode, Options& options, bool* write
   return absl::OkStatus();
 }
 
-Backend::Backend(Graph& graph, BackendOptions opts) : graph_(graph), opts_(std::move(opts)) {}
+Backend::Backend(Graph& graph, BackendOptions opts)
+    : graph_(graph), loop_(graph.loop()), opts_(std::move(opts)) {}
 
 Backend::~Backend() { (void)Close(); }
 
 std::string Backend::ParentDescription() const {
   if (opts_.name.empty()) return "an unnamed block device";
   return absl::StrFormat("block device '%s'", opts_.name);
+}
+
+void Backend::Orphaned(Child* child) {
+  if (child == root_) root_ = nullptr;
+  closed_ = true;
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> Backend::Open(Graph& graph, std::string_view filename,
@@ -162,8 +168,12 @@ Task<absl::Status> Backend::Flush() {
 Task<absl::StatusOr<BlockStatus>> Backend::GetBlockStatus(int64_t offset, int64_t bytes) {
   absl::Status admitted = co_await Admit();
   if (!admitted.ok()) co_return admitted;
-  absl::StatusOr<BlockStatus> result = CheckRange(offset, bytes, false);
-  if (result.ok()) result = co_await root_->GetBlockStatus(offset, bytes, true);
+  absl::Status range = CheckRange(offset, bytes, false);
+  if (!range.ok()) {
+    Leave();
+    co_return range;
+  }
+  absl::StatusOr<BlockStatus> result = co_await root_->GetBlockStatus(offset, bytes, true);
   Leave();
   co_return result;
 }
@@ -177,12 +187,12 @@ Task<absl::Status> Backend::Truncate(int64_t size, bool exact, PreallocMode mode
 
 absl::Status Backend::PreadSync(int64_t offset, void* buf, int64_t bytes) {
   IoVec v(buf, static_cast<size_t>(bytes));
-  return graph_.loop().Run(Read(offset, bytes, v));
+  return loop_.Run(Read(offset, bytes, v));
 }
 
 absl::Status Backend::PwriteSync(int64_t offset, const void* buf, int64_t bytes, ReqFlags flags) {
   IoVec v(const_cast<void*>(buf), static_cast<size_t>(bytes));
-  return graph_.loop().Run(Write(offset, bytes, v, flags));
+  return loop_.Run(Write(offset, bytes, v, flags));
 }
 
 absl::Status Backend::SetPerm(Perm perm, Perm shared) {
@@ -205,12 +215,12 @@ absl::Status Backend::Reopen(bool read_only) {
 void Backend::DrainBegin() {
   ++quiesce_;
   Node* node = root();
-  graph_.loop().RunUntil([&] { return in_flight_ == 0 && (!node || node->in_flight() == 0); });
+  loop_.RunUntil([&] { return in_flight_ == 0 && (!node || node->in_flight() == 0); });
 }
 
 void Backend::DrainEnd() {
   if (quiesce_ > 0 && --quiesce_ == 0) {
-    internal::CurrentLoopScope scope(&graph_.loop());
+    internal::CurrentLoopScope scope(&loop_);
     queued_.WakeAll();
   }
 }
@@ -219,13 +229,13 @@ absl::Status Backend::Close() {
   if (closed_) return absl::OkStatus();
   closed_ = true;
   {
-    internal::CurrentLoopScope scope(&graph_.loop());
+    internal::CurrentLoopScope scope(&loop_);
     queued_.WakeAll();
   }
-  graph_.loop().RunUntil([&] { return in_flight_ == 0 && queued_count_ == 0; });
+  loop_.RunUntil([&] { return in_flight_ == 0 && queued_count_ == 0; });
   absl::Status st;
   if (root_) {
-    if (root_->perm() & (kPermWrite | kPermWriteUnchanged)) st = graph_.loop().Run(root_->Flush());
+    if (root_->perm() & (kPermWrite | kPermWriteUnchanged)) st = loop_.Run(root_->Flush());
     graph_.DetachChild(std::exchange(root_, nullptr));
   }
   return st;

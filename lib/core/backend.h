@@ -55,6 +55,7 @@ class Backend final : public ChildParent {
   Perm perm() const { return root_ ? root_->perm() : 0; }
   Perm shared() const { return root_ ? root_->shared() : kPermAll; }
   std::string ParentDescription() const override;
+  void Orphaned(Child* child) override;
 
   int64_t size() const;
   int in_flight() const { return in_flight_; }
@@ -88,7 +89,8 @@ class Backend final : public ChildParent {
   Task<absl::Status> Admit();
   void Leave();
 
-  Graph& graph_;
+  Graph& graph_;   // valid until Orphaned (the graph may die first)
+  EventLoop& loop_;
   BackendOptions opts_;
   Child* root_ = nullptr;
   int in_flight_ = 0;

@@ -31,7 +31,7 @@ absl::StatusOr<PreallocMode> ParsePreallocMode(std::string_view text) {
 void NodeDriver::ChildPerm(const Child& child, Perm perm, Perm shared, Perm* nperm,
                            Perm* nshared) {
   ChildPermContext ctx;
-  ctx.parent_writable = !node().flags().read_only;
+  ctx.parent_writable = !node().EffectiveReadOnly();
   DefaultChildPerm(child.role(), ctx, perm, shared, nperm, nshared);
 }
 

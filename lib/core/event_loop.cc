@@ -83,7 +83,10 @@ void EventLoop::Post(std::function<void()> fn) {
     std::lock_guard<std::mutex> lock(remote_mu_);
     remote_.push_back(std::move(fn));
   }
-  remote_pending_.store(true, std::memory_order_release);
+  // Only the post that makes the queue non-empty wakes the loop: a burst of completions
+  // costs one eventfd write. (The loop clears the flag before it takes the queue, so a post
+  // racing with that either lands in this round or sets the flag and writes again.)
+  if (remote_pending_.exchange(true, std::memory_order_acq_rel)) return;
   uint64_t one = 1;
   // A full eventfd counter (EAGAIN) already means "wake up"; nothing to do then.
   ssize_t ignored = write(event_fd_, &one, sizeof(one));
@@ -91,7 +94,7 @@ void EventLoop::Post(std::function<void()> fn) {
 }
 
 void EventLoop::DrainRemote() {
-  if (!remote_pending_.exchange(false, std::memory_order_acquire)) return;
+  if (!remote_pending_.exchange(false, std::memory_order_acq_rel)) return;
   std::vector<std::function<void()>> fns;
   {
     std::lock_guard<std::mutex> lock(remote_mu_);
@@ -225,7 +228,11 @@ Task<int64_t> EventLoop::RunInThread(std::function<int64_t()> fn) {
     }
     int64_t await_resume() const noexcept { return result; }
   };
-  co_return co_await Awaiter{this, std::move(fn)};
+  // A named awaiter, not a braced temporary: GCC 12 copies a temporary awaiter bytewise and
+  // destroys both copies, which double-frees a std::function that holds its callable on the
+  // heap (any lambda capturing more than 16 bytes, as aio=threads' I/O lambdas do).
+  Awaiter awaiter{this, std::move(fn)};
+  co_return co_await awaiter;
 }
 
 int EventLoop::pending_waits() const {

@@ -171,7 +171,10 @@ DetachedTask RunDetached(Task<T> task, F done) {
     co_await task;
     done();
   } else {
-    done(co_await task);
+    // A named value, not co_await inside the call: GCC 12 mishandles co_await in call
+    // arguments and conditional operands (see NOTES.md).
+    T value = co_await task;
+    done(std::move(value));
   }
 }
 

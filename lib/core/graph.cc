@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_format.h"
+#include "util/checked_math.h"
 #include "core/event_loop.h"
 #include "util/status.h"
 
@@ -92,7 +93,9 @@ std::string Node::ParentDescription() const { return absl::StrFormat("node '%s'"
 
 absl::Status Node::RefreshSize() {
   LB_ASSIGN_OR_RETURN(int64_t len, impl_->GetLength());
-  size_ = len;
+  // QEMU keeps node lengths in 512-byte sectors: a 1000-byte file is a 1024-byte disk whose
+  // tail reads as zeroes. Sizes, bounds and `info` output match it.
+  size_ = AlignUp(len, kSectorSize);
   return absl::OkStatus();
 }
 
@@ -189,6 +192,7 @@ Graph::~Graph() {
         Unlink(p, tran);
         tran.Commit();
         --node->refcnt_;
+        p->parent()->Orphaned(p);
         delete p;
       }
     }
@@ -517,16 +521,26 @@ absl::StatusOr<Child*> Graph::AttachChild(ChildParent& parent, Node& child, std:
   }
   tran.Commit();
   ++child.refcnt_;
+  ChildrenChanged(&parent);
   return edge.release();
+}
+
+void Graph::ChildrenChanged(ChildParent* parent) {
+  Node* n = parent->AsNode();
+  if (!n || !n->opened_ || n->closing_) return;
+  n->RefreshLimits();
+  (void)n->RefreshSize();
 }
 
 void Graph::DetachChild(Child* child) {
   Node* node = child->node_;
+  ChildParent* parent = child->parent();
   Transaction tran;
   Unlink(child, tran);
   (void)RefreshPerms({node}, tran, /*relaxing=*/true);
   tran.Commit();
   delete child;
+  ChildrenChanged(parent);
   Unref(node);
 }
 
@@ -550,6 +564,7 @@ absl::Status Graph::ReplaceChild(Child* child, Node& new_node) {
   }
   tran.Commit();
   ++new_node.refcnt_;
+  ChildrenChanged(child->parent());
   Unref(old);
   return absl::OkStatus();
 }
@@ -586,10 +601,14 @@ absl::Status Graph::Reopen(Node& node, bool read_only, const std::vector<EdgeUpd
     }
   };
   collect(&node, true);
+  // Permissions are computed for the new mode while I/O still runs in the old one (a filter
+  // may still write while it gives up its permissions); the mode itself flips on commit.
   for (Node* n : affected) {
-    if (n->flags_.read_only == read_only) continue;
-    tran.Assign(&n->flags_.read_only, read_only);
-    if (read_only) reopening_read_only_.push_back(n);
+    tran.Assign(&n->pending_read_only_, std::optional<bool>(read_only));
+    tran.OnCommit([n, read_only] {
+      n->flags_.read_only = read_only;
+      n->pending_read_only_.reset();
+    });
   }
   absl::Status st;
   for (Node* n : affected) {
@@ -597,7 +616,6 @@ absl::Status Graph::Reopen(Node& node, bool read_only, const std::vector<EdgeUpd
     if (!st.ok()) break;
   }
   if (st.ok()) st = RefreshPerms({&node}, tran, /*relaxing=*/false);
-  reopening_read_only_.clear();
   if (!st.ok()) {
     tran.Abort();
     return st;
@@ -646,9 +664,8 @@ absl::Status Graph::RefreshPerms(const std::vector<Node*>& roots, Transaction& t
       shared &= p->shared_;
     }
     absl::Status st = CheckParentConflicts(*n);
-    if (st.ok() && (perm & (kPermWrite | kPermWriteUnchanged)) && n->flags_.read_only) {
-      bool was_writable = std::find(reopening_read_only_.begin(), reopening_read_only_.end(), n) !=
-                          reopening_read_only_.end();
+    if (st.ok() && (perm & (kPermWrite | kPermWriteUnchanged)) && n->EffectiveReadOnly()) {
+      bool was_writable = !n->flags_.read_only;
       st = ErrnoError(EPERM, was_writable
                                  ? "Cannot make block node read-only, there is a writer on it"
                                  : "Block node is read-only");

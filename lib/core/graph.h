@@ -131,14 +131,14 @@ class Graph {
   void Link(Child* child, Transaction& tran);
   void Unlink(Child* child, Transaction& tran);
   absl::Status CheckParentConflicts(const Node& node) const;
+  // After an edge below `parent` changed: its limits and size follow its children.
+  void ChildrenChanged(ChildParent* parent);
 
   EventLoop& loop_;
   const Registry& registry_;
   std::map<std::string, std::unique_ptr<Node>, std::less<>> nodes_;
   uint64_t next_auto_name_ = 1;
   std::function<void(const std::string&)> warning_handler_;
-  // Nodes being switched to read-only in the current reopen, for the error wording.
-  std::vector<Node*> reopening_read_only_;
 };
 
 }  // namespace libblock

@@ -127,7 +127,7 @@ Task<absl::Status> ReadAligned(Node& n, int64_t offset, int64_t bytes, const IoV
 struct NodeIo {
   static void NoteWrite(Node& n, int64_t end) {
     ++n.write_gen_;
-    if (end > n.size_) n.size_ = end;
+    if (end > n.size_) n.size_ = AlignUp(end, kSectorSize);
   }
   static void NoteChange(Node& n) { ++n.write_gen_; }
   static Task<absl::Status> Flush(Node& n);
@@ -150,6 +150,8 @@ Task<absl::Status> WriteAligned(Node& n, int64_t offset, int64_t bytes, const Io
     LB_CO_RETURN_IF_ERROR(co_await n.impl()->Write(offset + done, num, part, driver_flags));
     done += num;
   }
+  // Count the write before an emulated FUA flush, or the flush would find nothing to do.
+  NodeIo::NoteChange(n);
   if ((flags & kReqFua) && !(caps.write_flags & kReqFua)) co_return co_await FlushNode(n);
   co_return absl::OkStatus();
 }
@@ -319,6 +321,7 @@ Task<absl::Status> Child::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags fl
     absl::Status st = ErrnoError(ENOTSUP, "write-zeroes not supported");
     if (caps.write_zeroes && aligned_piece) {
       st = co_await n.impl()->WriteZeroes(pos, num, flags & caps.zero_flags);
+      if (st.ok()) NodeIo::NoteChange(n);
       if (st.ok() && (flags & kReqFua) && !(caps.zero_flags & kReqFua)) st = co_await FlushNode(n);
     }
     if (StatusErrno(st) == ENOTSUP && !aligned_piece && caps.write_zeroes &&

@@ -39,6 +39,9 @@ class ChildParent {
   // How conflict messages name this parent: "node 'qcow2-0'", "block device 'vda'".
   virtual std::string ParentDescription() const = 0;
   virtual Node* AsNode() { return nullptr; }
+  // The graph cut this parent's edge `child` (the graph is being destroyed); the edge is
+  // deleted right after this call.
+  virtual void Orphaned(Child* child) {}
 };
 
 enum class DetectZeroes { kOff, kOn, kUnmap };
@@ -118,6 +121,9 @@ class Node final : public ChildParent {
 
   const NodeFlags& flags() const { return flags_; }
   NodeFlags& mutable_flags() { return flags_; }
+  // The mode permissions are computed for: during a reopen, the mode being switched to;
+  // flags().read_only (what I/O obeys) only changes when the reopen commits.
+  bool EffectiveReadOnly() const { return pending_read_only_.value_or(flags_.read_only); }
   // The filename the node was opened with (protocols), or that of its primary child.
   const std::string& filename() const { return filename_; }
   void set_filename(std::string f) { filename_ = std::move(f); }
@@ -169,6 +175,7 @@ class Node final : public ChildParent {
   int refcnt_ = 0;                // parents + explicit references
   bool closing_ = false;
   bool opened_ = false;           // the driver's Open succeeded
+  std::optional<bool> pending_read_only_;  // set while a reopen is being prepared
 
   Perm perm_ = 0;
   Perm shared_ = kPermAll;

@@ -14,6 +14,7 @@ absl::StatusOr<std::unique_ptr<Uring>> Uring::Create(unsigned entries) {
   int ret = io_uring_queue_init(entries, &u->ring_, 0);
   if (ret < 0) return ErrnoStatus(-ret, "io_uring_queue_init");
   u->initialized_ = true;
+  u->cq_entries_ = u->ring_.cq.ring_entries;
   if (struct io_uring_probe* probe = io_uring_get_probe_ring(&u->ring_)) {
     u->has_fallocate_ = io_uring_opcode_supported(probe, IORING_OP_FALLOCATE);
     bool has_rw = io_uring_opcode_supported(probe, IORING_OP_READV) &&
@@ -49,6 +50,9 @@ void Uring::FallocateOp::Prepare(struct io_uring_sqe* sqe) {
 }
 
 bool Uring::PrepareOne(Op* op) {
+  // Never have more operations in flight than the completion queue holds: completions past
+  // that go to the kernel's overflow list, which peeking the ring never flushes.
+  if (in_flight_ >= static_cast<int>(cq_entries_)) return false;
   struct io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   if (!sqe) return false;
   op->Prepare(sqe);
@@ -95,6 +99,8 @@ int Uring::Reap() {
   }
   io_uring_cq_advance(&ring_, static_cast<unsigned>(done.size()));
   in_flight_ -= static_cast<int>(done.size());
+  // Room in the completion queue again: prepare parked operations (submitted by the loop).
+  while (!overflow_.empty() && PrepareOne(overflow_.front())) overflow_.pop_front();
   for (const Completion& c : done) {
     c.op->result = c.res;
     c.op->waiter.resume();

@@ -111,10 +111,11 @@ class Uring {
   struct io_uring ring_;
 #endif
   bool initialized_ = false;
+  unsigned cq_entries_ = 0;
   bool has_fallocate_ = false;
   int unsubmitted_ = 0;
   int in_flight_ = 0;
-  std::deque<Op*> overflow_;  // ops waiting for a free SQE
+  std::deque<Op*> overflow_;  // ops waiting for a free SQE or completion slot
 };
 
 }  // namespace libblock

@@ -12,6 +12,9 @@ namespace libblock {
 // keeps offsets representable as int64 after alignment to any supported block size.
 inline constexpr int64_t kMaxLength = INT64_MAX / 2;
 
+// QEMU's BDRV_SECTOR_SIZE: node lengths are whole multiples of it.
+inline constexpr int64_t kSectorSize = 512;
+
 template <typename T>
 [[nodiscard]] inline bool CheckedAdd(T a, T b, T* out) { return !__builtin_add_overflow(a, b, out); }
 

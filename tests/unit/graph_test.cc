@@ -292,6 +292,7 @@ TEST_CASE("attach, replace and detach children", "[graph]") {
 
   REQUIRE(f.graph.ReplaceChild(file, *p2).ok());
   REQUIRE(file->node() == p2);
+  REQUIRE(raw->size() == 8192);  // the parent follows its new child
   REQUIRE(p2->perm() == (kPermConsistentRead | kPermWrite));
   REQUIRE(p1->perm() == 0);
   REQUIRE(p1->parents().empty());
@@ -418,6 +419,23 @@ TEST_CASE("backend cache modes map to node options", "[graph]") {
   Fixture f;
   REQUIRE_THAT(Message(f.OpenBackend("driver=null-co,cache=sometimes").status()),
                Catch::Contains("invalid cache option 'sometimes'"));
+}
+
+TEST_CASE("a backend outliving its graph is orphaned, not left dangling", "[graph]") {
+  auto loop = MakeLoop();
+  std::unique_ptr<Backend> be;
+  {
+    Graph graph(*loop, TestRegistry());
+    auto o = ParseKeyValueOptions("driver=test-proto");
+    REQUIRE(o.ok());
+    auto b = Backend::Open(graph, "", *o, {});
+    REQUIRE(b.ok());
+    be = std::move(*b);
+  }
+  REQUIRE(be->root() == nullptr);
+  uint8_t buf[16];
+  REQUIRE(StatusErrno(be->PreadSync(0, buf, sizeof buf)) == ECANCELED);
+  REQUIRE(be->Close().ok());
 }
 
 }  // namespace

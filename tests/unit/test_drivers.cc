@@ -19,8 +19,15 @@ constexpr OptionSpec kProtoSpecs[] = {
     {"filename", OptionType::kString, "", "ignored"},
     {"size", OptionType::kSize, "1M", "size"},
     {"veto", OptionType::kInt, "0", "permission bits to refuse"},
+    {"align", OptionType::kInt, "1", "request alignment"},
+    {"max-transfer", OptionType::kInt, "0", "max transfer"},
+    {"fua", OptionType::kBool, "off", "declare FUA support"},
+    {"has-zeroes", OptionType::kBool, "off", "implement write-zeroes"},
+    {"has-discard", OptionType::kBool, "off", "implement discard"},
 };
 constexpr OptionSchema kProtoSchema{"test-proto", kProtoSpecs};
+
+}  // namespace
 
 class TestProto final : public NodeDriver {
  public:
@@ -28,9 +35,42 @@ class TestProto final : public NodeDriver {
   Task<absl::Status> Open(OpenContext& ctx) override {
     data_.assign(ctx.values.GetSize("size"), 0);
     veto_ = static_cast<Perm>(ctx.values.GetInt("veto"));
+    align_ = static_cast<uint32_t>(ctx.values.GetInt("align"));
+    max_transfer_ = ctx.values.GetInt("max-transfer");
     caps_.truncate = true;
+    caps_.write_zeroes = ctx.values.GetBool("has-zeroes");
+    caps_.discard = ctx.values.GetBool("has-discard");
+    caps_.write_flags = ctx.values.GetBool("fua") ? kReqFua : 0;
+    caps_.zero_flags = kReqMayUnmap | kReqNoFallback;
     co_return absl::OkStatus();
   }
+  void RefreshLimits(BlockLimits& limits) override {
+    limits.request_alignment = align_;
+    limits.max_transfer = max_transfer_;
+  }
+  void Note(int64_t offset, int64_t bytes) {
+    if (offset % align_ || bytes % align_ || (max_transfer_ && bytes > max_transfer_)) ++stats_.misaligned;
+    stats_.largest = std::max(stats_.largest, bytes);
+  }
+  Task<absl::Status> WriteZeroes(int64_t offset, int64_t bytes, ReqFlags) override {
+    ++stats_.zero_writes;
+    stats_.zero_ranges.emplace_back(offset, bytes);
+    if (offset % align_ || bytes % align_) ++stats_.misaligned;
+    if (offset + bytes > static_cast<int64_t>(data_.size())) data_.resize(offset + bytes);
+    std::fill(data_.begin() + offset, data_.begin() + offset + bytes, 0);
+    co_return absl::OkStatus();
+  }
+  Task<absl::Status> Discard(int64_t offset, int64_t bytes) override {
+    ++stats_.discards;
+    if (offset % align_ || bytes % align_) ++stats_.misaligned;
+    co_return absl::OkStatus();
+  }
+  Task<absl::Status> Flush() override {
+    ++stats_.flushes;
+    co_return absl::OkStatus();
+  }
+  TestProtoStats stats_;
+  std::vector<uint8_t> data_;
   absl::Status PreparePerm(Perm perm, Perm, Transaction&) override {
     if (g_refuse_all) return ErrnoError(EPERM, "test-proto refuses every permission change");
     if (perm & veto_) {
@@ -40,12 +80,17 @@ class TestProto final : public NodeDriver {
   }
   absl::StatusOr<int64_t> GetLength() override { return static_cast<int64_t>(data_.size()); }
   Task<absl::Status> Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags) override {
+    ++stats_.reads;
+    Note(offset, bytes);
     int64_t avail = std::max<int64_t>(0, std::min<int64_t>(bytes, data_.size() - offset));
     if (avail > 0) qiov.CopyFrom(0, data_.data() + offset, static_cast<size_t>(avail));
     if (avail < bytes) qiov.Memset(static_cast<size_t>(avail), 0, static_cast<size_t>(bytes - avail));
     co_return absl::OkStatus();
   }
-  Task<absl::Status> Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags) override {
+  Task<absl::Status> Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) override {
+    ++stats_.writes;
+    stats_.write_flags.push_back(flags);
+    Note(offset, bytes);
     if (offset + bytes > static_cast<int64_t>(data_.size())) data_.resize(offset + bytes);
     qiov.CopyTo(0, data_.data() + offset, static_cast<size_t>(bytes));
     co_return absl::OkStatus();
@@ -56,9 +101,24 @@ class TestProto final : public NodeDriver {
   }
 
  private:
-  std::vector<uint8_t> data_;
   Perm veto_ = 0;
+  uint32_t align_ = 1;
+  int64_t max_transfer_ = 0;
 };
+
+TestProtoStats& StatsOf(Node& node) {
+  auto* p = dynamic_cast<TestProto*>(node.impl());
+  if (!p) std::abort();
+  return p->stats_;
+}
+
+std::vector<uint8_t>& DataOf(Node& node) {
+  auto* p = dynamic_cast<TestProto*>(node.impl());
+  if (!p) std::abort();
+  return p->data_;
+}
+
+namespace {
 
 constexpr std::string_view kRoles[] = {"image", "data", "metadata"};
 constexpr OptionSpec kFmtSpecs[] = {

@@ -1,16 +1,36 @@
 // Drivers that exist only for tests, registered next to the built-in ones in an explicit
 // test registry:
 //   test-proto   a protocol over memory; `veto` (a permission mask) makes PreparePerm refuse
-//                any cumulative permission containing one of those bits; counts calls.
+//                any cumulative permission containing one of those bits; `align`,
+//                `max-transfer`, `fua`, `has-zeroes`, `has-discard` declare limits and capabilities;
+//                every request that reaches it is recorded (TestProtoStats).
 //   test-fmt     a format with a "file" child of role `role` (image|data|metadata) and an
 //                optional "backing" (cow) child; data passes through to "file".
 //   test-delay   a filter that delays every read/write by `ns` nanoseconds.
 #ifndef LIBBLOCK_TESTS_TEST_DRIVERS_H_
 #define LIBBLOCK_TESTS_TEST_DRIVERS_H_
 
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "core/node.h"
 #include "core/registry.h"
 
 namespace libblock::testing {
+
+// What reached a test-proto node's driver (after the core request path).
+struct TestProtoStats {
+  int reads = 0, writes = 0, zero_writes = 0, discards = 0, flushes = 0;
+  int misaligned = 0;          // requests not aligned to the declared `align`
+  int64_t largest = 0;         // largest read/write length seen
+  std::vector<std::pair<int64_t, int64_t>> zero_ranges;
+  std::vector<uint32_t> write_flags;
+};
+// Stats of a test-proto node; aborts for other drivers.
+TestProtoStats& StatsOf(Node& node);
+// The node's backing memory.
+std::vector<uint8_t>& DataOf(Node& node);
 
 const Registry& TestRegistry();
 

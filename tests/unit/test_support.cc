@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 
@@ -153,6 +154,86 @@ std::unique_ptr<EventLoop> MakeLoop(bool io_uring) {
   auto loop = EventLoop::Create(opts);
   if (!loop.ok()) throw std::runtime_error(std::string(loop.status().message()));
   return std::move(*loop);
+}
+
+}  // namespace libblock::testing
+
+#include <algorithm>  // helpers below
+#include <cstdint>
+
+namespace libblock::testing {
+
+std::vector<FileLock> FileLocksOn(const std::string& path) {
+  std::vector<FileLock> out;
+  for (const std::string& line : LocksOn(path)) {
+    // "1: OFDLCK ADVISORY  READ -1 fe:00:1234 100 101" ("1: -> ..." for a blocked waiter)
+    std::istringstream in(line);
+    std::vector<std::string> f;
+    for (std::string w; in >> w;) {
+      if (w != "->") f.push_back(w);
+    }
+    if (f.size() < 8) continue;
+    FileLock l;
+    l.kind = f[1];
+    l.type = f[3];
+    l.start = std::stoll(f[6]);
+    l.end = f[7] == "EOF" ? INT64_MAX : std::stoll(f[7]);
+    out.push_back(l);
+  }
+  return out;
+}
+
+std::vector<int64_t> LockedBytes(const std::string& path, const std::string& kind) {
+  std::vector<int64_t> bytes;
+  for (const FileLock& l : FileLocksOn(path)) {
+    if (!kind.empty() && l.kind != kind) continue;
+    for (int64_t b = l.start; b <= l.end && b < l.start + 4096; ++b) bytes.push_back(b);
+  }
+  std::sort(bytes.begin(), bytes.end());
+  return bytes;
+}
+
+std::vector<int> FdFlagsFor(const std::string& path) {
+  std::vector<int> flags;
+  std::error_code ec;
+  std::string want = std::filesystem::weakly_canonical(path, ec).string();
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    std::error_code lec;
+    std::filesystem::path target = std::filesystem::read_symlink(entry.path(), lec);
+    if (lec || target.string() != want) continue;
+    std::ifstream info("/proc/self/fdinfo/" + entry.path().filename().string());
+    std::string line;
+    while (std::getline(info, line)) {
+      if (line.rfind("flags:", 0) == 0) flags.push_back(static_cast<int>(std::stol(line.substr(6), nullptr, 8)));
+    }
+  }
+  return flags;
+}
+
+}  // namespace libblock::testing
+
+namespace libblock::testing {
+
+std::string RandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string out(n, '\0');
+  for (char& c : out) c = static_cast<char>(rng() & 0xff);
+  return out;
+}
+
+std::string DescribeDifference(const std::string& a, const std::string& b) {
+  size_t n = std::min(a.size(), b.size());
+  size_t i = 0;
+  while (i < n && a[i] == b[i]) ++i;
+  if (i == n && a.size() == b.size()) return "";
+  char buf[160];
+  if (i == n) {
+    snprintf(buf, sizeof(buf), "sizes differ: %zu vs %zu bytes (equal up to %zu)", a.size(), b.size(), n);
+  } else {
+    snprintf(buf, sizeof(buf), "first difference at offset %zu: 0x%02x vs 0x%02x (sizes %zu, %zu)", i,
+             static_cast<unsigned char>(a[i]), static_cast<unsigned char>(b[i]), a.size(), b.size());
+  }
+  return buf;
 }
 
 }  // namespace libblock::testing

@@ -75,3 +75,38 @@ std::unique_ptr<EventLoop> MakeLoop(bool io_uring = true);
 }  // namespace libblock::testing
 
 #endif  // LIBBLOCK_TESTS_TEST_SUPPORT_H_
+
+// (Own guard: this block was appended after the main one.)
+#ifndef LIBBLOCK_TESTS_TEST_SUPPORT_LOCKS_H_
+#define LIBBLOCK_TESTS_TEST_SUPPORT_LOCKS_H_
+namespace libblock::testing {
+
+// One line of /proc/locks on a file: kind (OFDLCK, POSIX, FLOCK), type (READ, WRITE) and the
+// inclusive byte range. The kernel merges adjacent ranges of one owner ("100 101").
+struct FileLock {
+  std::string kind;
+  std::string type;
+  int64_t start = 0;
+  int64_t end = 0;
+};
+std::vector<FileLock> FileLocksOn(const std::string& path);
+// Every byte locked on `path` by a lock of `kind` ("" for any), once per lock covering it,
+// sorted: QEMU's lock bytes held by all openers together.
+std::vector<int64_t> LockedBytes(const std::string& path, const std::string& kind = "");
+
+// The status flags (/proc/self/fdinfo "flags", O_* bits) of every descriptor of this process
+// whose /proc/self/fd link names `path`.
+std::vector<int> FdFlagsFor(const std::string& path);
+
+}  // namespace libblock::testing
+#endif  // LIBBLOCK_TESTS_TEST_SUPPORT_LOCKS_H_
+
+namespace libblock::testing {
+
+// `n` pseudo-random bytes from `seed` (std::mt19937): the same on every run.
+std::string RandomBytes(size_t n, uint32_t seed);
+// "" when `a` and `b` hold the same bytes, else where they first differ (for readable
+// failures on large buffers: REQUIRE(DescribeDifference(x, y) == "")).
+std::string DescribeDifference(const std::string& a, const std::string& b);
+
+}  // namespace libblock::testing

@@ -49,7 +49,8 @@ class PreallocateNode final : public FilterDriver {
   Task<absl::Status> Open(OpenContext& ctx) override {
     align_ = static_cast<int64_t>(ctx.values.GetSize("prealloc-align"));
     size_ = static_cast<int64_t>(ctx.values.GetSize("prealloc-size"));
-    if (align_ <= 0 || align_ % 512) {
+    // 0 is accepted, as by QEMU: it means the file's request alignment.
+    if (align_ % 512) {
       co_return ErrnoError(EINVAL, "prealloc-align parameter of preallocate filter is not aligned to 512");
     }
     if (size_ > kMaxLength || align_ > kMaxLength / 2) {
@@ -105,8 +106,10 @@ class PreallocateNode final : public FilterDriver {
   }
 
   Task<absl::Status> WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) override {
-    // Zeroes landing in the known-zero tail need no I/O at all.
-    if (co_await HandleWrite(offset, bytes, /*zero=*/true)) co_return absl::OkStatus();
+    // Zeroes landing in the known-zero tail need no I/O at all. (The result goes through a
+    // local: GCC 12 miscompiles a co_await inside an if condition here — it traps.)
+    bool skip = co_await HandleWrite(offset, bytes, /*zero=*/true);
+    if (skip) co_return absl::OkStatus();
     co_return co_await filtered_->WriteZeroes(offset, bytes, flags);
   }
 
@@ -153,17 +156,27 @@ class PreallocateNode final : public FilterDriver {
       state_ = State{len, len, len};
     }
     int64_t end = offset + bytes;
+    // Any data write, extending or not, ends the known-zero area at its end: a later zero
+    // write over it must not be skipped.
+    if (!zero) state_->zero_start = std::max(state_->zero_start, end);
     if (end <= state_->data_end) co_return false;
     state_->data_end = end;
-    if (!zero) state_->zero_start = end;
     if (end <= state_->file_end) co_return zero && offset >= state_->zero_start;
 
     auto guard = co_await prealloc_lock_.ScopedLock();
     if (!state_) co_return false;  // a failed truncate invalidated it meanwhile
     if (end <= state_->file_end) co_return zero && offset >= state_->zero_start;
+    // While we waited for the lock, later writes may have moved data_end past our end and,
+    // ending below it, gone straight to the file: they may have written (even completed)
+    // anywhere below data_end. Zero only from the current data_end on. A zero write that is
+    // still the furthest one may fold its own range into the preallocation.
     int64_t file_align = filtered_->node()->limits().request_alignment;
-    int64_t start = AlignUp(zero ? offset : end, file_align);
-    int64_t prealloc_end = AlignUp(std::max(start, end) + size_, align_);
+    bool merge = zero && end == state_->data_end;
+    int64_t start = AlignUp(merge ? offset : state_->data_end, file_align);
+    int64_t prealloc_end = AlignUp(std::max(start, end) + size_, std::max(align_, file_align));
+    // Nothing to zero (prealloc-size=0 and the start already aligned): file_end must not
+    // claim a length the file does not have.
+    if (prealloc_end <= start) co_return false;
     absl::Status st = co_await filtered_->WriteZeroes(start, prealloc_end - start,
                                                       kReqNoFallback | kReqSerialising);
     if (!st.ok()) {
@@ -174,7 +187,7 @@ class PreallocateNode final : public FilterDriver {
     }
     if (!state_) co_return false;
     state_->file_end = std::max(state_->file_end, prealloc_end);
-    co_return zero && offset >= start;
+    co_return merge && offset >= start;
   }
 
   Task<absl::Status> DropPreallocation() {

@@ -31,8 +31,6 @@ constexpr OptionSpec kSpecs[] = {
 };
 constexpr OptionSchema kSchema{"raw", kSpecs};
 
-constexpr int64_t kSectorSize = 512;
-
 class RawNode final : public NodeDriver {
  public:
   using NodeDriver::NodeDriver;

@@ -50,7 +50,9 @@ constexpr OptionSpec kRuntimeSpecs[] = {
 constexpr OptionSchema kFileSchema{"file", kRuntimeSpecs};
 constexpr OptionSchema kHostDeviceSchema{"host_device", kRuntimeSpecs};
 
-constexpr std::string_view kPreallocChoices[] = {"off", "falloc", "full"};
+// "metadata" parses (it is a QEMU preallocation mode) so that create can refuse it with
+// QEMU's "Unsupported preallocation mode: metadata".
+constexpr std::string_view kPreallocChoices[] = {"off", "falloc", "full", "metadata"};
 constexpr OptionSpec kCreateSpecs[] = {
     {"size", OptionType::kSize, "", "virtual disk size"},
     {"preallocation", OptionType::kEnum, "off", "preallocation mode: off, falloc, full",
@@ -62,6 +64,18 @@ constexpr OptionSchema kHostDeviceCreateSchema{"host_device", kCreateSpecs};
 
 // What kind of file a descriptor refers to.
 bool IsDevice(const struct stat& st) { return S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode); }
+
+// QEMU allocates the first block of a file that grows from empty with preallocation off: it
+// makes later O_DIRECT alignment probing reliable (a read of allocated data is checked) and
+// `qemu-img map` of a fresh image shows it. Failures are ignored, as there.
+void AllocateFirstBlock(int fd, int64_t size) {
+  size_t len = size < 4096 ? 512 : 4096;
+  AlignedBuffer zeroes(4096, 4096, true);
+  ssize_t r;
+  do {
+    r = pwrite(fd, zeroes.data(), len, 0);
+  } while (r < 0 && errno == EINTR);
+}
 
 int64_t DeviceLength(int fd) {
   uint64_t len = 0;
@@ -106,6 +120,8 @@ class FileNode final : public NodeDriver {
   Task<int64_t> Pwritev(const IoVec& v, int64_t offset, int rw_flags);
   Task<int64_t> Fallocate(int mode, int64_t offset, int64_t len);
   Task<int64_t> Fdatasync();
+  // ftruncate: inline with io_uring (no thread is started for a metadata call), else on a worker.
+  Task<int64_t> Ftruncate(int64_t size);
   Task<int64_t> Blocking(std::function<int64_t()> fn);
   // Full transfers: continue short ones; reads past EOF zero-fill.
   Task<absl::Status> TransferAll(bool write, int64_t offset, const IoVec& v, int rw_flags);
@@ -224,9 +240,12 @@ void FileNode::ProbeAlignment() {
   }
   AlignedBuffer buf(2 * kMaxAlign, kMaxAlign);
   if (request_align_ == 0) {
-    for (uint32_t align = 512; align <= kMaxAlign; align <<= 1) {
+    for (uint32_t align = 1; align <= kMaxAlign; align = align == 1 ? 512 : align << 1) {
       if (pread(fd_, buf.data(), align, 0) >= 0 || errno != EINVAL) {
-        request_align_ = align;
+        // When even a 1-byte read passes, the file cannot tell (it is empty: reads at EOF
+        // are not checked): assume 4096, as QEMU does, or a 4k-sector disk refuses the
+        // first 512-byte write.
+        request_align_ = align == 1 ? std::max<uint32_t>(4096, static_cast<uint32_t>(getpagesize())) : align;
         break;
       }
     }
@@ -235,7 +254,10 @@ void FileNode::ProbeAlignment() {
   buf_align_ = 0;
   for (uint32_t align : {1u, 512u, 1024u, 2048u, 4096u}) {
     if (pread(fd_, buf.data() + align, request_align_, 0) >= 0 || errno != EINVAL) {
-      buf_align_ = align;
+      // A read into any address proves nothing (an empty file reads nothing; newer kernels
+      // take one misaligned buffer but refuse vectors of odd-length pieces, which padding
+      // builds): fall back to the request alignment, as QEMU does.
+      buf_align_ = align == 1 ? request_align_ : align;
       break;
     }
   }
@@ -378,6 +400,13 @@ Task<int64_t> FileNode::Fallocate(int mode, int64_t offset, int64_t len) {
   co_return call();
 }
 
+Task<int64_t> FileNode::Ftruncate(int64_t size) {
+  int fd = fd_;
+  auto call = [fd, size]() -> int64_t { return ftruncate(fd, size) < 0 ? -errno : 0; };
+  if (use_uring_) co_return call();
+  co_return co_await Blocking(call);
+}
+
 Task<int64_t> FileNode::Fdatasync() {
   if (use_uring_) co_return co_await node().loop().uring()->Fsync(fd_, /*datasync=*/true);
   int fd = fd_;
@@ -399,7 +428,12 @@ Task<absl::Status> FileNode::TransferAll(bool write, int64_t offset, const IoVec
   while (done < total) {
     IoVec rest = done == 0 ? qiov : qiov.Slice(done, total - done);
     int64_t off = offset + static_cast<int64_t>(done);
-    int64_t r = write ? co_await Pwritev(rest, off, rw_flags) : co_await Preadv(rest, off);
+    int64_t r;
+    if (write) {
+      r = co_await Pwritev(rest, off, rw_flags);
+    } else {
+      r = co_await Preadv(rest, off);
+    }
     if (r == -EINTR || r == -EAGAIN) continue;
     if (r < 0) {
       co_return ErrnoStatus(static_cast<int>(-r),
@@ -547,12 +581,11 @@ Task<absl::Status> FileNode::Truncate(int64_t size, bool exact, PreallocMode mod
   absl::StatusOr<int64_t> cur_or = GetLength();
   if (!cur_or.ok()) co_return cur_or.status();
   int64_t cur = *cur_or;
-  int fd = fd_;
-  auto ftrunc = [fd, size]() -> int64_t { return ftruncate(fd, size) < 0 ? -errno : 0; };
   switch (mode) {
     case PreallocMode::kOff: {
-      int64_t r = use_uring_ ? ftrunc() : co_await Blocking(ftrunc);
+      int64_t r = co_await Ftruncate(size);
       if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Failed to resize the file");
+      if (cur == 0 && size > 0) AllocateFirstBlock(fd_, size);
       co_return absl::OkStatus();
     }
     case PreallocMode::kFalloc: {
@@ -565,15 +598,26 @@ Task<absl::Status> FileNode::Truncate(int64_t size, bool exact, PreallocMode mod
     case PreallocMode::kFull: {
       if (size < cur) co_return ErrnoError(ENOTSUP, "Cannot use preallocation for shrinking files");
       // Set the final size first so the file system can allocate in one go, then write zeroes.
-      int64_t r = use_uring_ ? ftrunc() : co_await Blocking(ftrunc);
+      int64_t r = co_await Ftruncate(size);
       if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Failed to resize the file");
       constexpr int64_t kChunk = 1 << 20;
       AlignedBuffer zeroes(kChunk, 4096, true);
-      for (int64_t pos = cur; pos < size;) {
+      int64_t pos = cur;
+      if (direct_ && pos < size && pos % request_align_ != 0) {
+        // O_DIRECT writes whole blocks, and the block holding the old end still has data:
+        // rewrite it as read (the file is already longer, so its tail reads as zeroes).
+        int64_t start = AlignDown(pos, request_align_);
+        AlignedBuffer block(request_align_, std::max<uint32_t>(buf_align_, 4096));
+        IoVec b(block.data(), request_align_);
+        LB_CO_RETURN_IF_ERROR(co_await TransferAll(false, start, b, 0));
+        LB_CO_RETURN_IF_ERROR(co_await TransferAll(true, start, b, 0));
+        pos = start + request_align_;
+      }
+      for (; pos < size;) {
         int64_t len = std::min(kChunk, size - pos);
         int64_t start = pos;
         int64_t wlen = len;
-        if (direct_) {  // O_DIRECT: write whole aligned blocks (they are zero beyond cur)
+        if (direct_) {  // O_DIRECT: write whole aligned blocks (all past the old end)
           start = AlignDown(pos, request_align_);
           wlen = AlignUp(pos + len, request_align_) - start;
           if (wlen > kChunk) wlen = kChunk;
@@ -584,7 +628,7 @@ Task<absl::Status> FileNode::Truncate(int64_t size, bool exact, PreallocMode mod
         pos += len;
       }
       if (direct_) {
-        int64_t fix = use_uring_ ? ftrunc() : co_await Blocking(ftrunc);
+        int64_t fix = co_await Ftruncate(size);
         if (fix < 0) co_return ErrnoStatus(static_cast<int>(-fix), "Failed to resize the file");
       }
       int64_t s = co_await Fdatasync();
@@ -606,6 +650,8 @@ Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
   if (host_device && filename.rfind("host_device:", 0) == 0) filename = filename.substr(12);
   std::optional<uint64_t> size = ctx.values.FindSize("size");
   if (!size) co_return ErrnoError(EINVAL, "Parameter 'size' is required");
+  // Image sizes are whole sectors, as QEMU rounds them.
+  if (*size <= static_cast<uint64_t>(kMaxLength)) *size = AlignUp<uint64_t>(*size, kSectorSize);
   if (*size > static_cast<uint64_t>(kMaxLength)) {
     co_return ErrnoError(EFBIG, absl::StrFormat("Image size must be less than %d bytes", kMaxLength));
   }
@@ -668,7 +714,11 @@ Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
     int64_t target = static_cast<int64_t>(*size);
     switch (*mode) {
       case PreallocMode::kOff:
-        if (ftruncate(fd, target) != 0) status = ErrnoStatus(errno, "Could not resize file");
+        if (ftruncate(fd, target) != 0) {
+          status = ErrnoStatus(errno, "Could not resize file");
+        } else if (target > 0) {
+          AllocateFirstBlock(fd, target);
+        }
         break;
       case PreallocMode::kFalloc:
         if (target > 0 && fallocate(fd, 0, 0, target) != 0) {

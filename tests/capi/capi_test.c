@@ -1,0 +1,125 @@
+/* The C ABI, exercised from C through libblock.so only: error conventions, handles,
+ * create/open/I/O/status/reopen/truncate, lock conflicts between two opens. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "libblock.h"
+
+static int failures = 0;
+#define CHECK(cond)                                                                \
+  do {                                                                             \
+    if (!(cond)) {                                                                 \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; lb_get_error: %s\n", __FILE__,     \
+              __LINE__, #cond, lb_get_error());                                    \
+      failures++;                                                                  \
+    }                                                                              \
+  } while (0)
+
+static int warnings = 0;
+static void on_warning(const char *msg, void *data) {
+  (void)msg;
+  *(int *)data += 1;
+}
+
+int main(void) {
+  char dir[] = "/tmp/lb-capi-XXXXXX";
+  char path[256], opts[512];
+  lb_context *ctx = NULL;
+  lb_backend *a = NULL, *b = NULL;
+  unsigned char buf[8192], back[8192];
+  lb_extent ext = LB_EXTENT_INIT;
+  int i;
+
+  if (!mkdtemp(dir)) return 1;
+  snprintf(path, sizeof path, "%s/disk.raw", dir);
+
+  CHECK(strlen(lb_version()) > 0);
+  CHECK(lb_get_error() != NULL);
+  CHECK(lb_context_new(0x80, &ctx) == -EINVAL && ctx == NULL);
+  CHECK(lb_context_new(0, &ctx) == 0 && ctx != NULL);
+  lb_context_set_warning_handler(ctx, on_warning, &warnings);
+
+  /* errors: -errno and a message naming the file */
+  CHECK(lb_open(ctx, "/nonexistent/x.img", NULL, 0, &a) == -ENOENT && a == NULL);
+  CHECK(strstr(lb_get_error(), "/nonexistent/x.img") != NULL);
+  CHECK(lb_open(ctx, NULL, "driver=raw", LB_OPEN_RDWR | LB_OPEN_FORCE_SHARE, &a) == -EINVAL);
+  CHECK(lb_close(NULL) == 0);
+
+  /* create and write */
+  CHECK(lb_create(ctx, path, "raw", "preallocation=off", 1 << 20, 0) == 0);
+  snprintf(opts, sizeof opts, "driver=raw,file.filename=%s,bogus=1", path);
+  CHECK(lb_open(ctx, NULL, opts, 0, &a) == -EINVAL && a == NULL);
+  CHECK(strstr(lb_get_error(), "'bogus'") != NULL && strstr(lb_get_error(), "'raw'") != NULL);
+  snprintf(opts, sizeof opts, "driver=raw,file.filename=%s", path);
+  CHECK(lb_open(ctx, NULL, opts, LB_OPEN_RDWR | LB_OPEN_RESIZE, &a) == 0);
+  CHECK(lb_get_size(a) == 1 << 20);
+  for (i = 0; i < (int)sizeof buf; i++) buf[i] = (unsigned char)(i * 7);
+  CHECK(lb_pwrite(a, buf, sizeof buf, 4096 + 3, 0) == 0);
+  CHECK(lb_pread(a, back, sizeof back, 4096 + 3, 0) == 0);
+  CHECK(memcmp(buf, back, sizeof buf) == 0);
+  {
+    struct iovec iov[2] = {{back, 100}, {back + 100, 200}};
+    memset(back, 0, sizeof back);
+    CHECK(lb_preadv(a, iov, 2, 4096 + 3, 0) == 0);
+    CHECK(memcmp(buf, back, 300) == 0);
+  }
+  CHECK(lb_pwrite(a, buf, 10, (1 << 20) - 5, 0) == -EIO); /* beyond the device */
+  CHECK(lb_pwrite(a, buf, 10, 0, 0x100) == -EINVAL);      /* unknown flags */
+  CHECK(lb_pwrite_zeroes(a, 4096, 4096, 0) == 0);
+  CHECK(lb_pread(a, back, 8, 4096, 0) == 0);
+  for (i = 0; i < 8; i++) CHECK(back[i] == 0);
+  CHECK(lb_flush(a, 0) == 0);
+
+  /* allocation status: like QEMU's, a new image has its first block allocated; the written
+   * range is data and untouched space is a hole */
+  CHECK(lb_block_status(a, 0, 1 << 20, 0, &ext) == 0);
+  CHECK(ext.struct_size == sizeof(lb_extent));
+  CHECK((ext.flags & LB_STATUS_DATA) && !(ext.flags & LB_STATUS_ZERO) && ext.has_host_offset);
+  CHECK(lb_block_status(a, 65536, 4096, 0, &ext) == 0);
+  CHECK((ext.flags & LB_STATUS_ZERO) && ext.length == 4096);
+  CHECK(lb_block_status(a, 8192, 4096, 0, &ext) == 0);
+  CHECK((ext.flags & LB_STATUS_DATA) && !(ext.flags & LB_STATUS_ZERO));
+  ext.struct_size = 1;
+  CHECK(lb_block_status(a, 0, 1, 0, &ext) == -EINVAL);
+  ext.struct_size = sizeof ext;
+
+  /* a second read-write open of the same file conflicts, as between two QEMUs */
+  CHECK(lb_open(ctx, NULL, opts, LB_OPEN_RDWR, &b) == -EAGAIN && b == NULL);
+  CHECK(strstr(lb_get_error(), "Failed to get \"write\" lock") != NULL);
+  CHECK(strstr(lb_get_error(), "Is another process using the image") != NULL);
+  CHECK(lb_open(ctx, NULL, opts, LB_OPEN_FORCE_SHARE, &b) == 0);
+  CHECK(lb_pread(b, back, 16, 4096 + 3 + 4096, 0) == 0);
+  CHECK(memcmp(back, buf + 4096, 16) == 0);
+  CHECK(lb_close(b) == 0);
+
+  /* resize and reopen read-only */
+  CHECK(lb_truncate(a, 2 << 20, "falloc", 0) == 0);
+  CHECK(lb_get_size(a) == 2 << 20);
+  CHECK(lb_truncate(a, 1 << 20, "bogus", 0) == -EINVAL);
+  CHECK(lb_reopen(a, 0) == 0);
+  CHECK(lb_pwrite(a, buf, 512, 0, 0) == -EPERM);
+  CHECK(lb_reopen(a, LB_OPEN_RDWR) == 0);
+  CHECK(lb_pwrite(a, buf, 512, 0, LB_REQ_FUA) == 0);
+  CHECK(lb_close(a) == 0);
+
+  /* probing an image without a driver guesses raw and warns (read-write only) */
+  CHECK(lb_open(ctx, path, NULL, LB_OPEN_RDWR, &a) == 0);
+  CHECK(warnings == 1);
+  /* ...and a backend left open is closed by lb_context_free */
+  lb_context_free(ctx);
+  lb_context_free(NULL);
+
+  unlink(path);
+  rmdir(dir);
+  if (failures) {
+    fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("capi: all checks passed\n");
+  return 0;
+}
