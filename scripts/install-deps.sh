@@ -8,7 +8,7 @@ packages=(
   # sanitizer and fuzzing builds
   clang libclang-rt-14-dev
   # test peers and oracles: qemu-img/qemu-io, loop devices, file systems for nocow tests
-  qemu-utils util-linux btrfs-progs e2fsprogs
+  qemu-utils util-linux btrfs-progs e2fsprogs cryptsetup-bin
   # scripts
   python3
 )

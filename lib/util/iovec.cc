@@ -21,18 +21,32 @@ void IoVec::Append(void* base, size_t len) {
   size_ += len;
 }
 
-void IoVec::AppendSlice(const IoVec& other, size_t offset, size_t len) {
-  for (const struct iovec& v : other.iov_) {
-    if (len == 0) break;
+namespace {
+
+// Calls fn(segment_base, segment_length, position_in_range) for the pieces of `iov` that
+// cover [offset, offset + len), in order; returns how many bytes were covered.
+template <typename Fn>
+size_t ForEachSegment(const absl::InlinedVector<struct iovec, 4>& iov, size_t offset, size_t len,
+                      Fn&& fn) {
+  size_t done = 0;
+  for (const struct iovec& v : iov) {
+    if (done == len) break;
     if (offset >= v.iov_len) {
       offset -= v.iov_len;
       continue;
     }
-    size_t n = std::min(v.iov_len - offset, len);
-    Append(static_cast<uint8_t*>(v.iov_base) + offset, n);
-    len -= n;
+    size_t n = std::min(v.iov_len - offset, len - done);
+    fn(static_cast<uint8_t*>(v.iov_base) + offset, n, done);
+    done += n;
     offset = 0;
   }
+  return done;
+}
+
+}  // namespace
+
+void IoVec::AppendSlice(const IoVec& other, size_t offset, size_t len) {
+  ForEachSegment(other.iov_, offset, len, [this](uint8_t* p, size_t n, size_t) { Append(p, n); });
 }
 
 IoVec IoVec::Slice(size_t offset, size_t len) const {
@@ -43,50 +57,18 @@ IoVec IoVec::Slice(size_t offset, size_t len) const {
 
 size_t IoVec::CopyFrom(size_t offset, const void* buf, size_t len) const {
   const uint8_t* src = static_cast<const uint8_t*>(buf);
-  size_t done = 0;
-  for (const struct iovec& v : iov_) {
-    if (done == len) break;
-    if (offset >= v.iov_len) {
-      offset -= v.iov_len;
-      continue;
-    }
-    size_t n = std::min(v.iov_len - offset, len - done);
-    std::memcpy(static_cast<uint8_t*>(v.iov_base) + offset, src + done, n);
-    done += n;
-    offset = 0;
-  }
-  return done;
+  return ForEachSegment(iov_, offset, len,
+                        [src](uint8_t* p, size_t n, size_t at) { std::memcpy(p, src + at, n); });
 }
 
 size_t IoVec::CopyTo(size_t offset, void* buf, size_t len) const {
   uint8_t* dst = static_cast<uint8_t*>(buf);
-  size_t done = 0;
-  for (const struct iovec& v : iov_) {
-    if (done == len) break;
-    if (offset >= v.iov_len) {
-      offset -= v.iov_len;
-      continue;
-    }
-    size_t n = std::min(v.iov_len - offset, len - done);
-    std::memcpy(dst + done, static_cast<const uint8_t*>(v.iov_base) + offset, n);
-    done += n;
-    offset = 0;
-  }
-  return done;
+  return ForEachSegment(iov_, offset, len,
+                        [dst](uint8_t* p, size_t n, size_t at) { std::memcpy(dst + at, p, n); });
 }
 
 void IoVec::Memset(size_t offset, int c, size_t len) const {
-  for (const struct iovec& v : iov_) {
-    if (len == 0) break;
-    if (offset >= v.iov_len) {
-      offset -= v.iov_len;
-      continue;
-    }
-    size_t n = std::min(v.iov_len - offset, len);
-    std::memset(static_cast<uint8_t*>(v.iov_base) + offset, c, n);
-    len -= n;
-    offset = 0;
-  }
+  ForEachSegment(iov_, offset, len, [c](uint8_t* p, size_t n, size_t) { std::memset(p, c, n); });
 }
 
 bool IoVec::IsZero() const {

@@ -12,6 +12,8 @@
 // expected string followed by a NUL.
 #include "formats/bochs/bochs_probe.h"
 
+#include "util/endian.h"
+
 #include <cstring>
 
 namespace libblock::bochs {
@@ -31,9 +33,6 @@ bool FieldIs(const uint8_t* field, size_t field_size, std::string_view expected)
          std::memcmp(field, expected.data(), expected.size()) == 0 && field[expected.size()] == 0;
 }
 
-uint32_t LoadLe32(const uint8_t* p) {
-  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
-}
 
 }  // namespace
 

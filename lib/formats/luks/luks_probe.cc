@@ -7,6 +7,8 @@
 // LUKS2 shares the magic but has version 2; QEMU 7.2 cannot open it, so it scores 0 here too.
 #include "formats/luks/luks_probe.h"
 
+#include "util/endian.h"
+
 #include <cstring>
 
 namespace libblock::luks {
@@ -21,7 +23,7 @@ constexpr uint16_t kVersion = 1;
 int Probe(const uint8_t* buf, size_t len, std::string_view /*filename*/) {
   if (len < kVersionOffset + 2) return 0;
   if (std::memcmp(buf, kMagic, sizeof(kMagic)) != 0) return 0;
-  const uint16_t version = uint16_t(buf[kVersionOffset] << 8 | buf[kVersionOffset + 1]);
+  const uint16_t version = LoadBe16(buf + kVersionOffset);
   return version == kVersion ? 100 : 0;
 }
 

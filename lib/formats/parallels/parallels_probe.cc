@@ -6,6 +6,8 @@
 // The header is 64 bytes; the probe wants all of it, as QEMU's does.
 #include "formats/parallels/parallels_probe.h"
 
+#include "util/endian.h"
+
 #include <cstring>
 
 namespace libblock::parallels {
@@ -19,9 +21,6 @@ constexpr size_t kVersionOffset = 16;
 constexpr uint32_t kVersion = 2;
 constexpr size_t kHeaderSize = 64;
 
-uint32_t LoadLe32(const uint8_t* p) {
-  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
-}
 
 }  // namespace
 

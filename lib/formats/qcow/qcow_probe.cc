@@ -8,6 +8,8 @@
 // cluster and L2 bits, padding, crypt method, L1 table offset); the probe wants all of it.
 #include "formats/qcow/qcow_probe.h"
 
+#include "util/endian.h"
+
 #include <cstring>
 
 namespace libblock::qcow {
@@ -18,9 +20,6 @@ constexpr size_t kVersionOffset = 4;
 constexpr uint32_t kVersion = 1;
 constexpr size_t kHeaderSize = 48;
 
-uint32_t LoadBe32(const uint8_t* p) {
-  return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | uint32_t{p[3]};
-}
 
 }  // namespace
 

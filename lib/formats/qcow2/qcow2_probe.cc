@@ -8,6 +8,8 @@
 // prober hands every probe a 512-byte buffer, so only direct callers see the difference.
 #include "formats/qcow2/qcow2_probe.h"
 
+#include "util/endian.h"
+
 #include <cstring>
 
 namespace libblock::qcow2 {
@@ -17,9 +19,6 @@ constexpr uint8_t kMagic[4] = {'Q', 'F', 'I', 0xfb};
 constexpr size_t kVersionOffset = 4;
 constexpr size_t kHeaderSize = 112;
 
-uint32_t LoadBe32(const uint8_t* p) {
-  return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | uint32_t{p[3]};
-}
 
 }  // namespace
 

@@ -9,6 +9,8 @@
 // Only the signature decides, and only once the whole header is in the buffer (as QEMU does).
 #include "formats/vdi/vdi_probe.h"
 
+#include "util/endian.h"
+
 namespace libblock::vdi {
 namespace {
 
@@ -16,9 +18,6 @@ constexpr size_t kSignatureOffset = 0x40;
 constexpr uint32_t kSignature = 0xbeda107f;
 constexpr size_t kHeaderSize = 512;
 
-uint32_t LoadLe32(const uint8_t* p) {
-  return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
-}
 
 }  // namespace
 

@@ -62,6 +62,10 @@ constexpr OptionSpec kCreateSpecs[] = {
 };
 constexpr OptionSchema kHostDeviceCreateSchema{"host_device", kCreateSpecs};
 
+// Filename prefixes that name the protocol explicitly ("file:a.img", "host_device:/dev/sdb").
+constexpr std::string_view kFilePrefix = "file:";
+constexpr std::string_view kHostDevicePrefix = "host_device:";
+
 // What kind of file a descriptor refers to.
 bool IsDevice(const struct stat& st) { return S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode); }
 
@@ -646,8 +650,8 @@ Task<absl::Status> FileNode::Truncate(int64_t size, bool exact, PreallocMode mod
 
 Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
   std::string filename = ctx.filename;
-  if (!host_device && filename.rfind("file:", 0) == 0) filename = filename.substr(5);
-  if (host_device && filename.rfind("host_device:", 0) == 0) filename = filename.substr(12);
+  std::string_view prefix = host_device ? kHostDevicePrefix : kFilePrefix;
+  if (std::string_view(filename).substr(0, prefix.size()) == prefix) filename.erase(0, prefix.size());
   std::optional<uint64_t> size = ctx.values.FindSize("size");
   if (!size) co_return ErrnoError(EINVAL, "Parameter 'size' is required");
   // Image sizes are whole sectors, as QEMU rounds them.
@@ -762,18 +766,13 @@ std::unique_ptr<NodeDriver> InstantiateHostDevice(Node& node) {
   return std::make_unique<FileNode>(node, true);
 }
 
-absl::Status ParseFileFilename(std::string_view filename, Options& options) {
-  if (filename.substr(0, 5) == "file:") filename.remove_prefix(5);
+// "file:a.img" / "host_device:/dev/sdb" name the protocol explicitly; the rest is the path.
+template <const std::string_view& kPrefix>
+absl::Status ParseFilenameWithPrefix(std::string_view filename, Options& options) {
+  if (filename.substr(0, kPrefix.size()) == kPrefix) filename.remove_prefix(kPrefix.size());
   options.Set("filename", std::string(filename));
   return absl::OkStatus();
 }
-
-absl::Status ParseHostDeviceFilename(std::string_view filename, Options& options) {
-  if (filename.substr(0, 12) == "host_device:") filename.remove_prefix(12);
-  options.Set("filename", std::string(filename));
-  return absl::OkStatus();
-}
-
 int ProbeHostDevice(std::string_view filename) {
   std::string name(filename);
   if (name.rfind("/dev/cdrom", 0) == 0) return 50;
@@ -794,7 +793,7 @@ const Driver kFileDriver = {
     .create_options = &kFileCreateSchema,
     .instantiate = InstantiateFile,
     .create = CreateRegular,
-    .parse_filename = ParseFileFilename,
+    .parse_filename = ParseFilenameWithPrefix<kFilePrefix>,
 };
 
 const Driver kHostDeviceDriver = {
@@ -806,7 +805,7 @@ const Driver kHostDeviceDriver = {
     .probe_device = ProbeHostDevice,
     .instantiate = InstantiateHostDevice,
     .create = CreateDevice,
-    .parse_filename = ParseHostDeviceFilename,
+    .parse_filename = ParseFilenameWithPrefix<kHostDevicePrefix>,
 };
 
 }  // namespace libblock::file
