@@ -10,18 +10,13 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
-#include <cstdio>
 #include <memory>
-#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "core/backend.h"
-#include "core/event_loop.h"
 #include "core/graph.h"
-#include "core/options.h"
-#include "protocols/file/file_lock.h"
 #include "test_support.h"
 #include "util/status.h"
 
@@ -30,9 +25,10 @@ namespace {
 
 using testing::Background;
 using testing::LockedBytes;
-using testing::MakeLoop;
+using testing::Message;
+using testing::OfdOverride;
+using testing::RawFileOpts;
 using testing::Run;
-using testing::TempDir;
 using testing::WriteFile;
 
 using Bytes = std::vector<int64_t>;
@@ -42,8 +38,6 @@ const Bytes kQemuRawRw = {100, 101};                   // qemu-io's raw: holds r
 // What a libblock Backend with the default (device-style) sharing holds.
 const Bytes kLibRw = {100, 101, 201, 203};
 const Bytes kLibRo = {100, 201, 203};
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
 
 std::string Busy(const std::string& path) { return "Is another process using the image [" + path + "]?"; }
 
@@ -68,24 +62,8 @@ std::unique_ptr<Background> HoldWithQemuIo(const std::string& fmt, const std::st
   return holder;
 }
 
-struct Env {
-  TempDir dir;
-  std::unique_ptr<EventLoop> loop = MakeLoop();
-  std::unique_ptr<Graph> graph = std::make_unique<Graph>(*loop);
-  std::vector<std::string> warnings;
-  Env() { graph->SetWarningHandler([this](const std::string& w) { warnings.push_back(w); }); }
-
-  absl::StatusOr<std::unique_ptr<Backend>> Open(const std::string& opts, BackendOptions bo = {},
-                                                Graph* g = nullptr) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return Backend::Open(g ? *g : *graph, "", std::move(o), std::move(bo));
-  }
-  std::unique_ptr<Backend> MustOpen(const std::string& opts, BackendOptions bo = {}, Graph* g = nullptr) {
-    auto be = Open(opts, std::move(bo), g);
-    INFO(opts << ": " << be.status().ToString());
-    REQUIRE(be.ok());
-    return std::move(*be);
-  }
+// The shared env, plus images made by qemu-img or filled with zeroes.
+struct Env : testing::GraphEnv {
   std::string MakeQcow2(const std::string& name) {
     std::string path = dir.File(name);
     testing::CommandResult r = Run({"qemu-img", "create", "-q", "-f", "qcow2", path, "1M"});
@@ -100,15 +78,6 @@ struct Env {
   }
 };
 
-std::string RawOpts(const std::string& path, const std::string& extra = "") {
-  return "driver=raw,file.driver=file,file.filename=" + path + (extra.empty() ? "" : "," + extra);
-}
-
-struct OfdOverride {
-  explicit OfdOverride(bool available) { file::OverrideOfdLocksForTesting(available); }
-  ~OfdOverride() { file::OverrideOfdLocksForTesting(std::nullopt); }
-};
-
 // ---- QEMU holds, libblock opens ---------------------------------------------------------------
 
 TEST_CASE("a qcow2 image held read-write by qemu-io refuses libblock as it refuses QEMU", "[lock][interop]") {
@@ -116,21 +85,21 @@ TEST_CASE("a qcow2 image held read-write by qemu-io refuses libblock as it refus
   std::string img = env.MakeQcow2("held.qcow2");
   auto holder = HoldWithQemuIo("qcow2", img, kQemuQcow2Rw);
 
-  for (std::string opts : {RawOpts(img), "driver=file,filename=" + img}) {
+  for (std::string opts : {RawFileOpts(img), "driver=file,filename=" + img}) {
     INFO(opts);
-    auto writer = env.Open(opts);
+    auto writer = env.OpenBackend(opts);
     REQUIRE_FALSE(writer.ok());
     REQUIRE_THAT(Message(writer.status()),
                  Catch::Contains("Failed to get \"write\" lock") && Catch::Contains(Busy(img)));
   }
   // A reader that does not share write is refused too (QEMU: qemu-img info, qemu-io -r).
-  auto reader = env.Open(RawOpts(img), {.read_only = true});
+  auto reader = env.OpenBackend(RawFileOpts(img), {.read_only = true});
   REQUIRE_THAT(Message(reader.status()),
                Catch::Contains("Failed to get shared \"write\" lock") && Catch::Contains(Busy(img)));
   REQUIRE(LockedBytes(img) == kQemuQcow2Rw);  // our failed attempts left nothing behind
 
   // force-share (qemu-img -U) reads anyway, holding only consistent-read.
-  auto shared = env.MustOpen(RawOpts(img, "read-only=on,force-share=on"), {.read_only = true});
+  auto shared = env.MustOpenBackend(RawFileOpts(img, "read-only=on,force-share=on"), {.read_only = true});
   REQUIRE(LockedBytes(img) == Bytes{100, 100, 101, 103, 201, 203});
   std::string magic(4, '\0');
   REQUIRE(shared->PreadSync(0, magic.data(), 4).ok());
@@ -139,7 +108,7 @@ TEST_CASE("a qcow2 image held read-write by qemu-io refuses libblock as it refus
 
   holder.reset();  // SIGKILL: the kernel drops its locks with its descriptors
   REQUIRE(LockedBytes(img).empty());
-  auto writer = env.MustOpen(RawOpts(img));
+  auto writer = env.MustOpenBackend(RawFileOpts(img));
   REQUIRE(LockedBytes(img) == kLibRw);
 }
 
@@ -150,12 +119,12 @@ TEST_CASE("a raw image held read-write by qemu-io refuses libblock writers that 
   auto holder = HoldWithQemuIo("raw", img, kQemuRawRw);
 
   // qemu-io lets others write, but libblock's default device does not let qemu-io write.
-  auto writer = env.Open(RawOpts(img));
+  auto writer = env.OpenBackend(RawFileOpts(img));
   REQUIRE_THAT(Message(writer.status()),
                Catch::Contains("Failed to get shared \"write\" lock") && Catch::Contains(Busy(img)));
   REQUIRE(LockedBytes(img) == kQemuRawRw);
   // With share-rw both may write; libblock still keeps resize to itself.
-  auto sharing = env.MustOpen(RawOpts(img), {.share_rw = true});
+  auto sharing = env.MustOpenBackend(RawFileOpts(img), {.share_rw = true});
   REQUIRE(LockedBytes(img) == Bytes{100, 100, 101, 101, 203});
   std::string data = "written while qemu-io holds the image";
   REQUIRE(sharing->PwriteSync(4096, data.data(), static_cast<int64_t>(data.size())).ok());
@@ -169,7 +138,7 @@ TEST_CASE("an image held by libblock refuses qemu-img and qemu-io as a QEMU hold
   Env env;
   SECTION("qcow2 held read-write (as raw): qemu-img info is refused, info -U works") {
     std::string img = env.MakeQcow2("lib.qcow2");
-    auto be = env.MustOpen(RawOpts(img));
+    auto be = env.MustOpenBackend(RawFileOpts(img));
     REQUIRE(LockedBytes(img) == kLibRw);
     testing::CommandResult info = Run({"qemu-img", "info", img});
     INFO(info.out);
@@ -182,7 +151,7 @@ TEST_CASE("an image held by libblock refuses qemu-img and qemu-io as a QEMU hold
   }
   SECTION("raw held read-write: qemu-io cannot write, qemu-img info can read; after Close it can write") {
     std::string img = env.MakeRaw("lib.raw");
-    auto be = env.MustOpen(RawOpts(img));
+    auto be = env.MustOpenBackend(RawFileOpts(img));
     testing::CommandResult w = Run({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 512", img});
     INFO(w.out);
     REQUIRE(w.exit_code != 0);
@@ -199,14 +168,14 @@ TEST_CASE("an image held by libblock refuses qemu-img and qemu-io as a QEMU hold
     w = Run({"qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 512", img});
     INFO(w.out);
     REQUIRE(w.exit_code == 0);
-    auto again = env.MustOpen(RawOpts(img), {.read_only = true});
+    auto again = env.MustOpenBackend(RawFileOpts(img), {.read_only = true});
     std::string back(512, '\0');
     REQUIRE(again->PreadSync(0, back.data(), 512).ok());
     REQUIRE(back == std::string(512, '\x5a'));
   }
   SECTION("held read-only: QEMU readers coexist, QEMU writers do not") {
     std::string img = env.MakeQcow2("ro.qcow2");
-    auto be = env.MustOpen(RawOpts(img), {.read_only = true});
+    auto be = env.MustOpenBackend(RawFileOpts(img), {.read_only = true});
     REQUIRE(LockedBytes(img) == kLibRo);
     testing::CommandResult info = Run({"qemu-img", "info", img});
     INFO(info.out);
@@ -218,7 +187,7 @@ TEST_CASE("an image held by libblock refuses qemu-img and qemu-io as a QEMU hold
   }
   SECTION("locking=off holds nothing and stops nobody") {
     std::string img = env.MakeRaw("off.raw");
-    auto be = env.MustOpen(RawOpts(img, "file.locking=off"));
+    auto be = env.MustOpenBackend(RawFileOpts(img, "file.locking=off"));
     REQUIRE(LockedBytes(img).empty());
     testing::CommandResult w = Run({"qemu-io", "-f", "raw", "-c", "write 0 512", img});
     INFO(w.out);
@@ -232,12 +201,12 @@ TEST_CASE("two graphs on one loop conflict like two processes", "[lock][interop]
   Env env;
   std::string img = env.MakeRaw("two.raw");
   Graph other(*env.loop);
-  auto first = env.MustOpen(RawOpts(img));
-  auto second = env.Open(RawOpts(img), {}, &other);
+  auto first = env.MustOpenBackend(RawFileOpts(img));
+  auto second = testing::OpenBackend(other, RawFileOpts(img));
   REQUIRE_FALSE(second.ok());
   REQUIRE_THAT(Message(second.status()), Catch::Contains("Failed to get \"write\" lock") &&
                                              Catch::Contains(Busy(img)));
-  auto reader = env.MustOpen(RawOpts(img), {.read_only = true, .share_rw = true}, &other);
+  auto reader = testing::MustOpenBackend(other, RawFileOpts(img), {.read_only = true, .share_rw = true});
   REQUIRE(LockedBytes(img) == Bytes{100, 100, 101, 201, 203, 203});
   REQUIRE(reader->Close().ok());
   REQUIRE(first->Close().ok());
@@ -252,7 +221,7 @@ TEST_CASE("POSIX-lock fallback still conflicts with QEMU's OFD locks", "[lock][i
   OfdOverride no_ofd(false);
   {
     // libblock holds with POSIX locks; qemu-io's OFD test sees them.
-    auto be = env.MustOpen(RawOpts(img, "file.locking=on"));
+    auto be = env.MustOpenBackend(RawFileOpts(img, "file.locking=on"));
     REQUIRE(env.warnings.size() == 1);
     REQUIRE_THAT(env.warnings[0], Catch::Contains("falling back to POSIX file locks"));
     REQUIRE(LockedBytes(img, "POSIX") == kLibRw);
@@ -266,23 +235,15 @@ TEST_CASE("POSIX-lock fallback still conflicts with QEMU's OFD locks", "[lock][i
   REQUIRE(LockedBytes(img).empty());
   // qemu-io holds with OFD locks; libblock's POSIX test sees them.
   auto holder = HoldWithQemuIo("raw", img, kQemuRawRw);
-  auto writer = env.Open(RawOpts(img, "file.locking=on"));
+  auto writer = env.OpenBackend(RawFileOpts(img, "file.locking=on"));
   REQUIRE_THAT(Message(writer.status()), Catch::Contains("Failed to get shared \"write\" lock"));
   REQUIRE(LockedBytes(img) == kQemuRawRw);
   // locking=auto without OFD locks takes none, as QEMU does, so nothing stops it.
-  auto unlocked = env.MustOpen(RawOpts(img));
+  auto unlocked = env.MustOpenBackend(RawFileOpts(img));
   REQUIRE(LockedBytes(img) == kQemuRawRw);
 }
 
 }  // namespace
 }  // namespace libblock
 
-int main(int argc, char** argv) {
-  for (const char* tool : {"qemu-img", "qemu-io"}) {
-    if (!libblock::testing::HaveProgram(tool)) {
-      std::fprintf(stderr, "skipped: %s is not installed\n", tool);
-      return 77;
-    }
-  }
-  return Catch::Session().run(argc, argv);
-}
+LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
-#include <cstdio>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -22,28 +21,10 @@ namespace libblock {
 namespace {
 
 using testing::FileSize;
-using testing::MakeLoop;
+using testing::GraphEnv;
 using testing::ReadFile;
 using testing::Run;
-using testing::TempDir;
 using testing::WriteFile;
-
-struct Fixture {
-  std::unique_ptr<EventLoop> loop = MakeLoop();
-  Graph graph{*loop};
-  TempDir dir;
-  Fixture() {
-    graph.SetWarningHandler([](const std::string&) {});
-  }
-  std::unique_ptr<Backend> MustOpen(const std::string& opts, BackendOptions bo) {
-    auto o = ParseKeyValueOptions(opts);
-    REQUIRE(o.ok());
-    auto be = Backend::Open(graph, "", std::move(*o), std::move(bo));
-    INFO(opts << ": " << be.status().ToString());
-    REQUIRE(be.ok());
-    return std::move(*be);
-  }
-};
 
 // One qemu-io command of the sequences below, and the same through a libblock backend.
 struct Step {
@@ -115,7 +96,7 @@ TEST_CASE("top-level sequences through the filter match qemu-io's", "[preallocat
        {{K::kWrite, 0, 12345, 0x44}, {K::kTruncate, 20000, 0, 0, falloc}, {K::kWrite, 19999, 1, 0x55}}},
   };
   for (const Sequence& seq : sequences) {
-    Fixture f;
+    GraphEnv f;
     std::string theirs = f.dir.File("theirs.img"), ours = f.dir.File("ours.img");
     WriteFile(theirs, std::string(static_cast<size_t>(seq.initial_size), '\x7e'));
     WriteFile(ours, std::string(static_cast<size_t>(seq.initial_size), '\x7e'));
@@ -131,7 +112,7 @@ TEST_CASE("top-level sequences through the filter match qemu-io's", "[preallocat
     REQUIRE(r.exit_code == 0);
     REQUIRE(r.out.find("failed") == std::string::npos);
     {
-      auto be = f.MustOpen(opts(ours), {.resize = true, .allow_write_beyond_eof = true});
+      auto be = f.MustOpenBackend(opts(ours), {.resize = true, .allow_write_beyond_eof = true});
       for (const Step& s : seq.steps) {
         INFO(QemuCommand(s));
         absl::Status st = LibblockStep(*f.loop, *be, s);
@@ -167,7 +148,7 @@ QemuPrealloc RunQemuPrealloc(const std::string& path) {
 }
 
 TEST_CASE("QEMU's preallocation under qcow2, reproduced by libblock", "[preallocate][interop]") {
-  Fixture f;
+  GraphEnv f;
   std::string theirs = f.dir.File("pa.qcow2"), fresh = f.dir.File("fresh.qcow2"), ours = f.dir.File("ours.qcow2");
   QemuPrealloc q = RunQemuPrealloc(theirs);
   INFO("fresh " << q.fresh_size << " open " << q.open_size << " final " << q.final_size);
@@ -187,9 +168,9 @@ TEST_CASE("QEMU's preallocation under qcow2, reproduced by libblock", "[prealloc
   std::string final_bytes = ReadFile(theirs);
   REQUIRE(static_cast<int64_t>(final_bytes.size()) == q.final_size);
   {
-    auto be = f.MustOpen("driver=preallocate,prealloc-size=8388608,prealloc-align=1048576,"
-                         "file.driver=file,file.filename=" + ours,
-                         {.resize = true, .allow_write_beyond_eof = true});
+    auto be = f.MustOpenBackend("driver=preallocate,prealloc-size=8388608,prealloc-align=1048576,"
+                                "file.driver=file,file.filename=" + ours,
+                                {.resize = true, .allow_write_beyond_eof = true});
     std::vector<int64_t> clusters;
     for (int64_t c = q.final_size - kCluster; c >= old_end; c -= kCluster) clusters.push_back(c);
     for (int64_t c = 0; c < old_end; c += kCluster) clusters.push_back(c);
@@ -214,12 +195,4 @@ TEST_CASE("QEMU's preallocation under qcow2, reproduced by libblock", "[prealloc
 }  // namespace
 }  // namespace libblock
 
-int main(int argc, char** argv) {
-  for (const char* tool : {"qemu-img", "qemu-io"}) {
-    if (!libblock::testing::HaveProgram(tool)) {
-      std::fprintf(stderr, "skipped: %s is not installed\n", tool);
-      return 77;
-    }
-  }
-  return Catch::Session().run(argc, argv);
-}
+LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})

@@ -5,7 +5,6 @@
 // Exits 77 when qemu-img or qemu-io is missing.
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
-#include <cstdio>
 #include <random>
 #include <sstream>
 #include <string>
@@ -18,20 +17,16 @@
 #include "test_support.h"
 #include "util/status.h"
 
-#define REQUIRE_BYTES(a, b) REQUIRE(::libblock::testing::DescribeDifference((a), (b)) == "")
-
 namespace libblock {
 namespace {
 
-using testing::HaveProgram;
-using testing::MakeLoop;
+using testing::GraphEnv;
+using testing::kKiB;
+using testing::kMiB;
 using testing::RandomBytes;
 using testing::ReadFile;
 using testing::Run;
-using testing::TempDir;
 using testing::WriteFile;
-
-constexpr int64_t kKiB = 1024, kMiB = 1024 * 1024;
 
 struct Extent {
   int64_t start, length;
@@ -90,32 +85,6 @@ std::vector<Extent> OurMap(EventLoop& loop, Backend& be) {
   return out;
 }
 
-struct Fixture {
-  std::unique_ptr<EventLoop> loop = MakeLoop();
-  Graph graph{*loop};
-  TempDir dir;
-  Fixture() {
-    graph.SetWarningHandler([](const std::string&) {});
-  }
-  std::unique_ptr<Backend> MustOpen(const std::string& opts, BackendOptions bo = {},
-                                    const std::string& filename = "") {
-    auto o = ParseKeyValueOptions(opts);
-    REQUIRE(o.ok());
-    auto be = Backend::Open(graph, filename, std::move(*o), std::move(bo));
-    INFO(opts << " " << filename << ": " << be.status().ToString());
-    REQUIRE(be.ok());
-    return std::move(*be);
-  }
-};
-
-std::string ReadAll(Backend& be, int64_t offset, int64_t bytes) {
-  std::string out(static_cast<size_t>(bytes), '\0');
-  absl::Status st = be.PreadSync(offset, out.data(), bytes);
-  INFO(st.ToString());
-  REQUIRE(st.ok());
-  return out;
-}
-
 void QemuIo(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {"qemu-io"};
   argv.insert(argv.end(), args.begin(), args.end());
@@ -126,7 +95,7 @@ void QemuIo(const std::vector<std::string>& args) {
 }
 
 TEST_CASE("libblock reads what qemu-io wrote", "[raw][interop]") {
-  Fixture f;
+  GraphEnv f;
   std::string path = f.dir.File("q.img");
   REQUIRE(Run({"qemu-img", "create", "-q", "-f", "raw", path, "4M"}).exit_code == 0);
   // The same operations, applied to a model.
@@ -163,12 +132,12 @@ TEST_CASE("libblock reads what qemu-io wrote", "[raw][interop]") {
   REQUIRE_BYTES(ReadFile(path), model);
 
   {
-    auto be = f.MustOpen("driver=raw,file.driver=file,file.filename=" + path, {.read_only = true});
+    auto be = f.MustOpenBackend("driver=raw,file.driver=file,file.filename=" + path, {.read_only = true});
     REQUIRE(be->size() == 4 * kMiB);
-    REQUIRE_BYTES(ReadAll(*be, 0, 4 * kMiB), model);
+    REQUIRE_BYTES(f.Read(*be, 0, 4 * kMiB), model);
     // Unaligned reads straddling the pattern boundaries.
-    REQUIRE_BYTES(ReadAll(*be, 99999, 7779), model.substr(99999, 7779));
-    REQUIRE_BYTES(ReadAll(*be, 3 * kMiB - 3, 520), model.substr(3 * kMiB - 3, 520));
+    REQUIRE_BYTES(f.Read(*be, 99999, 7779), model.substr(99999, 7779));
+    REQUIRE_BYTES(f.Read(*be, 3 * kMiB - 3, 520), model.substr(3 * kMiB - 3, 520));
     std::vector<Extent> ours = OurMap(*f.loop, *be);
     std::vector<Extent> theirs = QemuMap(path);
     INFO("ours:\n" << Describe(ours) << "qemu:\n" << Describe(theirs));
@@ -182,26 +151,26 @@ TEST_CASE("libblock reads what qemu-io wrote", "[raw][interop]") {
   }
   // Probed, and through an offset window.
   {
-    auto be = f.MustOpen("", {.read_only = true}, path);
+    auto be = f.MustOpenBackend("", {.read_only = true}, path);
     REQUIRE(be->root()->flags().probed);
-    REQUIRE_BYTES(ReadAll(*be, 0, 4 * kMiB), model);
+    REQUIRE_BYTES(f.Read(*be, 0, 4 * kMiB), model);
   }
   {
-    auto be = f.MustOpen("driver=raw,offset=1000000,size=2M,file.driver=file,file.filename=" + path,
-                         {.read_only = true});
-    REQUIRE_BYTES(ReadAll(*be, 0, 2 * kMiB), model.substr(1000000, 2 * kMiB));
+    auto be = f.MustOpenBackend("driver=raw,offset=1000000,size=2M,file.driver=file,file.filename=" + path,
+                                {.read_only = true});
+    REQUIRE_BYTES(f.Read(*be, 0, 2 * kMiB), model.substr(1000000, 2 * kMiB));
   }
 }
 
 TEST_CASE("qemu-img and qemu-io read what libblock wrote", "[raw][interop]") {
-  Fixture f;
+  GraphEnv f;
   const int64_t size = 8 * kMiB;
   std::string path = f.dir.File("ours.img"), ref = f.dir.File("ref.img");
   REQUIRE(f.graph.Create(path, "raw", *ParseKeyValueOptions("size=8M")).ok());
   std::string model(size, '\0');
   std::mt19937 rng(20261121);
   {
-    auto be = f.MustOpen("driver=raw,discard=unmap,file.driver=file,file.filename=" + path);
+    auto be = f.MustOpenBackend("driver=raw,discard=unmap,file.driver=file,file.filename=" + path);
     for (int i = 0; i < 300; ++i) {
       int kind = static_cast<int>(rng() % 10);
       int64_t len = 1 + rng() % (192 * kKiB);
@@ -256,14 +225,14 @@ TEST_CASE("qemu-img and qemu-io read what libblock wrote", "[raw][interop]") {
 }
 
 TEST_CASE("qemu-img info agrees with libblock-created raw images", "[raw][interop]") {
-  Fixture f;
+  GraphEnv f;
   for (std::string size : {"0", "512", "1M", "1G", "3000000000"}) {
     INFO(size);
     std::string path = f.dir.File("c.img");
     REQUIRE(f.graph.Create(path, "raw", *ParseKeyValueOptions("size=" + size)).ok());
     testing::CommandResult r = Run({"qemu-img", "info", "--output=json", "-f", "raw", path});
     REQUIRE(r.exit_code == 0);
-    auto be = f.MustOpen("driver=raw,file.driver=file,file.filename=" + path, {.read_only = true});
+    auto be = f.MustOpenBackend("driver=raw,file.driver=file,file.filename=" + path, {.read_only = true});
     REQUIRE(nlohmann::json::parse(r.out)["virtual-size"] == be->size());
     REQUIRE(be->size() == static_cast<int64_t>(*ParseSize(size)));
   }
@@ -272,12 +241,4 @@ TEST_CASE("qemu-img info agrees with libblock-created raw images", "[raw][intero
 }  // namespace
 }  // namespace libblock
 
-int main(int argc, char** argv) {
-  for (const char* tool : {"qemu-img", "qemu-io"}) {
-    if (!libblock::testing::HaveProgram(tool)) {
-      std::fprintf(stderr, "skipped: %s is not installed\n", tool);
-      return 77;
-    }
-  }
-  return Catch::Session().run(argc, argv);
-}
+LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})

@@ -16,18 +16,12 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
-#include <memory>
-#include <optional>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "core/backend.h"
-#include "core/event_loop.h"
 #include "core/graph.h"
-#include "core/options.h"
 #include "nlohmann/json.hpp"
-#include "protocols/file/file_lock.h"
 #include "test_support.h"
 #include "util/iovec.h"
 #include "util/status.h"
@@ -35,34 +29,23 @@
 namespace libblock {
 namespace {
 
+using testing::AllocatedBytes;
 using testing::FdFlagsFor;
 using testing::FileSize;
+using testing::GraphEnv;
+using testing::kMiB;
 using testing::LockedBytes;
-using testing::MakeLoop;
+using testing::Message;
+using testing::NonZeroRandomBytes;
+using testing::OfdOverride;
+using testing::RawFileOpts;
 using testing::ReadFile;
-using testing::TempDir;
 using testing::WriteFile;
 
 constexpr int kODirect = 040000;  // x86-64 values, as /proc/self/fdinfo prints them (octal)
 constexpr int kODsync = 010000;
 const std::vector<int64_t> kRwLocks = {100, 101, 201, 203};  // hold read+write, share neither write nor resize
 const std::vector<int64_t> kRoLocks = {100, 201, 203};
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
-std::string Diff(const std::string& a, const std::string& b) { return testing::DescribeDifference(a, b); }
-
-std::string Pattern(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng() % 255 + 1);  // never zero
-  return s;
-}
-
-int64_t AllocatedBytes(const std::string& path) {
-  struct stat st;
-  REQUIRE(stat(path.c_str(), &st) == 0);
-  return static_cast<int64_t>(st.st_blocks) * 512;
-}
 
 // lseek(SEEK_DATA/SEEK_HOLE) on a separate descriptor; -1 for ENXIO.
 int64_t Seek(const std::string& path, int64_t offset, int whence) {
@@ -90,74 +73,11 @@ Node* FileNode(const Backend& be) {
   return n;
 }
 
-struct Env {
-  TempDir dir;
-  std::unique_ptr<EventLoop> loop;
-  std::unique_ptr<Graph> graph;
-  std::vector<std::string> warnings;
-
-  explicit Env(bool io_uring = true) : loop(MakeLoop(io_uring)), graph(std::make_unique<Graph>(*loop)) {
-    graph->SetWarningHandler([this](const std::string& w) { warnings.push_back(w); });
-  }
-
-  absl::StatusOr<std::unique_ptr<Backend>> Open(const std::string& opts, BackendOptions bo = {}) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return Backend::Open(*graph, "", std::move(o), std::move(bo));
-  }
-  std::unique_ptr<Backend> MustOpen(const std::string& opts, BackendOptions bo = {}) {
-    auto be = Open(opts, std::move(bo));
-    INFO(opts << ": " << be.status().ToString());
-    REQUIRE(be.ok());
-    return std::move(*be);
-  }
-  absl::StatusOr<Node*> OpenNode(const std::string& opts) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return graph->Open("", std::move(o));
-  }
-  absl::Status Create(const std::string& filename, const std::string& fmt, const std::string& opts) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return graph->Create(filename, fmt, std::move(o));
-  }
-
-  std::string Read(Backend& be, int64_t offset, int64_t bytes) {
-    std::string out(static_cast<size_t>(bytes), '\x55');
-    absl::Status st = be.PreadSync(offset, out.data(), bytes);
-    INFO(st.ToString());
-    REQUIRE(st.ok());
-    return out;
-  }
-  void Write(Backend& be, int64_t offset, const std::string& data) {
-    absl::Status st = be.PwriteSync(offset, data.data(), static_cast<int64_t>(data.size()));
-    INFO(st.ToString());
-    REQUIRE(st.ok());
-  }
-  absl::Status Flush(Backend& be) { return loop->Run(be.Flush()); }
-  absl::Status Zero(Backend& be, int64_t offset, int64_t bytes, ReqFlags flags = 0) {
-    return loop->Run(be.WriteZeroes(offset, bytes, flags));
-  }
-  absl::Status Discard(Backend& be, int64_t offset, int64_t bytes) {
-    return loop->Run(be.Discard(offset, bytes));
-  }
-  absl::Status Truncate(Backend& be, int64_t size, PreallocMode mode, bool exact = false) {
-    return loop->Run(be.Truncate(size, exact, mode));
-  }
-};
-
-std::string RawOpts(const std::string& path, const std::string& extra = "") {
-  return "driver=raw,file.driver=file,file.filename=" + path + (extra.empty() ? "" : "," + extra);
-}
-
-// Restores OFD probing however the test ends.
-struct OfdOverride {
-  explicit OfdOverride(bool available) { file::OverrideOfdLocksForTesting(available); }
-  ~OfdOverride() { file::OverrideOfdLocksForTesting(std::nullopt); }
-};
-
 // ---- data path ---------------------------------------------------------------------------------
 
 TEST_CASE("read, write and flush round-trip through io_uring and the worker pool", "[file]") {
   for (std::string aio : {"io_uring", "threads", ""}) {
-    Env env;
+    GraphEnv env;
     if (aio != "threads" && !env.loop->uring()) {
       WARN("skipped aio=" << aio << ": no io_uring ring on this host");
       continue;
@@ -166,37 +86,37 @@ TEST_CASE("read, write and flush round-trip through io_uring and the worker pool
     std::string path = env.dir.File("rt.img");
     std::string model(1 << 20, '\0');
     WriteFile(path, model);
-    auto be = env.MustOpen(RawOpts(path, aio.empty() ? "" : "file.aio=" + aio));
+    auto be = env.MustOpenBackend(RawFileOpts(path, aio.empty() ? "" : "file.aio=" + aio));
     nlohmann::json info;
     FileNode(*be)->impl()->FillInfo(info);
     REQUIRE(info["aio"] == (aio.empty() ? "io_uring" : aio));
     REQUIRE(info["locking"] == "ofd");
 
-    std::string data = Pattern(300000, 1);
+    std::string data = NonZeroRandomBytes(300000, 1);
     env.Write(*be, 4096 + 7, data);
     model.replace(4096 + 7, data.size(), data);
-    std::string small = Pattern(3, 2);
+    std::string small = NonZeroRandomBytes(3, 2);
     env.Write(*be, 1, small);
     model.replace(1, small.size(), small);
     REQUIRE(env.Flush(*be).ok());
-    REQUIRE(Diff(env.Read(*be, 0, 1 << 20), model) == "");
-    REQUIRE(Diff(env.Read(*be, 4096 + 7 + 1000, 5), data.substr(1000, 5)) == "");
-    REQUIRE(Diff(ReadFile(path), model) == "");
+    REQUIRE_BYTES(env.Read(*be, 0, 1 << 20), model);
+    REQUIRE_BYTES(env.Read(*be, 4096 + 7 + 1000, 5), data.substr(1000, 5));
+    REQUIRE_BYTES(ReadFile(path), model);
     // Only aio=threads may start worker threads: io_uring does reads, writes and fsync itself.
     REQUIRE(env.loop->has_thread_pool() == (aio == "threads"));
   }
 }
 
 TEST_CASE("without an io_uring ring the default engine is the worker pool", "[file]") {
-  Env env(/*io_uring=*/false);
+  GraphEnv env(/*io_uring=*/false);
   REQUIRE(env.loop->uring() == nullptr);
   std::string path = env.dir.File("nouring.img");
   WriteFile(path, std::string(65536, '\0'));
-  auto bad = env.Open(RawOpts(path, "file.aio=io_uring"));
+  auto bad = env.OpenBackend(RawFileOpts(path, "file.aio=io_uring"));
   REQUIRE_FALSE(bad.ok());
   REQUIRE_THAT(Message(bad.status()), Catch::Contains("io_uring"));
-  auto be = env.MustOpen(RawOpts(path));
-  std::string data = Pattern(10000, 3);
+  auto be = env.MustOpenBackend(RawFileOpts(path));
+  std::string data = NonZeroRandomBytes(10000, 3);
   env.Write(*be, 100, data);
   REQUIRE(env.Flush(*be).ok());
   REQUIRE(ReadFile(path).substr(100, data.size()) == data);
@@ -211,11 +131,11 @@ TEST_CASE("cache modes become the image descriptor's open flags", "[file]") {
                {"directsync", true, true},  {"unsafe", false, false}};
   for (const Case& c : cases) {
     INFO("cache=" << c.mode);
-    Env env;
+    GraphEnv env;
     std::string path = env.dir.File("cache.img");
-    WriteFile(path, Pattern(65536, 4));
+    WriteFile(path, NonZeroRandomBytes(65536, 4));
     REQUIRE(FdFlagsFor(path).empty());
-    auto be = env.MustOpen(RawOpts(path, std::string("cache=") + c.mode));
+    auto be = env.MustOpenBackend(RawFileOpts(path, std::string("cache=") + c.mode));
     std::vector<int> flags = FdFlagsFor(path);
     REQUIRE(flags.size() == 1);
     REQUIRE((flags[0] & O_ACCMODE) == O_RDWR);
@@ -233,13 +153,13 @@ TEST_CASE("cache modes become the image descriptor's open flags", "[file]") {
 
 TEST_CASE("O_DIRECT: unaligned offsets, lengths and buffers are padded and bounced", "[file]") {
   for (std::string aio : {"io_uring", "threads"}) {
-    Env env;
+    GraphEnv env;
     if (aio == "io_uring" && !env.loop->uring()) continue;
     INFO("aio=" << aio);
     std::string path = env.dir.File("direct.img");
-    std::string model = Pattern(256 * 1024, 5);
+    std::string model = NonZeroRandomBytes(256 * 1024, 5);
     WriteFile(path, model);
-    auto be = env.MustOpen(RawOpts(path, "cache=none,file.aio=" + aio));
+    auto be = env.MustOpenBackend(RawFileOpts(path, "cache=none,file.aio=" + aio));
     Node* file = FileNode(*be);
     uint32_t align = file->limits().request_alignment;
     REQUIRE(align >= 512);
@@ -249,16 +169,16 @@ TEST_CASE("O_DIRECT: unaligned offsets, lengths and buffers are padded and bounc
     // 1-byte write and reads at odd offsets, reads across a sector boundary.
     env.Write(*be, 1, "A");
     model[1] = 'A';
-    REQUIRE(Diff(env.Read(*be, 1, 1), "A") == "");
-    REQUIRE(Diff(env.Read(*be, 511, 10), model.substr(511, 10)) == "");
+    REQUIRE_BYTES(env.Read(*be, 1, 1), "A");
+    REQUIRE_BYTES(env.Read(*be, 511, 10), model.substr(511, 10));
     // A write spanning several blocks, unaligned at both ends.
-    std::string span = Pattern(3 * 4096 + 123, 6);
+    std::string span = NonZeroRandomBytes(3 * 4096 + 123, 6);
     env.Write(*be, 4000, span);
     model.replace(4000, span.size(), span);
     // Misaligned user buffers, for aligned and unaligned requests.
     std::vector<char> raw(3 * 8192 + 64);
     char* odd = raw.data() + 1;
-    std::string data = Pattern(8192, 7);
+    std::string data = NonZeroRandomBytes(8192, 7);
     memcpy(odd, data.data(), data.size());
     REQUIRE(be->PwriteSync(65536, odd, 8192).ok());
     model.replace(65536, 8192, data);
@@ -267,11 +187,11 @@ TEST_CASE("O_DIRECT: unaligned offsets, lengths and buffers are padded and bounc
     model.replace(65536 + 8192 + 3, 1000, data.substr(0, 1000));
     memset(raw.data(), 0, raw.size());
     REQUIRE(be->PreadSync(65536, odd, 8192).ok());
-    REQUIRE(Diff(std::string(odd, 8192), model.substr(65536, 8192)) == "");
+    REQUIRE_BYTES(std::string(odd, 8192), model.substr(65536, 8192));
     REQUIRE(be->PreadSync(4001, odd + 2, 5000).ok());
-    REQUIRE(Diff(std::string(odd + 2, 5000), model.substr(4001, 5000)) == "");
+    REQUIRE_BYTES(std::string(odd + 2, 5000), model.substr(4001, 5000));
     // A multi-element vector whose elements are individually misaligned.
-    std::string a = Pattern(700, 8), b = Pattern(3396, 9);
+    std::string a = NonZeroRandomBytes(700, 8), b = NonZeroRandomBytes(3396, 9);
     IoVec v(a.data(), a.size());
     v.Append(b.data(), b.size());
     REQUIRE(env.loop->Run(be->Write(131072, 4096, v)).ok());
@@ -280,7 +200,7 @@ TEST_CASE("O_DIRECT: unaligned offsets, lengths and buffers are padded and bounc
 
     REQUIRE(env.Flush(*be).ok());
     REQUIRE(env.Read(*be, 0, static_cast<int64_t>(model.size())) == model);
-    REQUIRE(Diff(ReadFile(path), model) == "");
+    REQUIRE_BYTES(ReadFile(path), model);
   }
 }
 
@@ -293,13 +213,13 @@ Task<void> WriteAt(Backend& be, int64_t offset, const IoVec& v, int* done, int* 
 
 TEST_CASE("O_DIRECT: concurrent unaligned writes into one block are serialised", "[file]") {
   for (std::string aio : {"io_uring", "threads"}) {
-    Env env;
+    GraphEnv env;
     if (aio == "io_uring" && !env.loop->uring()) continue;
     INFO("aio=" << aio);
     std::string path = env.dir.File("rmw.img");
-    std::string model = Pattern(64 * 1024, 10);
+    std::string model = NonZeroRandomBytes(64 * 1024, 10);
     WriteFile(path, model);
-    auto be = env.MustOpen(RawOpts(path, "cache=none,file.aio=" + aio));
+    auto be = env.MustOpenBackend(RawFileOpts(path, "cache=none,file.aio=" + aio));
     // 40 writes of 90 bytes, 101 bytes apart: each block holds ~40 of them, and the last ones
     // straddle into the next block.
     constexpr int kWrites = 40;
@@ -320,25 +240,25 @@ TEST_CASE("O_DIRECT: concurrent unaligned writes into one block are serialised",
     env.loop->RunUntil([&] { return done == kWrites; });
     REQUIRE(failed == 0);
     REQUIRE(env.Flush(*be).ok());
-    REQUIRE(Diff(ReadFile(path), model) == "");
+    REQUIRE_BYTES(ReadFile(path), model);
   }
 }
 
 TEST_CASE("O_DIRECT on an empty file still accepts misaligned buffers", "[file]") {
   // An empty file cannot reveal the buffer alignment (reads at EOF succeed whatever the
   // buffer); QEMU then falls back to the request alignment instead of assuming 1.
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("empty.img");
   WriteFile(path, "");
-  auto be = env.MustOpen(RawOpts(path, "cache=none"),
-                         {.resize = true, .allow_write_beyond_eof = true});
+  auto be = env.MustOpenBackend(RawFileOpts(path, "cache=none"),
+                                {.resize = true, .allow_write_beyond_eof = true});
   std::vector<char> raw(8192 + 1);
-  std::string data = Pattern(8192, 11);
+  std::string data = NonZeroRandomBytes(8192, 11);
   memcpy(raw.data() + 1, data.data(), data.size());
   absl::Status st = be->PwriteSync(0, raw.data() + 1, 8192);
   INFO(st.ToString());
   REQUIRE(st.ok());
-  REQUIRE(Diff(ReadFile(path), data) == "");
+  REQUIRE_BYTES(ReadFile(path), data);
 }
 
 // ---- EOF ---------------------------------------------------------------------------------------
@@ -348,16 +268,16 @@ struct TestParent : ChildParent {
 };
 
 TEST_CASE("reads past the end of the file read zeroes; writes past it grow the file", "[file]") {
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("eof.img");
-  std::string data = Pattern(10000, 12);
+  std::string data = NonZeroRandomBytes(10000, 12);
   WriteFile(path, data);
   SECTION("node-level reads across EOF") {
     absl::StatusOr<Node*> node = env.OpenNode("driver=file,filename=" + path);
     REQUIRE(node.ok());
     REQUIRE((*node)->size() == 10240);  // whole sectors, as QEMU reports it
     TestParent parent;
-    auto child = env.graph->AttachChild(parent, **node, "probe", kRoleData | kRolePrimary,
+    auto child = env.graph.AttachChild(parent, **node, "probe", kRoleData | kRolePrimary,
                                         kPermConsistentRead, kPermAll);
     REQUIRE(child.ok());
     std::string buf(8192, '\x77');
@@ -368,99 +288,97 @@ TEST_CASE("reads past the end of the file read zeroes; writes past it grow the f
     buf.assign(8192, '\x77');
     REQUIRE(env.loop->Run((*child)->Pread(1000, buf.data(), 8192)).ok());
     REQUIRE(buf == data.substr(1000, 4000) + std::string(8192 - 4000, '\0'));
-    env.graph->DetachChild(*child);
-    env.graph->Unref(*node);
+    env.graph.DetachChild(*child);
+    env.graph.Unref(*node);
   }
   SECTION("backend writes beyond EOF with allow_write_beyond_eof and resize") {
-    auto strict = env.MustOpen(RawOpts(path));
+    auto strict = env.MustOpenBackend(RawFileOpts(path));
     // The disk is the file rounded up to whole sectors (10240 bytes), as in QEMU: writing up
     // to there is in bounds, past it is not.
     REQUIRE(strict->PwriteSync(10238, "xy", 2).ok());
     REQUIRE_FALSE(strict->PwriteSync(10239, "xy", 2).ok());
     REQUIRE(strict->Close().ok());
-    auto be = env.MustOpen(RawOpts(path), {.resize = true, .allow_write_beyond_eof = true});
-    std::string tail = Pattern(5000, 13);
+    auto be = env.MustOpenBackend(RawFileOpts(path), {.resize = true, .allow_write_beyond_eof = true});
+    std::string tail = NonZeroRandomBytes(5000, 13);
     env.Write(*be, 12000, tail);
     REQUIRE(FileSize(path) == 17000);
     REQUIRE(be->size() == 17408);  // whole sectors
     std::string expect = data + std::string(2000, '\0') + tail;
     expect.replace(10238, 2, "xy");  // the in-bounds write above
-    REQUIRE(Diff(env.Read(*be, 0, 17000), expect) == "");
-    REQUIRE(Diff(ReadFile(path), expect) == "");
+    REQUIRE_BYTES(env.Read(*be, 0, 17000), expect);
+    REQUIRE_BYTES(ReadFile(path), expect);
   }
 }
 
 // ---- zeroes, discard, holes -----------------------------------------------------------------
 
 TEST_CASE("write-zeroes zeroes in place, or punches holes when unmapping is allowed", "[file]") {
-  constexpr int64_t kMiB = 1 << 20;
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("zero.img");
-  std::string model = Pattern(4 * kMiB, 14);
+  std::string model = NonZeroRandomBytes(4 * kMiB, 14);
   WriteFile(path, model);
   Fsync(path);
   int64_t full = AllocatedBytes(path);
   REQUIRE(full >= 4 * kMiB);
 
   SECTION("discard=ignore (default): kReqMayUnmap is dropped, blocks stay allocated") {
-    auto be = env.MustOpen(RawOpts(path));
+    auto be = env.MustOpenBackend(RawFileOpts(path));
     REQUIRE(env.Zero(*be, kMiB, kMiB, kReqMayUnmap).ok());
     REQUIRE(env.Zero(*be, 2 * kMiB, kMiB).ok());
     REQUIRE(env.Flush(*be).ok());
     model.replace(kMiB, 2 * kMiB, std::string(2 * kMiB, '\0'));
-    REQUIRE(Diff(ReadFile(path), model) == "");
+    REQUIRE_BYTES(ReadFile(path), model);
     REQUIRE(AllocatedBytes(path) == full);
   }
   SECTION("discard=unmap: only kReqMayUnmap punches a hole") {
-    auto be = env.MustOpen(RawOpts(path, "discard=unmap"));
+    auto be = env.MustOpenBackend(RawFileOpts(path, "discard=unmap"));
     REQUIRE(env.Zero(*be, 2 * kMiB, kMiB).ok());  // no flag: zeroed, still allocated
     REQUIRE(env.Flush(*be).ok());
     REQUIRE(AllocatedBytes(path) == full);
     REQUIRE(env.Zero(*be, kMiB, kMiB, kReqMayUnmap).ok());
     REQUIRE(env.Flush(*be).ok());
     model.replace(kMiB, 2 * kMiB, std::string(2 * kMiB, '\0'));
-    REQUIRE(Diff(ReadFile(path), model) == "");
+    REQUIRE_BYTES(ReadFile(path), model);
     REQUIRE(AllocatedBytes(path) <= full - kMiB);
     REQUIRE(Seek(path, kMiB, SEEK_HOLE) == kMiB);
     REQUIRE(Seek(path, kMiB, SEEK_DATA) >= 2 * kMiB);
   }
   SECTION("unaligned ranges zero exactly the requested bytes") {
-    auto be = env.MustOpen(RawOpts(path, "discard=unmap"));
+    auto be = env.MustOpenBackend(RawFileOpts(path, "discard=unmap"));
     REQUIRE(env.Zero(*be, 100, 5000, kReqMayUnmap).ok());
     REQUIRE(env.Zero(*be, kMiB + 4095, 2, 0).ok());
     model.replace(100, 5000, std::string(5000, '\0'));
     model.replace(kMiB + 4095, 2, std::string(2, '\0'));
-    REQUIRE(Diff(env.Read(*be, 0, 4 * kMiB), model) == "");
-    REQUIRE(Diff(ReadFile(path), model) == "");
+    REQUIRE_BYTES(env.Read(*be, 0, 4 * kMiB), model);
+    REQUIRE_BYTES(ReadFile(path), model);
   }
   SECTION("write-zeroes past EOF grows the file") {
-    auto be = env.MustOpen(RawOpts(path), {.resize = true, .allow_write_beyond_eof = true});
+    auto be = env.MustOpenBackend(RawFileOpts(path), {.resize = true, .allow_write_beyond_eof = true});
     REQUIRE(env.Zero(*be, 4 * kMiB + 4096, 65536).ok());
     REQUIRE(FileSize(path) == 4 * kMiB + 4096 + 65536);
-    REQUIRE(Diff(ReadFile(path), model + std::string(4096 + 65536, '\0')) == "");
+    REQUIRE_BYTES(ReadFile(path), model + std::string(4096 + 65536, '\0'));
   }
 }
 
 TEST_CASE("discard is ignored by default and punches holes with discard=unmap", "[file]") {
-  constexpr int64_t kMiB = 1 << 20;
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("discard.img");
-  std::string model = Pattern(2 * kMiB, 15);
+  std::string model = NonZeroRandomBytes(2 * kMiB, 15);
   WriteFile(path, model);
   Fsync(path);
   int64_t full = AllocatedBytes(path);
   {
-    auto be = env.MustOpen(RawOpts(path));
+    auto be = env.MustOpenBackend(RawFileOpts(path));
     REQUIRE(env.Discard(*be, 0, kMiB).ok());
     REQUIRE(env.Flush(*be).ok());
-    REQUIRE(Diff(ReadFile(path), model) == "");
+    REQUIRE_BYTES(ReadFile(path), model);
     REQUIRE(AllocatedBytes(path) == full);
   }
-  auto be = env.MustOpen(RawOpts(path, "discard=unmap"));
+  auto be = env.MustOpenBackend(RawFileOpts(path, "discard=unmap"));
   REQUIRE(env.Discard(*be, 65536, 256 * 1024).ok());
   REQUIRE(env.Flush(*be).ok());
   model.replace(65536, 256 * 1024, std::string(256 * 1024, '\0'));
-  REQUIRE(Diff(ReadFile(path), model) == "");
+  REQUIRE_BYTES(ReadFile(path), model);
   REQUIRE(AllocatedBytes(path) <= full - 256 * 1024);
   REQUIRE(Seek(path, 0, SEEK_HOLE) == 65536);
   REQUIRE(Seek(path, 65536, SEEK_DATA) == 65536 + 256 * 1024);
@@ -478,7 +396,7 @@ std::ostream& operator<<(std::ostream& os, const Extent& e) {
   return os << "{" << e.start << "+" << e.length << (e.data ? " data" : "") << (e.zero ? " zero" : "") << "}";
 }
 
-std::vector<Extent> Walk(Env& env, Backend& be) {
+std::vector<Extent> Walk(GraphEnv& env, Backend& be) {
   std::vector<Extent> out;
   int64_t size = be.size();
   for (int64_t off = 0; off < size;) {
@@ -499,7 +417,7 @@ std::vector<Extent> Walk(Env& env, Backend& be) {
 
 TEST_CASE("block status matches qemu-img map on a sparse file", "[file]") {
   LB_SKIP_UNLESS(testing::HaveProgram("qemu-img"), "qemu-img is not installed");
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("sparse.img");
   const int64_t size = (1 << 20) + 1000;
   WriteFile(path, "");
@@ -511,7 +429,7 @@ TEST_CASE("block status matches qemu-img map on a sparse file", "[file]") {
     size_t len;
   } pieces[] = {{8192, 3}, {409600, 12288}, {425984, 4096}, {size - 3, 3}, {0, 1}};
   for (const Piece& p : pieces) {
-    std::string d = Pattern(p.len, 16);
+    std::string d = NonZeroRandomBytes(p.len, 16);
     REQUIRE(pwrite(fd, d.data(), d.size(), p.off) == static_cast<ssize_t>(d.size()));
   }
   close(fd);
@@ -531,8 +449,8 @@ TEST_CASE("block status matches qemu-img map on a sparse file", "[file]") {
                             e["data"].get<bool>(), e["zero"].get<bool>()});
     }
     REQUIRE(qemu.size() >= 7);  // the holes between the pieces really exist on this file system
-    auto be = env.MustOpen(RawOpts(path, direct == "on" ? "cache=none" : "cache=writeback"),
-                           {.read_only = true});
+    auto be = env.MustOpenBackend(RawFileOpts(path, direct == "on" ? "cache=none" : "cache=writeback"),
+                                  {.read_only = true});
     REQUIRE(Walk(env, *be) == qemu);
   }
 }
@@ -540,43 +458,42 @@ TEST_CASE("block status matches qemu-img map on a sparse file", "[file]") {
 // ---- truncate ----------------------------------------------------------------------------------
 
 TEST_CASE("truncate: off, falloc and full preallocation, and QEMU's refusals", "[file]") {
-  constexpr int64_t kMiB = 1 << 20;
   for (std::string aio : {"io_uring", "threads"}) {
-    Env env;
+    GraphEnv env;
     if (aio == "io_uring" && !env.loop->uring()) continue;
     INFO("aio=" << aio);
     std::string path = env.dir.File("trunc.img");
-    std::string data = Pattern(kMiB, 17);
+    std::string data = NonZeroRandomBytes(kMiB, 17);
     WriteFile(path, data);
     Fsync(path);
     {
-      auto noresize = env.MustOpen(RawOpts(path, "file.aio=" + aio));
+      auto noresize = env.MustOpenBackend(RawFileOpts(path, "file.aio=" + aio));
       absl::Status st = env.Truncate(*noresize, 2 * kMiB, PreallocMode::kOff);
       REQUIRE(StatusErrno(st) == EPERM);
       REQUIRE(FileSize(path) == kMiB);
     }
-    auto be = env.MustOpen(RawOpts(path, "file.aio=" + aio), {.resize = true});
+    auto be = env.MustOpenBackend(RawFileOpts(path, "file.aio=" + aio), {.resize = true});
     int64_t base_alloc = AllocatedBytes(path);
     // off: grow sparsely, then shrink keeping the head
     REQUIRE(env.Truncate(*be, 2 * kMiB, PreallocMode::kOff).ok());
     REQUIRE(FileSize(path) == 2 * kMiB);
     REQUIRE(be->size() == 2 * kMiB);
     REQUIRE(AllocatedBytes(path) == base_alloc);
-    REQUIRE(Diff(env.Read(*be, kMiB, kMiB), std::string(kMiB, '\0')) == "");
+    REQUIRE_BYTES(env.Read(*be, kMiB, kMiB), std::string(kMiB, '\0'));
     REQUIRE(env.Truncate(*be, kMiB / 2, PreallocMode::kOff).ok());
     REQUIRE(FileSize(path) == kMiB / 2);
     REQUIRE(be->size() == kMiB / 2);
-    REQUIRE(Diff(ReadFile(path), data.substr(0, kMiB / 2)) == "");
+    REQUIRE_BYTES(ReadFile(path), data.substr(0, kMiB / 2));
     // falloc: the new range is allocated and reads as zeroes
     REQUIRE(env.Truncate(*be, 4 * kMiB, PreallocMode::kFalloc).ok());
     REQUIRE(FileSize(path) == 4 * kMiB);
     REQUIRE(AllocatedBytes(path) >= 4 * kMiB);
-    REQUIRE(Diff(ReadFile(path), data.substr(0, kMiB / 2) + std::string(4 * kMiB - kMiB / 2, '\0')) == "");
+    REQUIRE_BYTES(ReadFile(path), data.substr(0, kMiB / 2) + std::string(4 * kMiB - kMiB / 2, '\0'));
     // full: written zeroes, allocated, to an unaligned size
     REQUIRE(env.Truncate(*be, 6 * kMiB + 1000, PreallocMode::kFull).ok());
     REQUIRE(FileSize(path) == 6 * kMiB + 1000);
     REQUIRE(AllocatedBytes(path) >= 6 * kMiB + 1000);
-    REQUIRE(Diff(env.Read(*be, 4 * kMiB, 2 * kMiB + 1000), std::string(2 * kMiB + 1000, '\0')) == "");
+    REQUIRE_BYTES(env.Read(*be, 4 * kMiB, 2 * kMiB + 1000), std::string(2 * kMiB + 1000, '\0'));
     REQUIRE(Seek(path, 4 * kMiB, SEEK_HOLE) == 6 * kMiB + 1000);
     // refusals leave the file alone
     absl::Status st = env.Truncate(*be, 8 * kMiB, PreallocMode::kMetadata);
@@ -591,33 +508,32 @@ TEST_CASE("truncate: off, falloc and full preallocation, and QEMU's refusals", "
 }
 
 TEST_CASE("truncate with full preallocation under O_DIRECT keeps the partial last block", "[file]") {
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("trunc-direct.img");
-  std::string data = Pattern(6000, 18);  // the last block is partial
+  std::string data = NonZeroRandomBytes(6000, 18);  // the last block is partial
   WriteFile(path, data);
-  auto be = env.MustOpen(RawOpts(path, "cache=none"), {.resize = true});
+  auto be = env.MustOpenBackend(RawFileOpts(path, "cache=none"), {.resize = true});
   REQUIRE(env.Truncate(*be, 65536 + 100, PreallocMode::kFull).ok());
   REQUIRE(FileSize(path) == 65536 + 100);
-  REQUIRE(Diff(ReadFile(path), data + std::string(65536 + 100 - 6000, '\0')) == "");
+  REQUIRE_BYTES(ReadFile(path), data + std::string(65536 + 100 - 6000, '\0'));
 }
 
 // ---- create ------------------------------------------------------------------------------------
 
 TEST_CASE("create: sizes and preallocation through file and raw", "[file]") {
-  constexpr int64_t kMiB = 1 << 20;
-  Env env;
+  GraphEnv env;
   for (std::string fmt : {"file", "raw"}) {
     INFO("format " << fmt);
     std::string off = env.dir.File(fmt + "-off.img");
     std::string falloc = env.dir.File(fmt + "-falloc.img");
     std::string full = env.dir.File(fmt + "-full.img");
-    WriteFile(off, Pattern(3 * kMiB, 19));  // an existing file is emptied first
+    WriteFile(off, NonZeroRandomBytes(3 * kMiB, 19));  // an existing file is emptied first
     REQUIRE(env.Create(off, fmt, "size=2M").ok());
     REQUIRE(env.Create(falloc, fmt, "size=2M,preallocation=falloc").ok());
     REQUIRE(env.Create(full, fmt, "size=2M,preallocation=full").ok());
     for (const std::string& p : {off, falloc, full}) {
       REQUIRE(FileSize(p) == 2 * kMiB);
-      REQUIRE(Diff(ReadFile(p), std::string(2 * kMiB, '\0')) == "");
+      REQUIRE_BYTES(ReadFile(p), std::string(2 * kMiB, '\0'));
       REQUIRE(LockedBytes(p).empty());  // the creator's locks are gone
     }
     REQUIRE(AllocatedBytes(off) == 4096);  // only the first block, as QEMU allocates it
@@ -643,7 +559,7 @@ TEST_CASE("create: sizes and preallocation through file and raw", "[file]") {
 }
 
 TEST_CASE("create: nocow=on is accepted and harmless off btrfs", "[file]") {
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("nocow.img");
   REQUIRE(env.Create(path, "file", "size=1M,nocow=on").ok());
   REQUIRE(FileSize(path) == 1 << 20);
@@ -655,20 +571,20 @@ TEST_CASE("create: nocow=on is accepted and harmless off btrfs", "[file]") {
 }
 
 TEST_CASE("create refuses an image another opener holds, and leaves it untouched", "[file]") {
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("busy.img");
-  std::string data = Pattern(65536, 20);
+  std::string data = NonZeroRandomBytes(65536, 20);
   WriteFile(path, data);
   for (bool read_only : {false, true}) {
     INFO("holder read-only=" << read_only);
-    auto holder = env.MustOpen(RawOpts(path), {.read_only = read_only});
+    auto holder = env.MustOpenBackend(RawFileOpts(path), {.read_only = read_only});
     std::vector<int64_t> held = LockedBytes(path);
     REQUIRE(held == (read_only ? kRoLocks : kRwLocks));
     absl::Status st = env.Create(path, "file", "size=1M");
     REQUIRE_FALSE(st.ok());
     REQUIRE_THAT(Message(st), Catch::Contains("Failed to get \"write\" lock") &&
                                   Catch::Contains("Is another process using the image [" + path + "]?"));
-    REQUIRE(Diff(ReadFile(path), data) == "");
+    REQUIRE_BYTES(ReadFile(path), data);
     REQUIRE(LockedBytes(path) == held);
   }
   REQUIRE(LockedBytes(path).empty());
@@ -677,16 +593,16 @@ TEST_CASE("create refuses an image another opener holds, and leaves it untouched
 // ---- locking -----------------------------------------------------------------------------------
 
 TEST_CASE("two opens in one process conflict through OFD locks, as two QEMUs do", "[file][lock]") {
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("lock.img");
-  WriteFile(path, Pattern(65536, 21));
-  auto first = env.MustOpen(RawOpts(path), {.name = "first"});
+  WriteFile(path, NonZeroRandomBytes(65536, 21));
+  auto first = env.MustOpenBackend(RawFileOpts(path), {.name = "first"});
   // Held: consistent-read, write; not shared: write, resize.
   REQUIRE(LockedBytes(path, "OFDLCK") == kRwLocks);
   REQUIRE(LockedBytes(path) == kRwLocks);
 
   SECTION("a second writer") {
-    auto second = env.Open(RawOpts(path));
+    auto second = env.OpenBackend(RawFileOpts(path));
     REQUIRE_FALSE(second.ok());
     REQUIRE(StatusErrno(second.status()) == EAGAIN);
     REQUIRE_THAT(Message(second.status()),
@@ -696,7 +612,7 @@ TEST_CASE("two opens in one process conflict through OFD locks, as two QEMUs do"
     REQUIRE(FdFlagsFor(path).size() == 1);
   }
   SECTION("a reader that does not share write") {
-    auto reader = env.Open(RawOpts(path), {.read_only = true});
+    auto reader = env.OpenBackend(RawFileOpts(path), {.read_only = true});
     REQUIRE_FALSE(reader.ok());
     REQUIRE_THAT(Message(reader.status()),
                  Catch::Contains("Failed to get shared \"write\" lock") &&
@@ -704,20 +620,20 @@ TEST_CASE("two opens in one process conflict through OFD locks, as two QEMUs do"
     REQUIRE(LockedBytes(path) == kRwLocks);
   }
   SECTION("force-share and locking=off get in") {
-    auto shared = env.MustOpen(RawOpts(path, "read-only=on,force-share=on"), {.read_only = true});
+    auto shared = env.MustOpenBackend(RawFileOpts(path, "read-only=on,force-share=on"), {.read_only = true});
     // Holds consistent-read, shares everything: byte 100 only.
     REQUIRE(LockedBytes(path) == std::vector<int64_t>{100, 100, 101, 201, 203});
-    auto unlocked = env.MustOpen(RawOpts(path, "file.locking=off"));
+    auto unlocked = env.MustOpenBackend(RawFileOpts(path, "file.locking=off"));
     REQUIRE(LockedBytes(path) == std::vector<int64_t>{100, 100, 101, 201, 203});
     nlohmann::json info;
     FileNode(*unlocked)->impl()->FillInfo(info);
     REQUIRE(info["locking"] == "off");
-    REQUIRE(Diff(env.Read(*shared, 0, 16), env.Read(*first, 0, 16)) == "");
+    REQUIRE_BYTES(env.Read(*shared, 0, 16), env.Read(*first, 0, 16));
   }
   SECTION("a reader that shares write gets in; a writer that shares write is still refused") {
-    auto reader = env.MustOpen(RawOpts(path), {.read_only = true, .share_rw = true});
+    auto reader = env.MustOpenBackend(RawFileOpts(path), {.read_only = true, .share_rw = true});
     REQUIRE(LockedBytes(path) == std::vector<int64_t>{100, 100, 101, 201, 203, 203});
-    auto writer = env.Open(RawOpts(path), {.share_rw = true});
+    auto writer = env.OpenBackend(RawFileOpts(path), {.share_rw = true});
     REQUIRE_THAT(Message(writer.status()), Catch::Contains("Failed to get \"write\" lock"));
   }
   SECTION("reopen moves the lock bytes, and a failed reopen restores them") {
@@ -727,7 +643,7 @@ TEST_CASE("two opens in one process conflict through OFD locks, as two QEMUs do"
     REQUIRE(flags.size() == 1);  // the read-write descriptor was replaced, not leaked
     REQUIRE((flags[0] & O_ACCMODE) == O_RDONLY);
     // Now a second default reader fits (nobody writes)...
-    auto reader = env.MustOpen(RawOpts(path), {.read_only = true});
+    auto reader = env.MustOpenBackend(RawFileOpts(path), {.read_only = true});
     REQUIRE(LockedBytes(path) == std::vector<int64_t>{100, 100, 201, 201, 203, 203});
     // ...and it does not share write, so going back to read-write must fail, unchanged.
     absl::Status st = first->Reopen(false);
@@ -743,10 +659,10 @@ TEST_CASE("two opens in one process conflict through OFD locks, as two QEMUs do"
     env.Write(*first, 0, "still writable");
   }
   SECTION("resize is held and unshared as QEMU does") {
-    auto resizer = env.Open(RawOpts(path, "file.locking=off"), {.resize = true});
+    auto resizer = env.OpenBackend(RawFileOpts(path, "file.locking=off"), {.resize = true});
     REQUIRE(resizer.ok());  // locking=off: no bytes, no checks
     REQUIRE(first->Close().ok());
-    auto r2 = env.MustOpen(RawOpts(path), {.resize = true});
+    auto r2 = env.MustOpenBackend(RawFileOpts(path), {.resize = true});
     REQUIRE(LockedBytes(path) == std::vector<int64_t>{100, 101, 103, 201, 203});
   }
   REQUIRE(first->Close().ok());
@@ -754,30 +670,30 @@ TEST_CASE("two opens in one process conflict through OFD locks, as two QEMUs do"
 }
 
 TEST_CASE("closing releases every lock", "[file][lock]") {
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("close.img");
   WriteFile(path, std::string(4096, '\0'));
   {
-    auto be = env.MustOpen(RawOpts(path, "cache=none"));
+    auto be = env.MustOpenBackend(RawFileOpts(path, "cache=none"));
     REQUIRE(LockedBytes(path) == kRwLocks);
     REQUIRE(be->Close().ok());
     REQUIRE(LockedBytes(path).empty());
   }
   {
-    auto be = env.MustOpen(RawOpts(path), {.read_only = true});
+    auto be = env.MustOpenBackend(RawFileOpts(path), {.read_only = true});
     REQUIRE(LockedBytes(path) == kRoLocks);
   }
   REQUIRE(LockedBytes(path).empty());
-  REQUIRE(env.graph->nodes().empty());
+  REQUIRE(env.graph.nodes().empty());
 }
 
 TEST_CASE("locking=on without OFD locks falls back to POSIX locks with QEMU's warning", "[file][lock]") {
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("posix.img");
   WriteFile(path, std::string(65536, '\0'));
   {
     OfdOverride no_ofd(false);
-    auto be = env.MustOpen(RawOpts(path, "file.locking=on"));
+    auto be = env.MustOpenBackend(RawFileOpts(path, "file.locking=on"));
     REQUIRE(env.warnings.size() == 1);
     REQUIRE_THAT(env.warnings[0], Catch::Contains("falling back to POSIX file locks"));
     // Careful: opening and closing any other descriptor of the file here would drop POSIX locks.
@@ -791,11 +707,11 @@ TEST_CASE("locking=on without OFD locks falls back to POSIX locks with QEMU's wa
     REQUIRE(be->Close().ok());
     REQUIRE(LockedBytes(path).empty());
 
-    auto quiet = env.MustOpen(RawOpts(path));  // locking=auto: no OFD, no locks, no warning
+    auto quiet = env.MustOpenBackend(RawFileOpts(path));  // locking=auto: no OFD, no locks, no warning
     REQUIRE(LockedBytes(path).empty());
     REQUIRE(env.warnings.size() == 1);
   }
-  auto be = env.MustOpen(RawOpts(path, "file.locking=on"));
+  auto be = env.MustOpenBackend(RawFileOpts(path, "file.locking=on"));
   REQUIRE(LockedBytes(path, "OFDLCK") == kRwLocks);
   REQUIRE(env.warnings.size() == 1);
 }
@@ -843,9 +759,9 @@ class UnwritableFile {
 };
 
 TEST_CASE("auto-read-only opens a file that refuses writers read-only", "[file]") {
-  Env env;
+  GraphEnv env;
   std::string path = env.dir.File("ro.img");
-  std::string data = Pattern(8192, 22);
+  std::string data = NonZeroRandomBytes(8192, 22);
   WriteFile(path, data);
   UnwritableFile guard(path);
   LB_SKIP_UNLESS(guard.ok(), "cannot make a file unwritable here");
@@ -859,22 +775,22 @@ TEST_CASE("auto-read-only opens a file that refuses writers read-only", "[file]"
   std::vector<int> flags = FdFlagsFor(path);
   REQUIRE(flags.size() == 1);
   REQUIRE((flags[0] & O_ACCMODE) == O_RDONLY);
-  auto writer = Backend::Attach(*env.graph, **node, {});
+  auto writer = Backend::Attach(env.graph, **node, {});
   REQUIRE_FALSE(writer.ok());
-  auto reader = Backend::Attach(*env.graph, **node, {.read_only = true});
+  auto reader = Backend::Attach(env.graph, **node, {.read_only = true});
   REQUIRE(reader.ok());
-  env.graph->Unref(*node);
-  REQUIRE(Diff(env.Read(**reader, 0, 8192), data) == "");
+  env.graph.Unref(*node);
+  REQUIRE_BYTES(env.Read(**reader, 0, 8192), data);
   REQUIRE(LockedBytes(path) == kRoLocks);
 }
 
 TEST_CASE("bad filenames and options get QEMU's errors", "[file]") {
-  Env env;
+  GraphEnv env;
   std::string missing = env.dir.File("missing.img");
   absl::Status st = env.OpenNode("driver=file,filename=" + missing).status();
   REQUIRE(Message(st) == "Could not open '" + missing + "': No such file or directory");
   REQUIRE(StatusErrno(st) == ENOENT);
-  st = env.Open(RawOpts(missing)).status();
+  st = env.OpenBackend(RawFileOpts(missing)).status();
   REQUIRE_THAT(Message(st), Catch::Contains("Could not open '" + missing + "': No such file or directory"));
 
   // A directory: refused read-write by open(2) itself, read-only by the regular-file check.
@@ -899,7 +815,7 @@ TEST_CASE("bad filenames and options get QEMU's errors", "[file]") {
   REQUIRE_THAT(Message(st), Catch::Contains("'filename' is required"));
   // None of the failures left a descriptor or a node behind.
   REQUIRE(FdFlagsFor(path).empty());
-  REQUIRE(env.graph->nodes().empty());
+  REQUIRE(env.graph.nodes().empty());
 }
 
 }  // namespace

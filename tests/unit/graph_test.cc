@@ -16,27 +16,15 @@ namespace libblock {
 namespace {
 
 using testing::MakeLoop;
+using testing::Message;
 using testing::TestRegistry;
 
-struct Fixture {
-  std::unique_ptr<EventLoop> loop = MakeLoop();
-  Graph graph{*loop, TestRegistry()};
-  std::vector<std::string> warnings;
-  Fixture() {
-    graph.SetWarningHandler([this](const std::string& w) { warnings.push_back(w); });
-  }
+// The shared env on the test registry, plus attaching backends to nodes and a snapshot of
+// the graph's permission state.
+struct Fixture : testing::GraphEnv {
+  Fixture() : GraphEnv(TestRegistry()) {}
   ~Fixture() { testing::SetTestProtoRefuseAll(false); }
 
-  absl::StatusOr<Node*> Open(const std::string& opts, const std::string& filename = "") {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return graph.Open(filename, std::move(o));
-  }
-  Node* MustOpen(const std::string& opts) {
-    absl::StatusOr<Node*> n = Open(opts);
-    INFO(n.status().ToString());
-    REQUIRE(n.ok());
-    return *n;
-  }
   absl::StatusOr<std::unique_ptr<Backend>> Attach(Node* node, BackendOptions opts) {
     return Backend::Attach(graph, *node, std::move(opts));
   }
@@ -45,10 +33,6 @@ struct Fixture {
     INFO(be.status().ToString());
     REQUIRE(be.ok());
     return std::move(*be);
-  }
-  absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const std::string& opts, BackendOptions bo = {}) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return Backend::Open(graph, "", std::move(o), std::move(bo));
   }
 
   // Everything a transaction may touch, for before/after comparisons.
@@ -70,8 +54,6 @@ struct Fixture {
     return out;
   }
 };
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
 
 TEST_CASE("permission names use QEMU's wording", "[perm]") {
   REQUIRE(PermNames(kPermWrite) == "write");
@@ -117,20 +99,20 @@ TEST_CASE("default child permissions follow QEMU's per-role rules", "[perm]") {
 
 TEST_CASE("node names are unique, validated, and generated when absent", "[graph]") {
   Fixture f;
-  Node* a = f.MustOpen("driver=test-proto");
-  Node* b = f.MustOpen("driver=test-proto");
+  Node* a = f.MustOpenNode("driver=test-proto");
+  Node* b = f.MustOpenNode("driver=test-proto");
   REQUIRE(a->name().rfind("#block", 0) == 0);
   REQUIRE(a->auto_named());
   REQUIRE(a->name() != b->name());
-  Node* named = f.MustOpen("driver=test-proto,node-name=disk0");
+  Node* named = f.MustOpenNode("driver=test-proto,node-name=disk0");
   REQUIRE(named->name() == "disk0");
   REQUIRE(f.graph.FindNode("disk0") == named);
-  REQUIRE(Message(f.Open("driver=test-proto,node-name=disk0").status()) ==
+  REQUIRE(Message(f.OpenNode("driver=test-proto,node-name=disk0").status()) ==
           "Duplicate nodes with node-name='disk0'");
-  REQUIRE(Message(f.Open("driver=test-proto,node-name=1bad").status()) == "Invalid node-name: '1bad'");
-  REQUIRE(Message(f.Open("driver=test-proto,node-name=#block001").status()) ==
+  REQUIRE(Message(f.OpenNode("driver=test-proto,node-name=1bad").status()) == "Invalid node-name: '1bad'");
+  REQUIRE(Message(f.OpenNode("driver=test-proto,node-name=#block001").status()) ==
           "Invalid node-name: '#block001'");
-  REQUIRE(Message(f.Open("driver=test-proto,node-name=" + std::string(32, 'a')).status()) ==
+  REQUIRE(Message(f.OpenNode("driver=test-proto,node-name=" + std::string(32, 'a')).status()) ==
           "Node name too long");
   for (Node* n : {a, b, named}) f.graph.Unref(n);
   REQUIRE(f.graph.nodes().empty());
@@ -138,7 +120,7 @@ TEST_CASE("node names are unique, validated, and generated when absent", "[graph
 
 TEST_CASE("conflicting parents get QEMU's permission-conflict message", "[perm]") {
   Fixture f;
-  Node* n = f.MustOpen("driver=test-proto,node-name=proto");
+  Node* n = f.MustOpenNode("driver=test-proto,node-name=proto");
   auto vda = f.MustAttach(n, {.name = "vda"});
   auto vdb = f.Attach(n, {.name = "vdb"});
   REQUIRE_FALSE(vdb.ok());
@@ -164,8 +146,8 @@ TEST_CASE("conflicting parents get QEMU's permission-conflict message", "[perm]"
 
 TEST_CASE("a node parent is named in conflicts with its child role", "[perm]") {
   Fixture f;
-  Node* fmt = f.MustOpen("driver=test-fmt,role=metadata,node-name=fmt,file.driver=test-proto,"
-                         "file.node-name=proto");
+  Node* fmt = f.MustOpenNode("driver=test-fmt,role=metadata,node-name=fmt,file.driver=test-proto,"
+                             "file.node-name=proto");
   Node* proto = f.graph.FindNode("proto");
   REQUIRE(proto);
   Child* file = fmt->FindChild("file");
@@ -181,7 +163,7 @@ TEST_CASE("a node parent is named in conflicts with its child role", "[perm]") {
 
 TEST_CASE("a read-only node refuses writers", "[perm]") {
   Fixture f;
-  Node* n = f.MustOpen("driver=test-proto,read-only=on");
+  Node* n = f.MustOpenNode("driver=test-proto,read-only=on");
   auto be = f.Attach(n, {});
   REQUIRE(Message(be.status()) == "Block node is read-only");
   auto ro = f.MustAttach(n, {.read_only = true});
@@ -196,9 +178,9 @@ TEST_CASE("a failed transaction leaves every node exactly as before", "[perm]") 
   Fixture f;
   // fmt (read-only) -> proto that refuses resize. Going read-write makes fmt's data child ask
   // for write+resize, which fails deep in the graph after fmt's own masks were updated.
-  Node* fmt = f.MustOpen("driver=test-fmt,role=data,read-only=on,node-name=fmt,"
-                         "file.driver=test-proto,file.veto=8,file.node-name=proto,"
-                         "backing.driver=test-proto,backing.node-name=base");
+  Node* fmt = f.MustOpenNode("driver=test-fmt,role=data,read-only=on,node-name=fmt,"
+                             "file.driver=test-proto,file.veto=8,file.node-name=proto,"
+                             "backing.driver=test-proto,backing.node-name=base");
   auto be = f.MustAttach(fmt, {.name = "vda", .read_only = true});
   f.graph.Unref(fmt);
   std::string before = f.Snapshot();
@@ -217,7 +199,7 @@ TEST_CASE("a failed transaction leaves every node exactly as before", "[perm]") 
 
 TEST_CASE("giving up permissions never fails", "[perm]") {
   Fixture f;
-  Node* n = f.MustOpen("driver=test-proto,node-name=p");
+  Node* n = f.MustOpenNode("driver=test-proto,node-name=p");
   auto writer = f.MustAttach(n, {.name = "w"});
   auto reader = f.MustAttach(n, {.name = "r", .read_only = true, .share_rw = true});
   f.graph.Unref(n);
@@ -235,8 +217,8 @@ TEST_CASE("giving up permissions never fails", "[perm]") {
 
 TEST_CASE("reopen switches read-only and read-write as one transaction", "[perm]") {
   Fixture f;
-  Node* fmt = f.MustOpen("driver=test-fmt,node-name=fmt,file.driver=test-proto,file.node-name=proto,"
-                         "backing.driver=test-proto,backing.node-name=base,read-only=on");
+  Node* fmt = f.MustOpenNode("driver=test-fmt,node-name=fmt,file.driver=test-proto,file.node-name=proto,"
+                             "backing.driver=test-proto,backing.node-name=base,read-only=on");
   auto be = f.MustAttach(fmt, {.read_only = true, .share_rw = true});
   f.graph.Unref(fmt);
   Node* proto = f.graph.FindNode("proto");
@@ -269,8 +251,8 @@ TEST_CASE("reopen switches read-only and read-write as one transaction", "[perm]
 
 TEST_CASE("an explicitly read-only child does not follow its parent's reopen", "[perm]") {
   Fixture f;
-  Node* fmt = f.MustOpen("driver=test-fmt,read-only=on,file.driver=test-proto,file.read-only=on,"
-                         "file.node-name=proto");
+  Node* fmt = f.MustOpenNode("driver=test-fmt,read-only=on,file.driver=test-proto,file.read-only=on,"
+                             "file.node-name=proto");
   auto be = f.MustAttach(fmt, {.read_only = true});
   f.graph.Unref(fmt);
   REQUIRE(Message(be->Reopen(false)) == "Block node is read-only");
@@ -279,10 +261,10 @@ TEST_CASE("an explicitly read-only child does not follow its parent's reopen", "
 
 TEST_CASE("attach, replace and detach children", "[graph]") {
   Fixture f;
-  Node* p1 = f.MustOpen("driver=test-proto,node-name=p1,size=4k");
-  Node* p2 = f.MustOpen("driver=test-proto,node-name=p2,size=8k");
-  Node* bad = f.MustOpen("driver=test-proto,node-name=bad,veto=2");
-  Node* raw = f.MustOpen("driver=raw,file=p1,node-name=r");
+  Node* p1 = f.MustOpenNode("driver=test-proto,node-name=p1,size=4k");
+  Node* p2 = f.MustOpenNode("driver=test-proto,node-name=p2,size=8k");
+  Node* bad = f.MustOpenNode("driver=test-proto,node-name=bad,veto=2");
+  Node* raw = f.MustOpenNode("driver=raw,file=p1,node-name=r");
   auto be = f.MustAttach(raw, {});
   f.graph.Unref(raw);
   Child* file = raw->FindChild("file");
@@ -317,12 +299,12 @@ TEST_CASE("attach, replace and detach children", "[graph]") {
 
 TEST_CASE("force-share makes every parent share everything with the node", "[perm]") {
   Fixture f;
-  Node* fmt = f.MustOpen("driver=test-fmt,read-only=on,force-share=on,file.driver=test-proto,"
-                         "file.node-name=proto");
+  Node* fmt = f.MustOpenNode("driver=test-fmt,read-only=on,force-share=on,file.driver=test-proto,"
+                             "file.node-name=proto");
   Child* file = fmt->FindChild("file");
   REQUIRE(f.graph.FindNode("proto")->flags().force_share);  // inherited
   REQUIRE(file->shared() == kPermAll);
-  REQUIRE(Message(f.Open("driver=test-proto,force-share=on").status()) ==
+  REQUIRE(Message(f.OpenNode("driver=test-proto,force-share=on").status()) ==
           "force-share=on can only be used with read-only images");
   f.graph.Unref(fmt);
 }
@@ -330,13 +312,13 @@ TEST_CASE("force-share makes every parent share everything with the node", "[per
 TEST_CASE("opening understands QEMU's option syntax and reports bad options", "[options][graph]") {
   Fixture f;
   SECTION("dotted keys") {
-    Node* n = f.MustOpen("driver=raw,file.driver=test-proto,file.size=4k");
+    Node* n = f.MustOpenNode("driver=raw,file.driver=test-proto,file.size=4k");
     REQUIRE(n->size() == 4096);
     REQUIRE(n->primary_child()->node()->driver().name == "test-proto");
     f.graph.Unref(n);
   }
   SECTION("json: pseudo-filename") {
-    auto n = f.Open("", R"(json:{"driver":"raw","offset":512,"file":{"driver":"test-proto","size":"2M"}})");
+    auto n = f.OpenNode("", R"(json:{"driver":"raw","offset":512,"file":{"driver":"test-proto","size":"2M"}})");
     REQUIRE(n.ok());
     REQUIRE((*n)->size() == 2 * 1024 * 1024 - 512);
     f.graph.Unref(*n);
@@ -350,37 +332,37 @@ TEST_CASE("opening understands QEMU's option syntax and reports bad options", "[
     f.graph.Unref(*n);
   }
   SECTION("a child can reference an existing node") {
-    Node* p = f.MustOpen("driver=test-proto,node-name=p0");
-    Node* r = f.MustOpen("driver=raw,file=p0");
+    Node* p = f.MustOpenNode("driver=test-proto,node-name=p0");
+    Node* r = f.MustOpenNode("driver=raw,file=p0");
     REQUIRE(r->primary_child()->node() == p);
-    REQUIRE(Message(f.Open("driver=raw,file=nosuch").status()) ==
+    REQUIRE(Message(f.OpenNode("driver=raw,file=nosuch").status()) ==
             "Cannot find device='nosuch' nor node-name='nosuch'");
     f.graph.Unref(r);
     f.graph.Unref(p);
   }
   SECTION("unknown and mistyped options name the driver") {
-    REQUIRE(Message(f.Open("driver=raw,file.driver=test-proto,bogus=1").status()) ==
+    REQUIRE(Message(f.OpenNode("driver=raw,file.driver=test-proto,bogus=1").status()) ==
             "Block format 'raw' does not support the option 'bogus'");
-    REQUIRE(Message(f.Open("driver=raw,file.driver=test-proto,file.bogus=1").status()) ==
+    REQUIRE(Message(f.OpenNode("driver=raw,file.driver=test-proto,file.bogus=1").status()) ==
             "Block protocol 'test-proto' doesn't support the option 'bogus'");
-    absl::Status st = f.Open("driver=null-co,size=abc").status();
+    absl::Status st = f.OpenNode("driver=null-co,size=abc").status();
     REQUIRE(StatusErrno(st) == EINVAL);
     REQUIRE_THAT(Message(st), Catch::Contains("null-co") && Catch::Contains("'size'"));
-    st = f.Open("driver=null-co,read-zeroes=2").status();
+    st = f.OpenNode("driver=null-co,read-zeroes=2").status();
     REQUIRE_THAT(Message(st), Catch::Contains("null-co") && Catch::Contains("'read-zeroes'"));
-    st = f.Open("driver=raw,file.driver=null-co,detect-zeroes=maybe").status();
+    st = f.OpenNode("driver=raw,file.driver=null-co,detect-zeroes=maybe").status();
     REQUIRE_THAT(Message(st), Catch::Contains("raw") && Catch::Contains("'detect-zeroes'"));
   }
   SECTION("missing pieces") {
-    REQUIRE(Message(f.Open("driver=raw").status()) == "A block device must be specified for \"file\"");
-    REQUIRE(Message(f.Open("read-only=on").status()) == "Must specify either driver or file");
-    REQUIRE(Message(f.Open("driver=nosuch").status()) == "Unknown driver 'nosuch'");
-    REQUIRE(Message(f.Open("", "bogus:disk.img").status()) == "Unknown protocol 'bogus'");
-    REQUIRE(Message(f.Open("", "null-co://x").status()) ==
+    REQUIRE(Message(f.OpenNode("driver=raw").status()) == "A block device must be specified for \"file\"");
+    REQUIRE(Message(f.OpenNode("read-only=on").status()) == "Must specify either driver or file");
+    REQUIRE(Message(f.OpenNode("driver=nosuch").status()) == "Unknown driver 'nosuch'");
+    REQUIRE(Message(f.OpenNode("", "bogus:disk.img").status()) == "Unknown protocol 'bogus'");
+    REQUIRE(Message(f.OpenNode("", "null-co://x").status()) ==
             "The only allowed filename for this driver is 'null-co://'");
   }
   SECTION("a proto: prefix selects the protocol, and probing guesses raw with a warning") {
-    auto n = f.Open("", "null-co://");
+    auto n = f.OpenNode("", "null-co://");
     REQUIRE(n.ok());
     REQUIRE((*n)->driver().name == "raw");
     REQUIRE((*n)->flags().probed);
@@ -390,7 +372,7 @@ TEST_CASE("opening understands QEMU's option syntax and reports bad options", "[
                                                   "'null-co://' and probing guessed raw."));
     f.graph.Unref(*n);
     // read-only opens do not warn, as in QEMU
-    n = f.Open("read-only=on", "null-co://");
+    n = f.OpenNode("read-only=on", "null-co://");
     REQUIRE(n.ok());
     REQUIRE(f.warnings.size() == 1);
     f.graph.Unref(*n);
@@ -426,11 +408,7 @@ TEST_CASE("a backend outliving its graph is orphaned, not left dangling", "[grap
   std::unique_ptr<Backend> be;
   {
     Graph graph(*loop, TestRegistry());
-    auto o = ParseKeyValueOptions("driver=test-proto");
-    REQUIRE(o.ok());
-    auto b = Backend::Open(graph, "", *o, {});
-    REQUIRE(b.ok());
-    be = std::move(*b);
+    be = testing::MustOpenBackend(graph, "driver=test-proto");
   }
   REQUIRE(be->root() == nullptr);
   uint8_t buf[16];

@@ -13,53 +13,35 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
-#include <cstdio>
-#include <cstring>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "core/backend.h"
-#include "core/event_loop.h"
 #include "core/graph.h"
-#include "core/options.h"
 #include "test_support.h"
 #include "util/status.h"
 
 namespace libblock {
 namespace {
 
+using testing::AllocatedBytes;
 using testing::FileSize;
+using testing::GraphEnv;
+using testing::kMiB;
 using testing::LockedBytes;
-using testing::MakeLoop;
+using testing::Message;
+using testing::NonZeroRandomBytes;
 using testing::ReadFile;
 using testing::Run;
 using testing::TempDir;
 using testing::WriteFile;
 
-constexpr int64_t kMiB = 1 << 20;
 const std::vector<int64_t> kRwLocks = {100, 101, 201, 203};
-
-std::string Message(const absl::Status& s) { return std::string(s.message()); }
-std::string Diff(const std::string& a, const std::string& b) { return testing::DescribeDifference(a, b); }
-
-std::string Pattern(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng() % 255 + 1);
-  return s;
-}
 
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
-}
-
-int64_t AllocatedBytes(const std::string& path) {
-  struct stat st;
-  REQUIRE(stat(path.c_str(), &st) == 0);
-  return static_cast<int64_t>(st.st_blocks) * 512;
 }
 
 // A loop device over `backing`, detached on destruction.
@@ -126,43 +108,6 @@ struct Disk {
   const std::string& path() const { return dev->path(); }
 };
 
-struct Env {
-  TempDir dir;
-  std::unique_ptr<EventLoop> loop = MakeLoop();
-  std::unique_ptr<Graph> graph = std::make_unique<Graph>(*loop);
-  std::vector<std::string> warnings;
-  Env() { graph->SetWarningHandler([this](const std::string& w) { warnings.push_back(w); }); }
-
-  absl::StatusOr<std::unique_ptr<Backend>> Open(const std::string& filename, const std::string& opts,
-                                                BackendOptions bo = {}) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return Backend::Open(*graph, filename, std::move(o), std::move(bo));
-  }
-  std::unique_ptr<Backend> MustOpen(const std::string& filename, const std::string& opts,
-                                    BackendOptions bo = {}) {
-    auto be = Open(filename, opts, std::move(bo));
-    INFO(filename << " " << opts << ": " << be.status().ToString());
-    REQUIRE(be.ok());
-    return std::move(*be);
-  }
-  absl::Status Create(const std::string& filename, const std::string& fmt, const std::string& opts) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return graph->Create(filename, fmt, std::move(o));
-  }
-  std::string Read(Backend& be, int64_t offset, int64_t bytes) {
-    std::string out(static_cast<size_t>(bytes), '\x55');
-    absl::Status st = be.PreadSync(offset, out.data(), bytes);
-    INFO(st.ToString());
-    REQUIRE(st.ok());
-    return out;
-  }
-  void Write(Backend& be, int64_t offset, const std::string& data) {
-    absl::Status st = be.PwriteSync(offset, data.data(), static_cast<int64_t>(data.size()));
-    INFO(st.ToString());
-    REQUIRE(st.ok());
-  }
-};
-
 Node* ProtocolNode(const Backend& be) {
   Node* n = be.root();
   while (n && n->driver().kind != DriverKind::kProtocol) {
@@ -194,12 +139,12 @@ DeviceIoctls QueryDevice(const std::string& dev) {
 TEST_CASE("host_device: size and block sizes come from the device", "[host_device]") {
   for (int sector : {512, 4096}) {
     INFO("sector size " << sector);
-    Env env;
+    GraphEnv env;
     Disk disk(env.dir, "disk.img", 16 * kMiB, sector);
     DeviceIoctls want = QueryDevice(disk.path());
     REQUIRE(want.size == 16 * kMiB);
     REQUIRE(want.logical == sector);
-    auto be = env.MustOpen("", "driver=raw,file.driver=host_device,file.filename=" + disk.path());
+    auto be = env.MustOpenBackend("driver=raw,file.driver=host_device,file.filename=" + disk.path());
     Node* dev = ProtocolNode(*be);
     REQUIRE(dev->driver().name == "host_device");
     REQUIRE(be->size() == static_cast<int64_t>(want.size));
@@ -221,52 +166,52 @@ TEST_CASE("host_device: size and block sizes come from the device", "[host_devic
 }
 
 TEST_CASE("host_device: a plain /dev path probes host_device, then raw", "[host_device]") {
-  Env env;
-  std::string data = Pattern(8192, 1);
+  GraphEnv env;
+  std::string data = NonZeroRandomBytes(8192, 1);
   Disk disk(env.dir, "probe.img", 16 * kMiB, 512, data);
-  auto be = env.MustOpen(disk.path(), "");
+  auto be = env.MustOpenBackend("", {}, disk.path());
   REQUIRE(be->root()->driver().name == "raw");
   REQUIRE(be->root()->flags().probed);
   REQUIRE(ProtocolNode(*be)->driver().name == "host_device");
   REQUIRE(env.warnings.size() == 1);
   REQUIRE_THAT(env.warnings[0], Catch::Contains("probing guessed raw"));
-  REQUIRE(Diff(env.Read(*be, 0, 8192), data) == "");
+  REQUIRE_BYTES(env.Read(*be, 0, 8192), data);
   // A regular file is not a device, whatever the driver is told.
-  absl::Status st = env.Open("", "driver=host_device,filename=" + disk.backing).status();
+  absl::Status st = env.OpenBackend("driver=host_device,filename=" + disk.backing).status();
   REQUIRE(Message(st) == "'host_device' driver requires '" + disk.backing +
                              "' to be either a character or block device");
-  st = env.Open("", "driver=file,filename=" + disk.path()).status();
+  st = env.OpenBackend("driver=file,filename=" + disk.path()).status();
   REQUIRE(Message(st) == "'file' driver requires '" + disk.path() + "' to be a regular file");
 }
 
 TEST_CASE("host_device: O_DIRECT on 4096-byte sectors pads 512-byte requests", "[host_device]") {
-  Env env;
-  std::string model = Pattern(16 * kMiB, 2);
+  GraphEnv env;
+  std::string model = NonZeroRandomBytes(16 * kMiB, 2);
   Disk disk(env.dir, "disk4k.img", 16 * kMiB, 4096, model);
-  auto be = env.MustOpen("", "driver=raw,cache=none,file.driver=host_device,file.filename=" + disk.path());
+  auto be = env.MustOpenBackend("driver=raw,cache=none,file.driver=host_device,file.filename=" + disk.path());
   Node* dev = ProtocolNode(*be);
   REQUIRE(dev->flags().cache_direct);
   REQUIRE(dev->limits().request_alignment == 4096);
   for (int64_t off : {int64_t{512} * 3, int64_t{512} * 9, int64_t{512} * 15 + 4096 * 100}) {
-    std::string sector = Pattern(512, static_cast<uint32_t>(off));
+    std::string sector = NonZeroRandomBytes(512, static_cast<uint32_t>(off));
     env.Write(*be, off, sector);
     model.replace(static_cast<size_t>(off), 512, sector);
   }
-  std::string odd = Pattern(5000, 3);
+  std::string odd = NonZeroRandomBytes(5000, 3);
   env.Write(*be, 777, odd);
   model.replace(777, odd.size(), odd);
   REQUIRE(env.loop->Run(be->Flush()).ok());
-  REQUIRE(Diff(env.Read(*be, 0, 16 * kMiB), model) == "");
-  REQUIRE(Diff(ReadFile(disk.backing), model) == "");
+  REQUIRE_BYTES(env.Read(*be, 0, 16 * kMiB), model);
+  REQUIRE_BYTES(ReadFile(disk.backing), model);
 }
 
 TEST_CASE("host_device: write-zeroes and discard reach the device", "[host_device]") {
-  Env env;
-  std::string model = Pattern(16 * kMiB, 4);
+  GraphEnv env;
+  std::string model = NonZeroRandomBytes(16 * kMiB, 4);
   Disk disk(env.dir, "zd.img", 16 * kMiB, 512, model);
   int64_t full = AllocatedBytes(disk.backing);
   REQUIRE(full >= 16 * kMiB);
-  auto be = env.MustOpen("", "driver=raw,discard=unmap,file.driver=host_device,file.filename=" + disk.path());
+  auto be = env.MustOpenBackend("driver=raw,discard=unmap,file.driver=host_device,file.filename=" + disk.path());
   REQUIRE(env.loop->Run(be->WriteZeroes(kMiB, kMiB, 0)).ok());
   REQUIRE(env.loop->Run(be->WriteZeroes(3 * kMiB, kMiB, kReqMayUnmap)).ok());
   REQUIRE(env.loop->Run(be->WriteZeroes(100, 1000, 0)).ok());  // sub-sector: read-modify-write
@@ -275,18 +220,18 @@ TEST_CASE("host_device: write-zeroes and discard reach the device", "[host_devic
   for (auto [off, len] : {std::pair<int64_t, int64_t>{kMiB, kMiB}, {3 * kMiB, kMiB}, {100, 1000}, {8 * kMiB, 2 * kMiB}}) {
     model.replace(static_cast<size_t>(off), static_cast<size_t>(len), std::string(static_cast<size_t>(len), '\0'));
   }
-  REQUIRE(Diff(env.Read(*be, 0, 16 * kMiB), model) == "");
-  REQUIRE(Diff(ReadFile(disk.backing), model) == "");
+  REQUIRE_BYTES(env.Read(*be, 0, 16 * kMiB), model);
+  REQUIRE_BYTES(ReadFile(disk.backing), model);
   // The loop driver turns the discard into a hole in its backing file.
   REQUIRE(AllocatedBytes(disk.backing) <= full - 2 * kMiB);
 }
 
 TEST_CASE("host_device: devices cannot grow, and create only checks the size", "[host_device]") {
-  Env env;
-  std::string data = Pattern(4096, 5);
+  GraphEnv env;
+  std::string data = NonZeroRandomBytes(4096, 5);
   Disk disk(env.dir, "fixed.img", 16 * kMiB, 512, data);
   {
-    auto be = env.MustOpen("", "driver=host_device,filename=" + disk.path(), {.resize = true});
+    auto be = env.MustOpenBackend("driver=host_device,filename=" + disk.path(), {.resize = true});
     absl::Status st = env.loop->Run(be->Truncate(32 * kMiB, false, PreallocMode::kOff));
     REQUIRE_THAT(Message(st), Catch::Contains("Cannot grow device files"));
     st = env.loop->Run(be->Truncate(8 * kMiB, true, PreallocMode::kOff));
@@ -305,15 +250,15 @@ TEST_CASE("host_device: devices cannot grow, and create only checks the size", "
   REQUIRE_THAT(Message(env.Create(disk.backing, "host_device", "size=1M")),
                Catch::Contains("is not a device"));
   // Creating on a device never touches its data.
-  REQUIRE(Diff(ReadFile(disk.backing).substr(0, 4096), data) == "");
+  REQUIRE_BYTES(ReadFile(disk.backing).substr(0, 4096), data);
   REQUIRE(QueryDevice(disk.path()).size == 16 * kMiB);
 }
 
 TEST_CASE("host_device: two read-write opens of one device conflict", "[host_device]") {
-  Env env;
+  GraphEnv env;
   Disk disk(env.dir, "shared.img", 16 * kMiB, 512);
-  auto first = env.MustOpen("", "driver=raw,file.driver=host_device,file.filename=" + disk.path());
-  auto second = env.Open("", "driver=raw,file.driver=host_device,file.filename=" + disk.path());
+  auto first = env.MustOpenBackend("driver=raw,file.driver=host_device,file.filename=" + disk.path());
+  auto second = env.OpenBackend("driver=raw,file.driver=host_device,file.filename=" + disk.path());
   REQUIRE_FALSE(second.ok());
   REQUIRE_THAT(Message(second.status()),
                Catch::Contains("Failed to get \"write\" lock\nIs another process using the image [" +
@@ -327,7 +272,7 @@ TEST_CASE("O_DIRECT on an empty file of a 4096-byte-sector file system", "[file]
   // An empty file cannot show its O_DIRECT alignment (reads at EOF are never checked), so it
   // must not be guessed as 512: the first 512-byte write would fail with EINVAL.
   LB_SKIP_UNLESS(testing::HaveProgram("mkfs.ext4"), "mkfs.ext4 is not installed");
-  Env env;
+  GraphEnv env;
   Disk disk(env.dir, "ext4.img", 32 * kMiB, 4096);
   REQUIRE(Run({"mkfs.ext4", "-q", disk.path()}).exit_code == 0);
   std::string mnt = env.dir.File("mnt");
@@ -338,9 +283,9 @@ TEST_CASE("O_DIRECT on an empty file of a 4096-byte-sector file system", "[file]
   std::string path = mnt + "/empty.img";
   WriteFile(path, "");
   {
-    auto be = env.MustOpen("", "driver=raw,cache=none,file.driver=file,file.filename=" + path,
-                           {.resize = true, .allow_write_beyond_eof = true});
-    std::string a = Pattern(512, 6), b = Pattern(512, 7);
+    auto be = env.MustOpenBackend("driver=raw,cache=none,file.driver=file,file.filename=" + path,
+                                  {.resize = true, .allow_write_beyond_eof = true});
+    std::string a = NonZeroRandomBytes(512, 6), b = NonZeroRandomBytes(512, 7);
     env.Write(*be, 0, a);
     env.Write(*be, 1536, b);
     REQUIRE(ProtocolNode(*be)->limits().request_alignment % 4096 == 0);
@@ -348,12 +293,12 @@ TEST_CASE("O_DIRECT on an empty file of a 4096-byte-sector file system", "[file]
     // Padding to whole blocks may leave the file longer than written (zeroes), as in QEMU.
     std::string file = ReadFile(path);
     REQUIRE(file.size() >= 2048);
-    REQUIRE(Diff(file, a + std::string(1024, '\0') + b + std::string(file.size() - 2048, '\0')) == "");
-    REQUIRE(Diff(env.Read(*be, 0, 2048), a + std::string(1024, '\0') + b) == "");
+    REQUIRE_BYTES(file, a + std::string(1024, '\0') + b + std::string(file.size() - 2048, '\0'));
+    REQUIRE_BYTES(env.Read(*be, 0, 2048), a + std::string(1024, '\0') + b);
   }
   // A file with data shows its alignment.
-  WriteFile(path, Pattern(65536, 8));
-  auto be = env.MustOpen("", "driver=raw,cache=none,file.driver=file,file.filename=" + path);
+  WriteFile(path, NonZeroRandomBytes(65536, 8));
+  auto be = env.MustOpenBackend("driver=raw,cache=none,file.driver=file,file.filename=" + path);
   REQUIRE(ProtocolNode(*be)->limits().request_alignment == 4096);
 }
 
@@ -368,7 +313,7 @@ bool HasNocow(const std::string& path) {
 
 TEST_CASE("create: nocow=on sets the btrfs No_COW attribute", "[file]") {
   LB_SKIP_UNLESS(testing::HaveProgram("mkfs.btrfs"), "mkfs.btrfs is not installed (Debian package btrfs-progs)");
-  Env env;
+  GraphEnv env;
   Disk disk(env.dir, "btrfs.img", 256 * kMiB, 512);
   testing::CommandResult mkfs = Run({"mkfs.btrfs", "-q", "-f", disk.path()});
   INFO(mkfs.out);
@@ -396,7 +341,7 @@ TEST_CASE("create: nocow=on sets the btrfs No_COW attribute", "[file]") {
     }
   }
   // The image is usable afterwards.
-  auto be = env.MustOpen("", "driver=raw,file.driver=file,file.filename=" + mnt + "/nocow-raw.img");
+  auto be = env.MustOpenBackend("driver=raw,file.driver=file,file.filename=" + mnt + "/nocow-raw.img");
   env.Write(*be, 4096, "nocow data");
   REQUIRE(env.Read(*be, 4096, 10) == "nocow data");
 }
@@ -404,18 +349,4 @@ TEST_CASE("create: nocow=on sets the btrfs No_COW attribute", "[file]") {
 }  // namespace
 }  // namespace libblock
 
-int main(int argc, char** argv) {
-  if (geteuid() != 0) {
-    std::fprintf(stderr, "skipped: loop devices and mounts need root\n");
-    return 77;
-  }
-  if (!libblock::testing::HaveProgram("losetup")) {
-    std::fprintf(stderr, "skipped: losetup is not installed (util-linux)\n");
-    return 77;
-  }
-  if (access("/dev/loop-control", R_OK | W_OK) != 0) {
-    std::fprintf(stderr, "skipped: /dev/loop-control is not available\n");
-    return 77;
-  }
-  return Catch::Session().run(argc, argv);
-}
+LB_CATCH_MAIN_REQUIRING(.root = true, .programs = {"losetup"}, .devices = {"/dev/loop-control"})

@@ -9,7 +9,6 @@
 
 #include "core/backend.h"
 #include "core/graph.h"
-#include "core/options.h"
 #include "test_drivers.h"
 #include "test_support.h"
 #include "util/status.h"
@@ -18,24 +17,16 @@ namespace libblock {
 namespace {
 
 using testing::DataOf;
-using testing::MakeLoop;
 using testing::StatsOf;
 using testing::TestProtoStats;
 
-struct Fixture {
-  std::unique_ptr<EventLoop> loop = MakeLoop();
-  Graph graph{*loop, testing::TestRegistry()};
+struct Fixture : testing::GraphEnv {
   std::unique_ptr<Backend> be;
   Node* proto = nullptr;
 
   // A backend on test-proto (optionally under other layers given in `opts`).
-  explicit Fixture(const std::string& opts, BackendOptions bo = {}) {
-    auto o = ParseKeyValueOptions(opts);
-    REQUIRE(o.ok());
-    auto b = Backend::Open(graph, "", std::move(*o), std::move(bo));
-    INFO(b.status().ToString());
-    REQUIRE(b.ok());
-    be = std::move(*b);
+  explicit Fixture(const std::string& opts, BackendOptions bo = {}) : GraphEnv(testing::TestRegistry()) {
+    be = MustOpenBackend(opts, std::move(bo));
     for (Node* n : graph.nodes()) {
       if (n->driver().name == "test-proto") proto = n;
     }
@@ -232,18 +223,14 @@ TEST_CASE("discard follows the node's discard policy and alignment", "[io]") {
   Fixture ignore("driver=test-proto,size=64k,align=4096,has-discard=on");
   REQUIRE(ignore.loop->Run(ignore.be->Discard(0, 65536)).ok());
   REQUIRE(ignore.stats().discards == 0);
-  auto o = ParseKeyValueOptions("driver=raw,discard=unmap,file.driver=test-proto,file.size=64k,"
+  testing::GraphEnv env(testing::TestRegistry());
+  auto be = env.MustOpenBackend("driver=raw,discard=unmap,file.driver=test-proto,file.size=64k,"
                                 "file.align=4096,file.has-discard=on");
-  REQUIRE(o.ok());
-  auto loop = MakeLoop();
-  Graph graph(*loop, testing::TestRegistry());
-  auto be = Backend::Open(graph, "", *o, {});
-  REQUIRE(be.ok());
-  Node* proto = (*be)->root()->primary_child()->node();
-  REQUIRE(loop->Run((*be)->Discard(1000, 20000)).ok());
+  Node* proto = be->root()->primary_child()->node();
+  REQUIRE(env.Discard(*be, 1000, 20000).ok());
   REQUIRE(StatsOf(*proto).discards == 1);  // only the aligned interior [4096, 20480)
   REQUIRE(StatsOf(*proto).misaligned == 0);
-  REQUIRE(loop->Run((*be)->Discard(100, 200)).ok());  // no whole block: nothing to do
+  REQUIRE(env.Discard(*be, 100, 200).ok());  // no whole block: nothing to do
   REQUIRE(StatsOf(*proto).discards == 1);
 }
 

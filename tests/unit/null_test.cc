@@ -14,43 +14,21 @@
 #include "test_support.h"
 #include "util/status.h"
 
-#define REQUIRE_BYTES(a, b) REQUIRE(::libblock::testing::DescribeDifference((a), (b)) == "")
-
 namespace libblock {
 namespace {
 
+using testing::GraphEnv;
 using testing::HaveProgram;
-using testing::MakeLoop;
 using testing::Run;
-
-struct Fixture {
-  std::unique_ptr<EventLoop> loop = MakeLoop();
-  Graph graph{*loop};
-  Fixture() {
-    graph.SetWarningHandler([](const std::string&) {});
-  }
-  absl::StatusOr<std::unique_ptr<Backend>> Open(const std::string& opts, const std::string& filename = "",
-                                                BackendOptions bo = {}) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return Backend::Open(graph, filename, std::move(o), std::move(bo));
-  }
-  std::unique_ptr<Backend> MustOpen(const std::string& opts, const std::string& filename = "",
-                                    BackendOptions bo = {}) {
-    auto be = Open(opts, filename, std::move(bo));
-    INFO(opts << ": " << be.status().ToString());
-    REQUIRE(be.ok());
-    return std::move(*be);
-  }
-};
 
 const char* const kDrivers[] = {"null-co", "null-aio"};
 
 TEST_CASE("null size: 1 GiB by default, or the size option, as qemu-img reports", "[null]") {
-  Fixture f;
+  GraphEnv f;
   bool qemu = HaveProgram("qemu-img");
   for (std::string drv : kDrivers) {
     INFO(drv);
-    auto be = f.MustOpen("driver=" + drv);
+    auto be = f.MustOpenBackend("driver=" + drv);
     REQUIRE(be->size() == 1073741824);
     REQUIRE(be->root()->driver().name == drv);
     REQUIRE(be->root()->filename() == drv + "://");
@@ -61,7 +39,7 @@ TEST_CASE("null size: 1 GiB by default, or the size option, as qemu-img reports"
       REQUIRE(nlohmann::json::parse(r.out)["virtual-size"] == be->size());
     }
     for (std::string size : {"0", "512", "1M", "3G", "1T"}) {
-      auto sized = f.MustOpen("driver=" + drv + ",size=" + size);
+      auto sized = f.MustOpenBackend("driver=" + drv + ",size=" + size);
       REQUIRE(sized->size() == static_cast<int64_t>(*ParseSize(size)));
       if (qemu) {
         testing::CommandResult r = Run({"qemu-img", "info", "--output=json",
@@ -72,7 +50,7 @@ TEST_CASE("null size: 1 GiB by default, or the size option, as qemu-img reports"
       }
     }
     // Reads and writes through a backend stop at the size.
-    auto small = f.MustOpen("driver=" + drv + ",size=4096");
+    auto small = f.MustOpenBackend("driver=" + drv + ",size=4096");
     std::string buf(1024, 'x');
     REQUIRE(StatusErrno(small->PreadSync(3584, buf.data(), 1024)) == EIO);
     REQUIRE(StatusErrno(small->PwriteSync(4096, buf.data(), 1)) == EIO);
@@ -80,14 +58,14 @@ TEST_CASE("null size: 1 GiB by default, or the size option, as qemu-img reports"
 }
 
 TEST_CASE("null reads leave the buffer alone unless read-zeroes is on", "[null]") {
-  Fixture f;
+  GraphEnv f;
   for (std::string drv : kDrivers) {
     INFO(drv);
-    auto off = f.MustOpen("driver=" + drv);
+    auto off = f.MustOpenBackend("driver=" + drv);
     std::string buf(65536 + 7, '\xaa');
     REQUIRE(off->PreadSync(12345, buf.data(), static_cast<int64_t>(buf.size())).ok());
     REQUIRE_BYTES(buf, std::string(buf.size(), '\xaa'));
-    auto on = f.MustOpen("driver=" + drv + ",read-zeroes=on");
+    auto on = f.MustOpenBackend("driver=" + drv + ",read-zeroes=on");
     REQUIRE(on->PreadSync(12345, buf.data(), static_cast<int64_t>(buf.size())).ok());
     REQUIRE_BYTES(buf, std::string(buf.size(), '\0'));
     // A vectored read zeroes every element.
@@ -116,15 +94,15 @@ TEST_CASE("null reads leave the buffer alone unless read-zeroes is on", "[null]"
 }
 
 TEST_CASE("null block status says zero only with read-zeroes", "[null]") {
-  Fixture f;
+  GraphEnv f;
   for (std::string drv : kDrivers) {
     INFO(drv);
-    auto off = f.MustOpen("driver=" + drv + ",size=1M");
+    auto off = f.MustOpenBackend("driver=" + drv + ",size=1M");
     auto s = f.loop->Run(off->GetBlockStatus(4096, 65536));
     REQUIRE(s.ok());
     REQUIRE((s->flags & (kStatusZero | kStatusData | kStatusAllocated)) == 0);
     REQUIRE(s->bytes == 65536);
-    auto on = f.MustOpen("driver=" + drv + ",size=1M,read-zeroes=on");
+    auto on = f.MustOpenBackend("driver=" + drv + ",size=1M,read-zeroes=on");
     s = f.loop->Run(on->GetBlockStatus(4096, 65536));
     REQUIRE(s.ok());
     REQUIRE((s->flags & kStatusZero) != 0);
@@ -153,11 +131,11 @@ TEST_CASE("null block status says zero only with read-zeroes", "[null]") {
 }
 
 TEST_CASE("null latency-ns delays each request by at least the latency", "[null]") {
-  Fixture f;
+  GraphEnv f;
   const int64_t latency = 3'000'000;  // 3 ms
   for (std::string drv : kDrivers) {
     INFO(drv);
-    auto be = f.MustOpen("driver=" + drv + ",latency-ns=" + std::to_string(latency));
+    auto be = f.MustOpenBackend("driver=" + drv + ",latency-ns=" + std::to_string(latency));
     std::string buf(512, '\0');
     int64_t t0 = EventLoop::NowNs();
     REQUIRE(be->PreadSync(0, buf.data(), 512).ok());
@@ -181,15 +159,15 @@ TEST_CASE("null latency-ns delays each request by at least the latency", "[null]
     f.loop->RunUntil([&] { return done; });
     REQUIRE(result.ok());
   }
-  auto bad = f.Open("driver=null-co,latency-ns=-1");
+  auto bad = f.OpenBackend("driver=null-co,latency-ns=-1");
   REQUIRE_FALSE(bad.ok());
   REQUIRE(std::string(bad.status().message()).find("latency-ns") != std::string::npos);
 }
 
 TEST_CASE("null-co completes in the caller, null-aio from the event loop", "[null]") {
-  Fixture f;
-  auto co = f.MustOpen("driver=null-co,read-zeroes=on");
-  auto aio = f.MustOpen("driver=null-aio,read-zeroes=on");
+  GraphEnv f;
+  auto co = f.MustOpenBackend("driver=null-co,read-zeroes=on");
+  auto aio = f.MustOpenBackend("driver=null-aio,read-zeroes=on");
   std::string buf(4096, '\xaa');
   bool done = false;
   absl::Status result;
@@ -216,7 +194,7 @@ TEST_CASE("null-co completes in the caller, null-aio from the event loop", "[nul
 }
 
 TEST_CASE("null accepts only its own URI as filename", "[null]") {
-  Fixture f;
+  GraphEnv f;
   struct Case {
     std::string filename, opts, message;
   };
@@ -227,7 +205,7 @@ TEST_CASE("null accepts only its own URI as filename", "[null]") {
   };
   for (const Case& c : cases) {
     INFO(c.filename << " " << c.opts);
-    auto be = f.Open(c.opts, c.filename);
+    auto be = f.OpenBackend(c.opts, {}, c.filename);
     REQUIRE_FALSE(be.ok());
     REQUIRE(be.status().message() == c.message);
     if (HaveProgram("qemu-img") && !c.filename.empty()) {
@@ -237,9 +215,9 @@ TEST_CASE("null accepts only its own URI as filename", "[null]") {
   }
   // The URI itself works, with or without an explicit driver.
   for (std::string drv : kDrivers) {
-    auto be = f.MustOpen("driver=" + drv, drv + "://");
+    auto be = f.MustOpenBackend("driver=" + drv, {}, drv + "://");
     REQUIRE(be->root()->driver().name == drv);
-    auto by_name = f.MustOpen("", drv + "://", {.read_only = true});
+    auto by_name = f.MustOpenBackend("", {.read_only = true}, drv + "://");
     REQUIRE(by_name->size() == 1073741824);
   }
 }
@@ -248,8 +226,8 @@ TEST_CASE("64 concurrent requests on null all complete", "[null]") {
   for (std::string drv : kDrivers) {
     for (std::string latency : {"0", "200000"}) {
       INFO(drv << " latency-ns=" << latency);
-      Fixture f;
-      auto be = f.MustOpen("driver=" + drv + ",read-zeroes=on,latency-ns=" + latency);
+      GraphEnv f;
+      auto be = f.MustOpenBackend("driver=" + drv + ",read-zeroes=on,latency-ns=" + latency);
       constexpr int kN = 64;
       std::vector<std::string> bufs(kN, std::string(4096, '\xaa'));
       int done = 0, failed = 0;

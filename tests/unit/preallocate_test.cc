@@ -1,8 +1,6 @@
 // The preallocate filter: preallocation only under a parent with write+resize, the file
 // length while open (aligned preallocation) and after reopen-read-only/close (the data end),
 // concurrent appenders and zero writes, truncate through the filter, and option errors.
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <numeric>
@@ -14,75 +12,42 @@
 #include "core/graph.h"
 #include "core/options.h"
 #include "test_support.h"
+#include "util/checked_math.h"
 #include "util/status.h"
-
-#define REQUIRE_BYTES(a, b) REQUIRE(::libblock::testing::DescribeDifference((a), (b)) == "")
 
 namespace libblock {
 namespace {
 
+using testing::AllocatedBytes;
 using testing::FileSize;
 using testing::HaveProgram;
-using testing::MakeLoop;
+using testing::kKiB;
+using testing::kMiB;
 using testing::RandomBytes;
 using testing::ReadFile;
 using testing::Run;
-using testing::TempDir;
 using testing::WriteFile;
-
-constexpr int64_t kKiB = 1024, kMiB = 1024 * 1024;
-
-int64_t AlignUpTo(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
 // A parent that lets the filter act and may write past the end, as a format over it would.
 const BackendOptions kGrow = {.resize = true, .allow_write_beyond_eof = true};
 
-struct Fixture {
-  std::unique_ptr<EventLoop> loop;
-  std::unique_ptr<Graph> graph;
-  TempDir dir;
+// A preallocate filter over p.img, created empty in the env's directory. Backends get kGrow
+// unless a test passes other BackendOptions.
+struct Fixture : testing::GraphEnv {
   std::string path = dir.File("p.img");
-  std::vector<std::string> warnings;
 
-  explicit Fixture(bool io_uring = true) : loop(MakeLoop(io_uring)), graph(new Graph(*loop)) {
-    graph->SetWarningHandler([this](const std::string& w) { warnings.push_back(w); });
-    WriteFile(path, "");
-  }
+  explicit Fixture(bool io_uring = true) : GraphEnv(io_uring) { WriteFile(path, ""); }
   std::string Opts(const std::string& prealloc = "prealloc-size=1M,prealloc-align=64k") const {
     return "driver=preallocate," + (prealloc.empty() ? "" : prealloc + ",") +
            "file.driver=file,file.filename=" + path;
   }
   absl::StatusOr<std::unique_ptr<Backend>> Open(const std::string& opts, BackendOptions bo = kGrow) {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return Backend::Open(*graph, "", std::move(o), std::move(bo));
+    return OpenBackend(opts, std::move(bo));
   }
   std::unique_ptr<Backend> MustOpen(const std::string& opts, BackendOptions bo = kGrow) {
-    auto be = Open(opts, std::move(bo));
-    INFO(opts << ": " << be.status().ToString());
-    REQUIRE(be.ok());
-    return std::move(*be);
+    return MustOpenBackend(opts, std::move(bo));
   }
 };
-
-std::string ReadAll(Backend& be, int64_t offset, int64_t bytes) {
-  std::string out(static_cast<size_t>(bytes), '\xaa');
-  absl::Status st = be.PreadSync(offset, out.data(), bytes);
-  INFO(st.ToString());
-  REQUIRE(st.ok());
-  return out;
-}
-
-void Write(Backend& be, int64_t offset, const std::string& data) {
-  absl::Status st = be.PwriteSync(offset, data.data(), static_cast<int64_t>(data.size()));
-  INFO(st.ToString());
-  REQUIRE(st.ok());
-}
-
-int64_t AllocatedBytes(const std::string& path) {
-  struct stat st;
-  REQUIRE(stat(path.c_str(), &st) == 0);
-  return static_cast<int64_t>(st.st_blocks) * 512;
-}
 
 void Put(std::string& model, int64_t offset, const std::string& data) {
   if (model.size() < offset + data.size()) model.resize(offset + data.size(), '\0');
@@ -92,7 +57,7 @@ void Put(std::string& model, int64_t offset, const std::string& data) {
 TEST_CASE("writes past EOF preallocate; close truncates to the data end", "[preallocate]") {
   Fixture f;
   std::string model;
-  const int64_t kFirstEnd = AlignUpTo(4096 + kMiB, 64 * kKiB);  // 1114112
+  const int64_t kFirstEnd = AlignUp(4096 + kMiB, 64 * kKiB);  // 1114112
   {
     auto be = f.MustOpen(f.Opts());
     Node* filter = be->root();
@@ -100,29 +65,29 @@ TEST_CASE("writes past EOF preallocate; close truncates to the data end", "[prea
     REQUIRE(be->size() == 0);
 
     std::string a = RandomBytes(4096, 1);
-    Write(*be, 0, a);
+    f.Write(*be, 0, a);
     Put(model, 0, a);
     REQUIRE(FileSize(f.path) == kFirstEnd);
     REQUIRE(AllocatedBytes(f.path) >= kFirstEnd);  // really allocated, not a sparse truncate
     REQUIRE(file->size() == kFirstEnd);
     REQUIRE(be->size() == 4096);  // the filter reports the data end
-    REQUIRE_BYTES(ReadAll(*be, 0, 4096), a);
+    REQUIRE_BYTES(f.Read(*be, 0, 4096), a);
 
     // Inside the preallocated area the file does not grow; the data end does.
     std::string b = RandomBytes(4096, 2);
-    Write(*be, 512 * kKiB, b);
+    f.Write(*be, 512 * kKiB, b);
     Put(model, 512 * kKiB, b);
     REQUIRE(FileSize(f.path) == kFirstEnd);
     REQUIRE(be->size() == 516 * kKiB);
-    REQUIRE_BYTES(ReadAll(*be, 0, 516 * kKiB), model);
+    REQUIRE_BYTES(f.Read(*be, 0, 516 * kKiB), model);
 
     // A write straddling the preallocated end grows the file again from its own end.
     std::string c = RandomBytes(4096, 3);
-    Write(*be, kFirstEnd - 2048, c);
+    f.Write(*be, kFirstEnd - 2048, c);
     Put(model, kFirstEnd - 2048, c);
-    REQUIRE(FileSize(f.path) == AlignUpTo(kFirstEnd + 2048 + kMiB, 64 * kKiB));
+    REQUIRE(FileSize(f.path) == AlignUp(kFirstEnd + 2048 + kMiB, 64 * kKiB));
     REQUIRE(be->size() == kFirstEnd + 2048);
-    REQUIRE_BYTES(ReadAll(*be, 0, be->size()), model);
+    REQUIRE_BYTES(f.Read(*be, 0, be->size()), model);
   }
   REQUIRE(FileSize(f.path) == kFirstEnd + 2048);
   REQUIRE_BYTES(ReadFile(f.path), model);
@@ -131,7 +96,7 @@ TEST_CASE("writes past EOF preallocate; close truncates to the data end", "[prea
   // write passes it.
   auto be = f.MustOpen(f.Opts());
   REQUIRE(be->size() == kFirstEnd + 2048);
-  Write(*be, 0, std::string(4096, 'x'));
+  f.Write(*be, 0, std::string(4096, 'x'));
   REQUIRE(FileSize(f.path) == kFirstEnd + 2048);
 }
 
@@ -139,20 +104,20 @@ TEST_CASE("reopening read-only gives the preallocation back at once", "[prealloc
   Fixture f;
   auto be = f.MustOpen(f.Opts());
   std::string a = RandomBytes(4096, 4);
-  Write(*be, 0, a);
-  REQUIRE(FileSize(f.path) == AlignUpTo(4096 + kMiB, 64 * kKiB));
+  f.Write(*be, 0, a);
+  REQUIRE(FileSize(f.path) == AlignUp(4096 + kMiB, 64 * kKiB));
   absl::Status reopened = be->Reopen(true);
   INFO(reopened.ToString());
   REQUIRE(reopened.ok());
   REQUIRE(FileSize(f.path) == 4096);
   REQUIRE(be->size() == 4096);
-  REQUIRE_BYTES(ReadAll(*be, 0, 4096), a);
+  REQUIRE_BYTES(f.Read(*be, 0, 4096), a);
   REQUIRE_FALSE(be->PwriteSync(4096, a.data(), 4096).ok());
   REQUIRE(FileSize(f.path) == 4096);
   // Read-write again: the filter takes over the length again and preallocates.
   REQUIRE(be->Reopen(false).ok());
-  Write(*be, 4096, a);
-  REQUIRE(FileSize(f.path) == AlignUpTo(8192 + kMiB, 64 * kKiB));
+  f.Write(*be, 4096, a);
+  REQUIRE(FileSize(f.path) == AlignUp(8192 + kMiB, 64 * kKiB));
   REQUIRE(be->Close().ok());
   REQUIRE(FileSize(f.path) == 8192);
   REQUIRE_BYTES(ReadFile(f.path), a + a);
@@ -165,10 +130,10 @@ TEST_CASE("raw over preallocate passes write+resize through, and preallocates", 
   std::string a = RandomBytes(10000, 5);
   {
     auto be = f.MustOpen(opts);
-    Write(*be, 0, a);
-    REQUIRE(FileSize(f.path) == AlignUpTo(10000 + 256 * kKiB, 4096));
+    f.Write(*be, 0, a);
+    REQUIRE(FileSize(f.path) == AlignUp(10000 + 256 * kKiB, 4096));
     REQUIRE(be->size() == 10240);  // the data end, in whole sectors
-    REQUIRE_BYTES(ReadAll(*be, 0, 10000), a);
+    REQUIRE_BYTES(f.Read(*be, 0, 10000), a);
   }
   REQUIRE_BYTES(ReadFile(f.path), a);
 }
@@ -182,7 +147,7 @@ TEST_CASE("without write+resize from its parent the filter does nothing", "[prea
     Child* file = be->root()->FindChild("file");
     REQUIRE((file->perm() & kPermResize) == 0);
     std::string a = RandomBytes(8192, 7);
-    Write(*be, 60 * kKiB, a.substr(0, 4096));
+    f.Write(*be, 60 * kKiB, a.substr(0, 4096));
     REQUIRE(FileSize(f.path) == 64 * kKiB);
     REQUIRE(StatusErrno(be->PwriteSync(64 * kKiB, a.data(), 4096)) == EIO);
     REQUIRE(be->Close().ok());
@@ -190,7 +155,7 @@ TEST_CASE("without write+resize from its parent the filter does nothing", "[prea
   }
   SECTION("read-only with resize asked") {
     auto be = f.MustOpen(f.Opts(), {.read_only = true, .resize = true});
-    REQUIRE_BYTES(ReadAll(*be, 0, 64 * kKiB), old);
+    REQUIRE_BYTES(f.Read(*be, 0, 64 * kKiB), old);
     REQUIRE(be->Close().ok());
     REQUIRE(FileSize(f.path) == 64 * kKiB);
   }
@@ -256,7 +221,7 @@ void ConcurrentAppend(bool io_uring, const std::string& prealloc, int64_t align,
     int64_t open_size = FileSize(f.path);
     REQUIRE(open_size >= data_end);
     REQUIRE(open_size % align == 0);
-    std::string back = ReadAll(*be, 0, data_end);
+    std::string back = f.Read(*be, 0, data_end);
     std::string lost;  // 4k blocks that do not hold what was written ("z": read as zeroes)
     for (int64_t b = 0; b < data_end / kBlock; ++b) {
       if (back.compare(b * kBlock, kBlock, model, b * kBlock, kBlock) != 0) {
@@ -285,16 +250,16 @@ TEST_CASE("zero writes skip only ranges known to be zero", "[preallocate]") {
   auto be = f.MustOpen(f.Opts());
   std::string a = RandomBytes(4096, 8), b = RandomBytes(8192, 9);
   // Zeroes past the data end inside the preallocated area read as zeroes (and may be skipped).
-  Write(*be, 0, a);
+  f.Write(*be, 0, a);
   REQUIRE(f.loop->Run(be->WriteZeroes(8192, 4096)).ok());
   REQUIRE(be->size() == 12288);
-  REQUIRE_BYTES(ReadAll(*be, 0, 12288), a + std::string(8192, '\0'));
+  REQUIRE_BYTES(f.Read(*be, 0, 12288), a + std::string(8192, '\0'));
   // Data below the data end, then zeroes over part of it that also extend the data end:
   // the zeroes must win.
-  Write(*be, 4096, b);
+  f.Write(*be, 4096, b);
   REQUIRE(f.loop->Run(be->WriteZeroes(8192, 8192)).ok());
   REQUIRE(be->size() == 16384);
-  REQUIRE_BYTES(ReadAll(*be, 0, 16384), a + b.substr(0, 4096) + std::string(8192, '\0'));
+  REQUIRE_BYTES(f.Read(*be, 0, 16384), a + b.substr(0, 4096) + std::string(8192, '\0'));
   REQUIRE(be->Close().ok());
   REQUIRE_BYTES(ReadFile(f.path), a + b.substr(0, 4096) + std::string(8192, '\0'));
 }
@@ -305,8 +270,8 @@ TEST_CASE("truncate through the filter", "[preallocate]") {
   const int64_t k64 = 64 * kKiB;
   {
     auto be = f.MustOpen(f.Opts());
-    Write(*be, 0, a);
-    REQUIRE(FileSize(f.path) == AlignUpTo(8192 + kMiB, k64));
+    f.Write(*be, 0, a);
+    REQUIRE(FileSize(f.path) == AlignUp(8192 + kMiB, k64));
     // Shrink: the data end and the file follow.
     REQUIRE(f.loop->Run(be->Truncate(4096, true, PreallocMode::kOff)).ok());
     REQUIRE(FileSize(f.path) == 4096);
@@ -315,21 +280,21 @@ TEST_CASE("truncate through the filter", "[preallocate]") {
     REQUIRE(f.loop->Run(be->Truncate(k64, true, PreallocMode::kOff)).ok());
     REQUIRE(FileSize(f.path) == k64);
     REQUIRE(be->size() == k64);
-    REQUIRE_BYTES(ReadAll(*be, 0, k64), a.substr(0, 4096) + std::string(k64 - 4096, '\0'));
+    REQUIRE_BYTES(f.Read(*be, 0, k64), a.substr(0, 4096) + std::string(k64 - 4096, '\0'));
     // A write past the new end preallocates again...
-    Write(*be, k64, a.substr(0, 4096));
-    const int64_t prealloc_end = AlignUpTo(k64 + 4096 + kMiB, k64);
+    f.Write(*be, k64, a.substr(0, 4096));
+    const int64_t prealloc_end = AlignUp(k64 + 4096 + kMiB, k64);
     REQUIRE(FileSize(f.path) == prealloc_end);
     // ...and falloc inside the preallocated area only moves the data end.
     REQUIRE(f.loop->Run(be->Truncate(2 * k64, true, PreallocMode::kFalloc)).ok());
     REQUIRE(FileSize(f.path) == prealloc_end);
     REQUIRE(be->size() == 2 * k64);
-    REQUIRE_BYTES(ReadAll(*be, k64 + 4096, k64 - 4096), std::string(k64 - 4096, '\0'));
+    REQUIRE_BYTES(f.Read(*be, k64 + 4096, k64 - 4096), std::string(k64 - 4096, '\0'));
     // Growing with off past the preallocation drops it first: the file is exactly the size.
     REQUIRE(f.loop->Run(be->Truncate(prealloc_end + k64, true, PreallocMode::kOff)).ok());
     REQUIRE(FileSize(f.path) == prealloc_end + k64);
     REQUIRE(be->size() == prealloc_end + k64);
-    REQUIRE_BYTES(ReadAll(*be, 2 * k64, prealloc_end - k64), std::string(prealloc_end - k64, '\0'));
+    REQUIRE_BYTES(f.Read(*be, 2 * k64, prealloc_end - k64), std::string(prealloc_end - k64, '\0'));
     // falloc beyond the preallocated area allocates the missing part.
     REQUIRE(f.loop->Run(be->Truncate(prealloc_end + 3 * k64, true, PreallocMode::kFalloc)).ok());
     REQUIRE(FileSize(f.path) == prealloc_end + 3 * k64);
@@ -386,7 +351,7 @@ TEST_CASE("truncate concurrent with writes keeps every write issued after it", "
       f.loop->RunUntil([&] { return done == spawned; });
       REQUIRE(failed == 0);
       REQUIRE(be->size() == static_cast<int64_t>(model.size()));
-      REQUIRE_BYTES(ReadAll(*be, 0, be->size()), model);
+      REQUIRE_BYTES(f.Read(*be, 0, be->size()), model);
     }
     REQUIRE(FileSize(f.path) == static_cast<int64_t>(model.size()));
     REQUIRE_BYTES(ReadFile(f.path), model);
@@ -418,19 +383,19 @@ TEST_CASE("preallocate option errors", "[preallocate]") {
   REQUIRE(message(opts) == "Block format 'preallocate' does not support the option 'bogus'");
   if (qemu) REQUIRE(qemu_message(opts).find(message(opts)) != std::string::npos);
 
-  REQUIRE(f.graph->nodes().empty());
+  REQUIRE(f.graph.nodes().empty());
   // prealloc-align=0 is accepted (QEMU: it means the file's request alignment, 1 here):
   // under qcow2, QEMU 7.2 grew a file to exactly 327680 + prealloc-size=100000 with it.
   {
     auto zero_align = f.MustOpen(f.Opts("prealloc-size=100000,prealloc-align=0"));
-    Write(*zero_align, 0, std::string(4096, 'z'));
+    f.Write(*zero_align, 0, std::string(4096, 'z'));
     REQUIRE(FileSize(f.path) == 4096 + 100000);
   }
   REQUIRE(FileSize(f.path) == 4096);
   WriteFile(f.path, "");
   // Defaults (1M align, 128M size) are what QEMU documents.
   auto be = f.MustOpen(f.Opts(""));
-  Write(*be, 0, std::string(512, 'd'));
+  f.Write(*be, 0, std::string(512, 'd'));
   REQUIRE(FileSize(f.path) == 128 * kMiB + kMiB);
   REQUIRE(be->Close().ok());
   REQUIRE(FileSize(f.path) == 512);

@@ -2,8 +2,6 @@
 // role and permissions, the probed-image sector-0 guard (compared with qemu-io), create
 // (compared with qemu-img info), and both-direction interop with qemu-io/qemu-img on plain
 // raw files (contents, compare, map).
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -19,64 +17,36 @@
 #include "util/checked_math.h"
 #include "util/status.h"
 
-#define REQUIRE_BYTES(a, b) REQUIRE(::libblock::testing::DescribeDifference((a), (b)) == "")
-
 namespace libblock {
 namespace {
 
+using testing::AllocatedBytes;
 using testing::FileSize;
 using testing::HaveProgram;
-using testing::MakeLoop;
+using testing::kKiB;
+using testing::kMiB;
 using testing::RandomBytes;
 using testing::ReadFile;
 using testing::Run;
-using testing::TempDir;
 using testing::WriteFile;
-
-constexpr int64_t kKiB = 1024, kMiB = 1024 * 1024;
 
 // A qcow2 v3 header start: enough for every prober to call the sector qcow2.
 const std::string kQcow2Header("QFI\xfb\x00\x00\x00\x03", 8);
 
-struct Fixture {
-  std::unique_ptr<EventLoop> loop = MakeLoop();
-  Graph graph{*loop};
-  TempDir dir;
-  std::vector<std::string> warnings;
-  Fixture() {
-    graph.SetWarningHandler([this](const std::string& w) { warnings.push_back(w); });
-  }
+// "driver=raw,<extra>,file.driver=file,file.filename=<path>": raw's options ahead of the file
+// child's (testing::RawFileOpts appends them instead).
+std::string RawOpts(const std::string& path, const std::string& extra = "") {
+  return "driver=raw," + (extra.empty() ? "" : extra + ",") + "file.driver=file,file.filename=" + path;
+}
 
-  absl::StatusOr<std::unique_ptr<Backend>> Open(const std::string& opts, BackendOptions bo = {},
-                                                const std::string& filename = "") {
-    LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
-    return Backend::Open(graph, filename, std::move(o), std::move(bo));
-  }
-  std::unique_ptr<Backend> MustOpen(const std::string& opts, BackendOptions bo = {},
-                                    const std::string& filename = "") {
-    auto be = Open(opts, std::move(bo), filename);
-    INFO(opts << " " << filename << ": " << be.status().ToString());
-    REQUIRE(be.ok());
-    return std::move(*be);
-  }
-  // "driver=raw,<extra>,file.driver=file,file.filename=<path>"
-  std::string RawOpts(const std::string& path, const std::string& extra = "") const {
-    return "driver=raw," + (extra.empty() ? "" : extra + ",") + "file.driver=file,file.filename=" + path;
-  }
+struct Fixture : testing::GraphEnv {
+  // The message of an open that must fail.
   std::string OpenError(const std::string& opts) {
-    auto be = Open(opts);
+    auto be = OpenBackend(opts);
     REQUIRE_FALSE(be.ok());
     return std::string(be.status().message());
   }
 };
-
-std::string ReadAll(Backend& be, int64_t offset, int64_t bytes) {
-  std::string out(static_cast<size_t>(bytes), '\0');
-  absl::Status st = be.PreadSync(offset, out.data(), bytes);
-  INFO(st.ToString());
-  REQUIRE(st.ok());
-  return out;
-}
 
 // qemu-io's "can't open: <message>" text for `opts`, or "" when it opened.
 std::string QemuOpenError(const std::string& opts) {
@@ -96,10 +66,10 @@ TEST_CASE("an offset/size window maps guest bytes to file bytes", "[raw]") {
   WriteFile(path, file);
   const int64_t off = 64 * kKiB, size = 128 * kKiB;
   {
-    auto be = f.MustOpen(f.RawOpts(path, "offset=64k,size=128k"));
+    auto be = f.MustOpenBackend(RawOpts(path, "offset=64k,size=128k"));
     REQUIRE(be->size() == size);
-    REQUIRE_BYTES(ReadAll(*be, 0, size), file.substr(off, size));
-    REQUIRE_BYTES(ReadAll(*be, 777, 3333), file.substr(off + 777, 3333));
+    REQUIRE_BYTES(f.Read(*be, 0, size), file.substr(off, size));
+    REQUIRE_BYTES(f.Read(*be, 777, 3333), file.substr(off + 777, 3333));
 
     // An unaligned write lands at offset+1000 in the file, and nowhere else.
     std::string data = RandomBytes(5000, 2);
@@ -125,8 +95,8 @@ TEST_CASE("an offset/size window maps guest bytes to file bytes", "[raw]") {
   // A node-level write past the fixed size is refused by raw itself (ENOSPC), even with
   // the resize permission and writes past EOF allowed above it; so are zeroes and discard.
   {
-    auto be = f.MustOpen(f.RawOpts(path, "offset=64k,size=128k,discard=unmap"),
-                         {.resize = true, .allow_write_beyond_eof = true});
+    auto be = f.MustOpenBackend(RawOpts(path, "offset=64k,size=128k,discard=unmap"),
+                                {.resize = true, .allow_write_beyond_eof = true});
     std::string buf(1024, 'y');
     REQUIRE(StatusErrno(be->PwriteSync(size - 512, buf.data(), 1024)) == ENOSPC);
     REQUIRE(StatusErrno(be->PwriteSync(size + 4096, buf.data(), 512)) == ENOSPC);
@@ -145,9 +115,9 @@ TEST_CASE("qemu-io reads what libblock wrote through the same window", "[raw]") 
   Fixture f;
   std::string path = f.dir.File("w.img");
   WriteFile(path, RandomBytes(512 * kKiB, 3));
-  std::string opts = f.RawOpts(path, "offset=4096,size=256k");
+  std::string opts = RawOpts(path, "offset=4096,size=256k");
   {
-    auto be = f.MustOpen(opts);
+    auto be = f.MustOpenBackend(opts);
     std::string a(10000, '\x5a');
     REQUIRE(be->PwriteSync(12345, a.data(), 10000).ok());
   }
@@ -180,7 +150,7 @@ TEST_CASE("raw option errors use QEMU's texts", "[raw]") {
   };
   bool qemu = HaveProgram("qemu-io");
   for (const Case& c : cases) {
-    std::string opts = f.RawOpts(path, c.extra);
+    std::string opts = RawOpts(path, c.extra);
     INFO(opts);
     REQUIRE(f.OpenError(opts) == c.message);
     if (qemu) REQUIRE(QemuOpenError(opts) == c.message);
@@ -188,13 +158,13 @@ TEST_CASE("raw option errors use QEMU's texts", "[raw]") {
   REQUIRE(f.graph.nodes().empty());  // failed opens leave nothing behind
 
   // The edges: a window ending exactly at EOF, and an empty one at EOF, are fine.
-  auto a = f.MustOpen(f.RawOpts(path, "offset=512k,size=512k"), {.read_only = true});
+  auto a = f.MustOpenBackend(RawOpts(path, "offset=512k,size=512k"), {.read_only = true});
   REQUIRE(a->size() == 512 * kKiB);
-  auto b = f.MustOpen(f.RawOpts(path, "offset=1M"), {.read_only = true});
+  auto b = f.MustOpenBackend(RawOpts(path, "offset=1M"), {.read_only = true});
   REQUIRE(b->size() == 0);
   // Without size the window is the rest of the file, whatever the offset's alignment; like
   // every node length it is reported in whole sectors (QEMU: 1048064 as well).
-  auto c = f.MustOpen(f.RawOpts(path, "offset=1000"), {.read_only = true});
+  auto c = f.MustOpenBackend(RawOpts(path, "offset=1000"), {.read_only = true});
   REQUIRE(c->size() == AlignUp<int64_t>(1 * kMiB - 1000, kSectorSize));
 }
 
@@ -204,7 +174,7 @@ TEST_CASE("truncate: fixed-size windows refuse, offset-only windows resize the f
   std::string file = RandomBytes(256 * kKiB, 4);
   WriteFile(path, file);
   {
-    auto be = f.MustOpen(f.RawOpts(path, "offset=64k,size=64k"), {.resize = true});
+    auto be = f.MustOpenBackend(RawOpts(path, "offset=64k,size=64k"), {.resize = true});
     absl::Status st = f.loop->Run(be->Truncate(128 * kKiB, true, PreallocMode::kOff));
     REQUIRE(StatusErrno(st) == ENOTSUP);
     REQUIRE(st.message() == "Cannot resize fixed-size raw disks");
@@ -212,14 +182,14 @@ TEST_CASE("truncate: fixed-size windows refuse, offset-only windows resize the f
   }
   REQUIRE(FileSize(path) == 256 * kKiB);
   {
-    auto be = f.MustOpen(f.RawOpts(path, "offset=64k"), {.resize = true});
+    auto be = f.MustOpenBackend(RawOpts(path, "offset=64k"), {.resize = true});
     REQUIRE(be->size() == 192 * kKiB);
     REQUIRE(f.loop->Run(be->Truncate(1 * kMiB, true, PreallocMode::kOff)).ok());
     REQUIRE(FileSize(path) == 64 * kKiB + 1 * kMiB);
     REQUIRE(be->size() == 1 * kMiB);
     // The grown part reads as zeroes, the old part is intact.
-    REQUIRE_BYTES(ReadAll(*be, 0, 192 * kKiB), file.substr(64 * kKiB));
-    REQUIRE_BYTES(ReadAll(*be, 192 * kKiB, 1 * kMiB - 192 * kKiB), std::string(1 * kMiB - 192 * kKiB, '\0'));
+    REQUIRE_BYTES(f.Read(*be, 0, 192 * kKiB), file.substr(64 * kKiB));
+    REQUIRE_BYTES(f.Read(*be, 192 * kKiB, 1 * kMiB - 192 * kKiB), std::string(1 * kMiB - 192 * kKiB, '\0'));
     // Shrinking cuts the file at offset+size.
     REQUIRE(f.loop->Run(be->Truncate(100 * kKiB, true, PreallocMode::kOff)).ok());
     REQUIRE(FileSize(path) == 164 * kKiB);
@@ -229,11 +199,11 @@ TEST_CASE("truncate: fixed-size windows refuse, offset-only windows resize the f
   if (HaveProgram("qemu-io")) {
     // QEMU does the same: truncate N on an offset window makes the file offset+N long.
     testing::CommandResult r =
-        Run({"qemu-io", "--image-opts", f.RawOpts(path, "offset=64k"), "-c", "truncate 1M"});
+        Run({"qemu-io", "--image-opts", RawOpts(path, "offset=64k"), "-c", "truncate 1M"});
     INFO(r.out);
     REQUIRE(r.exit_code == 0);
     REQUIRE(FileSize(path) == 64 * kKiB + 1 * kMiB);
-    r = Run({"qemu-io", "--image-opts", f.RawOpts(path, "offset=64k,size=64k"), "-c", "truncate 1M"});
+    r = Run({"qemu-io", "--image-opts", RawOpts(path, "offset=64k,size=64k"), "-c", "truncate 1M"});
     REQUIRE(r.out.find("Cannot resize fixed-size raw disks") != std::string::npos);
   }
 }
@@ -250,42 +220,43 @@ TEST_CASE("raw's file child: filtered without a window, data with one", "[raw][p
     return c;
   };
   SECTION("no offset/size: filtered, permissions pass through") {
-    auto ro = f.MustOpen(f.RawOpts(path), {.read_only = true});
+    auto ro = f.MustOpenBackend(RawOpts(path), {.read_only = true});
     Child* c = file_edge(*ro);
     REQUIRE(c->role() == (kRoleFiltered | kRolePrimary));
     REQUIRE(c->perm() == kPermConsistentRead);
     REQUIRE(c->node()->perm() == kPermConsistentRead);
     ro.reset();
-    auto rw = f.MustOpen(f.RawOpts(path));
+    auto rw = f.MustOpenBackend(RawOpts(path));
     c = file_edge(*rw);
     REQUIRE(c->perm() == (kPermConsistentRead | kPermWrite));  // no resize: nobody asked
     REQUIRE(c->node()->perm() == (kPermConsistentRead | kPermWrite));
     REQUIRE(c->shared() == rw->shared());
     rw.reset();
-    auto rs = f.MustOpen(f.RawOpts(path), {.resize = true});
+    auto rs = f.MustOpenBackend(RawOpts(path), {.resize = true});
     REQUIRE(file_edge(*rs)->perm() == (kPermConsistentRead | kPermWrite | kPermResize));
   }
   SECTION("with an offset: data|primary, but write/resize only when raw's users need them") {
-    auto ro = f.MustOpen(f.RawOpts(path, "offset=4096"), {.read_only = true});
+    auto ro = f.MustOpenBackend(RawOpts(path, "offset=4096"), {.read_only = true});
     Child* c = file_edge(*ro);
     REQUIRE(c->role() == (kRoleData | kRolePrimary));
     REQUIRE(c->perm() == kPermConsistentRead);
     ro.reset();
-    auto rw = f.MustOpen(f.RawOpts(path, "offset=4096,size=64k"));
+    auto rw = f.MustOpenBackend(RawOpts(path, "offset=4096,size=64k"));
     c = file_edge(*rw);
     REQUIRE(c->role() == (kRoleData | kRolePrimary));
     REQUIRE(c->perm() == (kPermConsistentRead | kPermWrite));
     REQUIRE((c->node()->perm() & kPermResize) == 0);
     rw.reset();
-    auto rs = f.MustOpen(f.RawOpts(path, "offset=4096"), {.resize = true});
+    auto rs = f.MustOpenBackend(RawOpts(path, "offset=4096"), {.resize = true});
     REQUIRE(file_edge(*rs)->perm() == (kPermConsistentRead | kPermWrite | kPermResize));
   }
   SECTION("two read-write raw users of one file do not conflict over resize") {
     // Each raw node shares what its own backend shares; neither holds resize, so a second
     // writer that shares write is accepted.
-    auto a = f.MustOpen(f.RawOpts(path, "offset=0,size=64k"), {.share_rw = true});
-    auto b = f.Open("driver=raw,offset=64k,size=64k,file=" + a->root()->FindChild("file")->node()->name(),
-                    {.share_rw = true});
+    auto a = f.MustOpenBackend(RawOpts(path, "offset=0,size=64k"), {.share_rw = true});
+    auto b = f.OpenBackend(
+        "driver=raw,offset=64k,size=64k,file=" + a->root()->FindChild("file")->node()->name(),
+        {.share_rw = true});
     INFO(b.status().ToString());
     REQUIRE(b.ok());
     REQUIRE(((*b)->root()->FindChild("file")->node()->perm() & kPermResize) == 0);
@@ -300,7 +271,7 @@ TEST_CASE("a probed raw image refuses writes that would make sector 0 probe as a
   std::string file = RandomBytes(64 * kKiB, 5);
   file.replace(0, 512, std::string(512, '\0'));
   WriteFile(path, file);
-  auto be = f.MustOpen("", {}, path);
+  auto be = f.MustOpenBackend("", {}, path);
   Node* raw = be->root();
   REQUIRE(raw->driver().name == "raw");
   REQUIRE(raw->flags().probed);
@@ -350,7 +321,7 @@ TEST_CASE("an explicitly raw image may get any sector 0, and is not sector-align
   std::string path = f.dir.File("explicit.img");
   WriteFile(path, std::string(64 * kKiB, '\0'));
   {
-    auto be = f.MustOpen(f.RawOpts(path));
+    auto be = f.MustOpenBackend(RawOpts(path));
     REQUIRE_FALSE(be->root()->flags().probed);
     REQUIRE(be->root()->limits().request_alignment == 1);
     REQUIRE(f.warnings.empty());
@@ -359,7 +330,7 @@ TEST_CASE("an explicitly raw image may get any sector 0, and is not sector-align
   REQUIRE_BYTES(ReadFile(path).substr(0, 8), kQcow2Header);
   // A read-only probed open warns about nothing: it cannot write sector 0.
   WriteFile(path, std::string(64 * kKiB, '\0'));
-  auto ro = f.MustOpen("", {.read_only = true}, path);
+  auto ro = f.MustOpenBackend("", {.read_only = true}, path);
   REQUIRE(ro->root()->flags().probed);
   REQUIRE(f.warnings.empty());
 }
@@ -401,7 +372,7 @@ TEST_CASE("the sector-0 guard matches qemu-io's", "[raw]") {
     REQUIRE(r.exit_code == (qemu_ok ? 0 : 1));
     absl::Status st;
     {
-      auto be = c.explicit_raw ? f.MustOpen(f.RawOpts(ours)) : f.MustOpen("", {}, ours);
+      auto be = c.explicit_raw ? f.MustOpenBackend(RawOpts(ours)) : f.MustOpenBackend("", {}, ours);
       st = be->PwriteSync(c.offset, c.data.data(), static_cast<int64_t>(c.data.size()));
     }
     REQUIRE(st.ok() == qemu_ok);
@@ -417,19 +388,13 @@ TEST_CASE("the sector-0 guard matches qemu-io's", "[raw]") {
   testing::CommandResult r = Run({"qemu-io", "-c", "write -P 0xfb 3 1", theirs});
   REQUIRE(r.out.find("Operation not permitted") != std::string::npos);
   {
-    auto be = f.MustOpen("", {}, ours);
+    auto be = f.MustOpenBackend("", {}, ours);
     REQUIRE(StatusErrno(be->PwriteSync(3, "\xfb", 1)) == EPERM);
   }
   REQUIRE_BYTES(ReadFile(ours), ReadFile(theirs));
 }
 
 // ---- create ------------------------------------------------------------------------------------
-
-int64_t AllocatedBytes(const std::string& path) {
-  struct stat st;
-  REQUIRE(stat(path.c_str(), &st) == 0);
-  return static_cast<int64_t>(st.st_blocks) * 512;
-}
 
 TEST_CASE("raw create makes the file, with the requested preallocation", "[raw]") {
   Fixture f;
@@ -456,7 +421,7 @@ TEST_CASE("raw create makes the file, with the requested preallocation", "[raw]"
       REQUIRE(nlohmann::json::parse(r.out)["virtual-size"] == 1 * kMiB);
     }
     // And it opens as a 1M raw disk.
-    auto be = f.MustOpen(f.RawOpts(path), {.read_only = true});
+    auto be = f.MustOpenBackend(RawOpts(path), {.read_only = true});
     REQUIRE(be->size() == 1 * kMiB);
   }
   // Creating over an existing file truncates it.

@@ -7,14 +7,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <stdexcept>
+
+#include "core/options.h"
+#include "protocols/file/file_lock.h"
 
 extern char** environ;
 
@@ -148,6 +155,12 @@ int64_t FileSize(const std::string& path) {
   return st.st_size;
 }
 
+int64_t AllocatedBytes(const std::string& path) {
+  struct stat st;
+  REQUIRE(stat(path.c_str(), &st) == 0);
+  return static_cast<int64_t>(st.st_blocks) * 512;
+}
+
 std::unique_ptr<EventLoop> MakeLoop(bool io_uring) {
   LoopOptions opts;
   opts.use_io_uring = io_uring;
@@ -155,13 +168,6 @@ std::unique_ptr<EventLoop> MakeLoop(bool io_uring) {
   if (!loop.ok()) throw std::runtime_error(std::string(loop.status().message()));
   return std::move(*loop);
 }
-
-}  // namespace libblock::testing
-
-#include <algorithm>  // helpers below
-#include <cstdint>
-
-namespace libblock::testing {
 
 std::vector<FileLock> FileLocksOn(const std::string& path) {
   std::vector<FileLock> out;
@@ -210,14 +216,20 @@ std::vector<int> FdFlagsFor(const std::string& path) {
   return flags;
 }
 
-}  // namespace libblock::testing
-
-namespace libblock::testing {
+OfdOverride::OfdOverride(bool available) { file::OverrideOfdLocksForTesting(available); }
+OfdOverride::~OfdOverride() { file::OverrideOfdLocksForTesting(std::nullopt); }
 
 std::string RandomBytes(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::string out(n, '\0');
   for (char& c : out) c = static_cast<char>(rng() & 0xff);
+  return out;
+}
+
+std::string NonZeroRandomBytes(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string out(n, '\0');
+  for (char& c : out) c = static_cast<char>(rng() % 255 + 1);
   return out;
 }
 
@@ -234,6 +246,114 @@ std::string DescribeDifference(const std::string& a, const std::string& b) {
              static_cast<unsigned char>(a[i]), static_cast<unsigned char>(b[i]), a.size(), b.size());
   }
   return buf;
+}
+
+std::string Message(const absl::Status& status) { return std::string(status.message()); }
+
+std::string RawFileOpts(const std::string& path, const std::string& extra) {
+  return "driver=raw,file.driver=file,file.filename=" + path + (extra.empty() ? "" : "," + extra);
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(Graph& graph, const std::string& opts, BackendOptions bo,
+                                                     const std::string& filename) {
+  LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
+  return Backend::Open(graph, filename, std::move(o), std::move(bo));
+}
+
+namespace {
+
+// The parsed options; REQUIREs that they parse (an open failure is then the driver's).
+Options MustParse(const std::string& opts) {
+  absl::StatusOr<Options> o = ParseKeyValueOptions(opts);
+  INFO(opts << ": " << o.status().ToString());
+  REQUIRE(o.ok());
+  return std::move(*o);
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> MustOpenBackend(Graph& graph, const std::string& opts, BackendOptions bo,
+                                         const std::string& filename) {
+  auto be = Backend::Open(graph, filename, MustParse(opts), std::move(bo));
+  INFO(opts << " (filename '" << filename << "'): " << be.status().ToString());
+  REQUIRE(be.ok());
+  return std::move(*be);
+}
+
+GraphEnv::GraphEnv(bool io_uring) : GraphEnv(Registry::Builtin(), io_uring) {}
+
+GraphEnv::GraphEnv(const Registry& registry, bool io_uring)
+    : loop(MakeLoop(io_uring)), graph(*loop, registry) {
+  graph.SetWarningHandler([this](const std::string& w) { warnings.push_back(w); });
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> GraphEnv::OpenBackend(const std::string& opts, BackendOptions bo,
+                                                               const std::string& filename) {
+  return testing::OpenBackend(graph, opts, std::move(bo), filename);
+}
+
+std::unique_ptr<Backend> GraphEnv::MustOpenBackend(const std::string& opts, BackendOptions bo,
+                                                   const std::string& filename) {
+  return testing::MustOpenBackend(graph, opts, std::move(bo), filename);
+}
+
+absl::StatusOr<Node*> GraphEnv::OpenNode(const std::string& opts, const std::string& filename) {
+  LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
+  return graph.Open(filename, std::move(o));
+}
+
+Node* GraphEnv::MustOpenNode(const std::string& opts, const std::string& filename) {
+  absl::StatusOr<Node*> node = graph.Open(filename, MustParse(opts));
+  INFO(opts << " (filename '" << filename << "'): " << node.status().ToString());
+  REQUIRE(node.ok());
+  return *node;
+}
+
+absl::Status GraphEnv::Create(const std::string& filename, const std::string& fmt, const std::string& opts) {
+  LB_ASSIGN_OR_RETURN(Options o, ParseKeyValueOptions(opts));
+  return graph.Create(filename, fmt, std::move(o));
+}
+
+std::string GraphEnv::Read(Backend& be, int64_t offset, int64_t bytes) {
+  std::string out(static_cast<size_t>(bytes), '\xaa');
+  absl::Status st = be.PreadSync(offset, out.data(), bytes);
+  INFO(st.ToString());
+  REQUIRE(st.ok());
+  return out;
+}
+
+void GraphEnv::Write(Backend& be, int64_t offset, const std::string& data) {
+  absl::Status st = be.PwriteSync(offset, data.data(), static_cast<int64_t>(data.size()));
+  INFO(st.ToString());
+  REQUIRE(st.ok());
+}
+
+absl::Status GraphEnv::Flush(Backend& be) { return loop->Run(be.Flush()); }
+
+absl::Status GraphEnv::Zero(Backend& be, int64_t offset, int64_t bytes, ReqFlags flags) {
+  return loop->Run(be.WriteZeroes(offset, bytes, flags));
+}
+
+absl::Status GraphEnv::Discard(Backend& be, int64_t offset, int64_t bytes) {
+  return loop->Run(be.Discard(offset, bytes));
+}
+
+absl::Status GraphEnv::Truncate(Backend& be, int64_t size, PreallocMode mode, bool exact) {
+  return loop->Run(be.Truncate(size, exact, mode));
+}
+
+bool RequirementsMet(const Requirements& req) {
+  std::string missing;
+  if (req.root && geteuid() != 0) missing = "needs root";
+  for (const std::string& p : req.programs) {
+    if (missing.empty() && !HaveProgram(p)) missing = p + " is not installed";
+  }
+  for (const std::string& d : req.devices) {
+    if (missing.empty() && access(d.c_str(), R_OK | W_OK) != 0) missing = d + " is not available";
+  }
+  if (missing.empty()) return true;
+  std::fprintf(stderr, "skipped: %s\n", missing.c_str());
+  return false;
 }
 
 }  // namespace libblock::testing

@@ -1,17 +1,33 @@
 // Helpers shared by the test executables: temporary directories, running external programs
-// (qemu-img, qemu-io), and an event loop per test.
+// (qemu-img, qemu-io), /proc views of locks and descriptors, test data, a per-test block
+// layer (GraphEnv: event loop + Graph + TempDir) and the Catch main of tests that need tools
+// or root.
+//
+// The macros (REQUIRE_BYTES, LB_SKIP_UNLESS, LB_CATCH_MAIN_REQUIRING) expand to Catch2 v2
+// macros: include <catch2/catch.hpp> before using them. Helpers documented to REQUIRE fail
+// the calling test case.
 #ifndef LIBBLOCK_TESTS_TEST_SUPPORT_H_
 #define LIBBLOCK_TESTS_TEST_SUPPORT_H_
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/event_loop.h"
+#include "core/graph.h"
+#include "core/registry.h"
+#include "util/status.h"
 
 namespace libblock::testing {
+
+inline constexpr int64_t kKiB = 1024;
+inline constexpr int64_t kMiB = 1024 * kKiB;
+
+// ---- files and processes -----------------------------------------------------------------------
 
 // A fresh directory under $TMPDIR (or /tmp), removed with its contents on destruction.
 class TempDir {
@@ -52,34 +68,17 @@ class Background {
   int status_ = 0;
 };
 
-// The lines of /proc/locks that refer to `path`'s inode.
-std::vector<std::string> LocksOn(const std::string& path);
-
 // Writes / reads a whole file.
 void WriteFile(const std::string& path, const std::string& data);
 std::string ReadFile(const std::string& path);
 int64_t FileSize(const std::string& path);
+// The bytes the file system allocated to `path` (st_blocks * 512); REQUIREs that stat works.
+int64_t AllocatedBytes(const std::string& path);
 
-// A loop for the current test.
-std::unique_ptr<EventLoop> MakeLoop(bool io_uring = true);
+// ---- locks and descriptors (/proc) -------------------------------------------------------------
 
-// Skips the rest of a test case (Catch2 v2 has no SKIP): prints why and returns.
-#define LB_SKIP_UNLESS(cond, why)                  \
-  do {                                             \
-    if (!(cond)) {                                 \
-      WARN("skipped: " << (why));                  \
-      return;                                      \
-    }                                              \
-  } while (0)
-
-}  // namespace libblock::testing
-
-#endif  // LIBBLOCK_TESTS_TEST_SUPPORT_H_
-
-// (Own guard: this block was appended after the main one.)
-#ifndef LIBBLOCK_TESTS_TEST_SUPPORT_LOCKS_H_
-#define LIBBLOCK_TESTS_TEST_SUPPORT_LOCKS_H_
-namespace libblock::testing {
+// The lines of /proc/locks that refer to `path`'s inode.
+std::vector<std::string> LocksOn(const std::string& path);
 
 // One line of /proc/locks on a file: kind (OFDLCK, POSIX, FLOCK), type (READ, WRITE) and the
 // inclusive byte range. The kernel merges adjacent ranges of one owner ("100 101").
@@ -98,15 +97,112 @@ std::vector<int64_t> LockedBytes(const std::string& path, const std::string& kin
 // whose /proc/self/fd link names `path`.
 std::vector<int> FdFlagsFor(const std::string& path);
 
-}  // namespace libblock::testing
-#endif  // LIBBLOCK_TESTS_TEST_SUPPORT_LOCKS_H_
+// Makes the file protocol believe OFD locks are (un)available until destroyed, however the
+// test ends.
+class OfdOverride {
+ public:
+  explicit OfdOverride(bool available);
+  ~OfdOverride();
+  OfdOverride(const OfdOverride&) = delete;
+  OfdOverride& operator=(const OfdOverride&) = delete;
+};
 
-namespace libblock::testing {
+// ---- data and messages -------------------------------------------------------------------------
 
 // `n` pseudo-random bytes from `seed` (std::mt19937): the same on every run.
 std::string RandomBytes(size_t n, uint32_t seed);
+// The same, but never a zero byte: data that cannot be mistaken for a hole or a zeroed range.
+std::string NonZeroRandomBytes(size_t n, uint32_t seed);
 // "" when `a` and `b` hold the same bytes, else where they first differ (for readable
 // failures on large buffers: REQUIRE(DescribeDifference(x, y) == "")).
 std::string DescribeDifference(const std::string& a, const std::string& b);
+#define REQUIRE_BYTES(a, b) REQUIRE(::libblock::testing::DescribeDifference((a), (b)) == "")
+
+// A status's message alone, for REQUIRE_THAT(..., Catch::Contains(...)) on QEMU's texts.
+std::string Message(const absl::Status& status);
+
+// ---- the block layer ---------------------------------------------------------------------------
+
+// A loop for the current test.
+std::unique_ptr<EventLoop> MakeLoop(bool io_uring = true);
+
+// "driver=raw,file.driver=file,file.filename=<path>[,<extra>]": a raw image on a plain file.
+std::string RawFileOpts(const std::string& path, const std::string& extra = "");
+
+// Backend::Open on `graph` with QEMU-style "key=value,..." options (parse errors are returned).
+absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(Graph& graph, const std::string& opts,
+                                                     BackendOptions bo = {},
+                                                     const std::string& filename = "");
+// The same, REQUIREing that the options parse and the open succeeds.
+std::unique_ptr<Backend> MustOpenBackend(Graph& graph, const std::string& opts, BackendOptions bo = {},
+                                         const std::string& filename = "");
+
+// One test's block layer: an event loop, a Graph on it (the built-in drivers, or `registry`'s),
+// a TempDir for images, and every warning the graph reported. Options are QEMU-style
+// "key=value,..." strings. The Must* helpers, Read and Write REQUIRE success; the others
+// return the status for the test to check.
+struct GraphEnv {
+  explicit GraphEnv(bool io_uring = true);
+  explicit GraphEnv(const Registry& registry, bool io_uring = true);
+  GraphEnv(const GraphEnv&) = delete;
+  GraphEnv& operator=(const GraphEnv&) = delete;
+
+  absl::StatusOr<std::unique_ptr<Backend>> OpenBackend(const std::string& opts, BackendOptions bo = {},
+                                                       const std::string& filename = "");
+  std::unique_ptr<Backend> MustOpenBackend(const std::string& opts, BackendOptions bo = {},
+                                           const std::string& filename = "");
+  // Graph::Open: a node without a backend (the caller Unrefs it).
+  absl::StatusOr<Node*> OpenNode(const std::string& opts, const std::string& filename = "");
+  Node* MustOpenNode(const std::string& opts, const std::string& filename = "");
+  // Graph::Create of `filename` with driver `fmt`.
+  absl::Status Create(const std::string& filename, const std::string& fmt, const std::string& opts);
+
+  // `bytes` bytes at `offset` through the backend. The buffer starts as 0xaa, not zeroes, so
+  // a read that "succeeds" without filling it cannot pass for a read of zeroes.
+  std::string Read(Backend& be, int64_t offset, int64_t bytes);
+  void Write(Backend& be, int64_t offset, const std::string& data);
+  absl::Status Flush(Backend& be);
+  absl::Status Zero(Backend& be, int64_t offset, int64_t bytes, ReqFlags flags = 0);
+  absl::Status Discard(Backend& be, int64_t offset, int64_t bytes);
+  absl::Status Truncate(Backend& be, int64_t size, PreallocMode mode, bool exact = false);
+
+  TempDir dir;  // first, so it outlives every file the graph has open
+  std::unique_ptr<EventLoop> loop;
+  Graph graph;
+  std::vector<std::string> warnings;
+};
+
+// ---- skipping ----------------------------------------------------------------------------------
+
+// Skips the rest of a test case (Catch2 v2 has no SKIP): prints why and returns.
+#define LB_SKIP_UNLESS(cond, why)                  \
+  do {                                             \
+    if (!(cond)) {                                 \
+      WARN("skipped: " << (why));                  \
+      return;                                      \
+    }                                              \
+  } while (0)
+
+// What a whole test executable needs; checked in this order.
+struct Requirements {
+  bool root = false;                  // effective uid 0
+  std::vector<std::string> programs;  // found in PATH
+  std::vector<std::string> devices;   // openable read-write (access R_OK | W_OK)
+};
+// True when everything in `req` is there; otherwise prints "skipped: <what is missing>" to
+// stderr and returns false.
+bool RequirementsMet(const Requirements& req);
+
+// Defines main() for a test executable with its own Catch session (#define CATCH_CONFIG_RUNNER
+// before including catch.hpp): exits 77, which meson reports as skipped, when a requirement
+// is missing. The arguments initialise Requirements:
+//   LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})
+#define LB_CATCH_MAIN_REQUIRING(...)                                      \
+  int main(int argc, char** argv) {                                       \
+    if (!::libblock::testing::RequirementsMet({__VA_ARGS__})) return 77;  \
+    return Catch::Session().run(argc, argv);                              \
+  }
 
 }  // namespace libblock::testing
+
+#endif  // LIBBLOCK_TESTS_TEST_SUPPORT_H_
