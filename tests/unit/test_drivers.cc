@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <list>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -24,6 +25,8 @@ constexpr OptionSpec kProtoSpecs[] = {
     {"fua", OptionType::kBool, "off", "declare FUA support"},
     {"has-zeroes", OptionType::kBool, "off", "implement write-zeroes"},
     {"has-discard", OptionType::kBool, "off", "implement discard"},
+    {"serialise-writes", OptionType::kBool, "off", "declare that overlapping writes must not overlap in time"},
+    {"write-latency-ns", OptionType::kInt, "0", "time each write takes"},
 };
 constexpr OptionSchema kProtoSchema{"test-proto", kProtoSpecs};
 
@@ -41,6 +44,8 @@ class TestProto final : public NodeDriver {
     caps_.write_zeroes = ctx.values.GetBool("has-zeroes");
     caps_.discard = ctx.values.GetBool("has-discard");
     caps_.write_flags = ctx.values.GetBool("fua") ? kReqFua : 0;
+    caps_.serialise_writes = ctx.values.GetBool("serialise-writes");
+    write_latency_ns_ = ctx.values.GetInt("write-latency-ns");
     caps_.zero_flags = kReqMayUnmap | kReqNoFallback;
     co_return absl::OkStatus();
   }
@@ -91,6 +96,13 @@ class TestProto final : public NodeDriver {
     ++stats_.writes;
     stats_.write_flags.push_back(flags);
     Note(offset, bytes);
+    // Record whether another write to an overlapping range is inside the driver right now.
+    for (const auto& [o, b] : active_writes_) {
+      if (o < offset + bytes && offset < o + b) ++stats_.overlapping_in_flight;
+    }
+    auto me = active_writes_.emplace(active_writes_.end(), offset, bytes);
+    if (write_latency_ns_ > 0) co_await node().loop().Sleep(write_latency_ns_);
+    active_writes_.erase(me);
     if (offset + bytes > static_cast<int64_t>(data_.size())) data_.resize(offset + bytes);
     qiov.CopyTo(0, data_.data() + offset, static_cast<size_t>(bytes));
     co_return absl::OkStatus();
@@ -103,6 +115,8 @@ class TestProto final : public NodeDriver {
  private:
   Perm veto_ = 0;
   uint32_t align_ = 1;
+  int64_t write_latency_ns_ = 0;
+  std::list<std::pair<int64_t, int64_t>> active_writes_;
   int64_t max_transfer_ = 0;
 };
 

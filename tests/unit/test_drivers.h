@@ -2,7 +2,7 @@
 // test registry:
 //   test-proto   a protocol over memory; `veto` (a permission mask) makes PreparePerm refuse
 //                any cumulative permission containing one of those bits; `align`,
-//                `max-transfer`, `fua`, `has-zeroes`, `has-discard` declare limits and capabilities;
+//                `max-transfer`, `fua`, `has-zeroes`, `has-discard`, `serialise-writes` declare limits and capabilities;
 //                every request that reaches it is recorded (TestProtoStats).
 //   test-fmt     a format with a "file" child of role `role` (image|data|metadata) and an
 //                optional "backing" (cow) child; data passes through to "file".
@@ -23,6 +23,7 @@ namespace libblock::testing {
 struct TestProtoStats {
   int reads = 0, writes = 0, zero_writes = 0, discards = 0, flushes = 0;
   int misaligned = 0;          // requests not aligned to the declared `align`
+  int overlapping_in_flight = 0;  // writes that entered while an overlapping one was inside
   int64_t largest = 0;         // largest read/write length seen
   std::vector<std::pair<int64_t, int64_t>> zero_ranges;
   std::vector<uint32_t> write_flags;
