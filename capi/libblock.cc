@@ -101,8 +101,10 @@ int VectorIo(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offse
   libblock::IoVec v;
   uint64_t total = 0;
   for (int i = 0; i < iovcnt; ++i) {
+    if (!libblock::CheckedAdd<uint64_t>(total, iov[i].iov_len, &total)) {
+      return Fail(EINVAL, "offset or length out of range");
+    }
     v.Append(iov[i].iov_base, iov[i].iov_len);
-    total += iov[i].iov_len;
   }
   if (int r = RangeCheck(offset, total)) return r;
   libblock::EventLoop& loop = *be->ctx->loop;

@@ -176,19 +176,24 @@ Task<uint32_t> EventLoop::WaitFd(int fd, uint32_t events) {
     bool await_ready() const noexcept { return false; }
     void await_suspend(std::coroutine_handle<> h) {
       FdWatch& w = loop->fd_watches_[fd];
-      if (events & EPOLLIN) w.in_waiter = h;
-      else w.out_waiter = h;
+      if (events & EPOLLIN) {
+        w.in_waiter = h;
+        w.in_revents = &revents;
+      } else {
+        w.out_waiter = h;
+        w.out_revents = &revents;
+      }
       ++loop->fd_waiters_;
       loop->UpdateFdWatch(fd, w);
     }
-    uint32_t await_resume() {
-      FdWatch& w = loop->fd_watches_[fd];
-      uint32_t r = (events & EPOLLIN) ? w.in_revents : w.out_revents;
-      if (!w.in_waiter && !w.out_waiter) loop->fd_watches_.erase(fd);
-      return r;
-    }
+    // DispatchFd stored the result here (and dropped the watch once nobody waits): the
+    // first of two waiters woken by one event must not discard the other's revents.
+    uint32_t await_resume() const noexcept { return revents; }
   };
-  co_return co_await Awaiter{this, fd, events};
+  // A named awaiter: DispatchFd writes into it, so it must be the one object that is
+  // suspended (see RunInThread on GCC 12 and temporary awaiters).
+  Awaiter awaiter{this, fd, events};
+  co_return co_await awaiter;
 }
 
 void EventLoop::DispatchFd(int fd, uint32_t revents) {
@@ -199,15 +204,16 @@ void EventLoop::DispatchFd(int fd, uint32_t revents) {
   constexpr uint32_t kErr = EPOLLERR | EPOLLHUP;
   if (w.in_waiter && (revents & (EPOLLIN | kErr))) {
     in = std::exchange(w.in_waiter, {});
-    w.in_revents = revents;
+    *std::exchange(w.in_revents, nullptr) = revents;
     --fd_waiters_;
   }
   if (w.out_waiter && (revents & (EPOLLOUT | kErr))) {
     out = std::exchange(w.out_waiter, {});
-    w.out_revents = revents;
+    *std::exchange(w.out_revents, nullptr) = revents;
     --fd_waiters_;
   }
   UpdateFdWatch(fd, w);
+  if (!w.in_waiter && !w.out_waiter) fd_watches_.erase(it);
   if (in) in.resume();
   if (out) out.resume();
 }

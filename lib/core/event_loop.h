@@ -130,7 +130,9 @@ class EventLoop {
   struct FdWatch {
     uint32_t registered = 0;  // events currently in epoll
     std::coroutine_handle<> in_waiter, out_waiter;
-    uint32_t in_revents = 0, out_revents = 0;
+    // Where each waiter's revents go (its awaiter, alive while it is suspended).
+    uint32_t* in_revents = nullptr;
+    uint32_t* out_revents = nullptr;
   };
   void UpdateFdWatch(int fd, FdWatch& w);
   void DispatchFd(int fd, uint32_t revents);

@@ -460,6 +460,13 @@ void Graph::CloseNode(Node* node) {
   node->closing_ = true;
   node->Drain();
   if (node->opened_) {
+    // As QEMU's bdrv_close: what changed in this node since its last flush (e.g. while its
+    // parents detached) is made durable before the driver closes. Its children, which have
+    // no writer left above them, flush when they close in turn.
+    if (!node->flags_.read_only) {
+      absl::Status fl = loop_.Run(node->FlushLayer());
+      if (!fl.ok()) Warn(absl::StrFormat("flushing node '%s' on close: %s", node->name(), fl.message()));
+    }
     absl::Status st = loop_.Run(node->impl_->Close());
     if (!st.ok()) Warn(absl::StrFormat("closing node '%s': %s", node->name(), st.message()));
   }
@@ -601,6 +608,12 @@ absl::Status Graph::Reopen(Node& node, bool read_only, const std::vector<EdgeUpd
     }
   };
   collect(&node, true);
+  // Like QEMU, drain what is reopened: requests in flight finish in the old mode, on the old
+  // descriptors (the file protocol closes its old one on commit), before anything changes.
+  // Nothing new starts before the commit unless a driver runs the loop while it prepares.
+  loop_.RunUntil([&] {
+    return std::all_of(affected.begin(), affected.end(), [](Node* n) { return n->in_flight_ == 0; });
+  });
   // Permissions are computed for the new mode while I/O still runs in the old one (a filter
   // may still write while it gives up its permissions); the mode itself flips on commit.
   for (Node* n : affected) {

@@ -196,15 +196,19 @@ IoVec PaddedVector(const Padding& p, const IoVec& qiov, int64_t bytes, int64_t a
 
 }  // namespace
 
-Task<absl::Status> NodeIo::Flush(Node& n) {
+Task<absl::Status> Node::FlushLayer() {
   // Nothing written since the last successful flush: nothing to make durable in this layer.
-  // Children are still visited: they may have been written through other parents.
-  absl::Status st;
-  if (n.write_gen_ != n.flushed_gen_) {
-    uint64_t gen = n.write_gen_;
-    st = co_await n.impl()->Flush();
-    if (st.ok()) n.flushed_gen_ = std::max(n.flushed_gen_, gen);
-  }
+  if (write_gen_ == flushed_gen_) co_return absl::OkStatus();
+  uint64_t gen = write_gen_;
+  absl::Status st = co_await impl_->Flush();
+  if (st.ok()) flushed_gen_ = std::max(flushed_gen_, gen);
+  co_return st;
+}
+
+Task<absl::Status> NodeIo::Flush(Node& n) {
+  // This layer, then every child written through it. Children are visited even when this
+  // layer had nothing to do: they may have been written through other parents.
+  absl::Status st = co_await n.FlushLayer();
   for (Child* c : n.children()) {
     if (!(c->perm() & (kPermWrite | kPermWriteUnchanged))) continue;
     absl::Status child_st = co_await c->Flush();
@@ -296,11 +300,19 @@ Task<absl::Status> Child::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags fl
   if (bytes == 0) co_return absl::OkStatus();
   if (!n.flags().unmap) flags &= ~kReqMayUnmap;
   const Capabilities& caps = n.impl()->caps();
-  RequestScope scope(n);
   int64_t req_align = n.limits().request_alignment;
+  // As in QEMU: a misaligned request cannot be efficient, so it is refused before any of it
+  // is zeroed.
+  if ((flags & kReqNoFallback) && (offset % req_align || bytes % req_align)) {
+    co_return ErrnoError(ENOTSUP, "write-zeroes not supported for a misaligned request");
+  }
+  RequestScope scope(n);
   int64_t align = std::max<int64_t>(req_align, n.limits().pwrite_zeroes_alignment);
+  // Partial blocks at the edges are zeroed by read-modify-write, which must exclude
+  // overlapping requests exactly as a padded write does.
+  bool partial = offset % req_align != 0 || (offset + bytes) % req_align != 0;
   scope.Track(AlignDown(offset, req_align), AlignUp(offset + bytes, req_align) - AlignDown(offset, req_align),
-              flags & kReqSerialising);
+              (flags & kReqSerialising) || partial);
   LB_CO_RETURN_IF_ERROR(co_await scope.WaitForConflicts(flags & kReqNoWait));
   flags &= ~(kReqSerialising | kReqNoWait);
 

@@ -154,6 +154,9 @@ class Node final : public ChildParent {
   Task<void> WaitIdle();
   // Runs the loop until no request is in flight (control plane).
   void Drain();
+  // Makes this node's own completed writes durable (its driver's Flush), skipped when nothing
+  // was written since the last successful flush. Children are not flushed (Child::Flush is).
+  Task<absl::Status> FlushLayer();
 
  private:
   friend class Graph;

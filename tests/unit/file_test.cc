@@ -669,6 +669,37 @@ TEST_CASE("two opens in one process conflict through OFD locks, as two QEMUs do"
   REQUIRE(LockedBytes(path).empty());
 }
 
+TEST_CASE("reopen waits for requests in flight on the old descriptor", "[file]") {
+  // QEMU drains the nodes it reopens. Without that, a request whose SQE was prepared on the
+  // read-write descriptor is submitted after the commit closed it: it fails (EBADF), or,
+  // once the number is reused by another open, lands in an unrelated file.
+  GraphEnv env;
+  LB_SKIP_UNLESS(env.loop->uring(), "no io_uring ring on this host");
+  std::string path = env.dir.File("reopen.img");
+  std::string other = env.dir.File("other.img");
+  WriteFile(path, std::string(65536, '\0'));
+  WriteFile(other, std::string(65536, '\0'));
+  auto be = env.MustOpenBackend(RawFileOpts(path, "file.aio=io_uring"));
+  std::string data = NonZeroRandomBytes(4096, 31);
+  absl::Status result = ErrnoError(EINPROGRESS, "not done");
+  bool done = false;
+  auto write = [&]() -> Task<void> {
+    IoVec v(data.data(), data.size());
+    result = co_await be->Write(0, static_cast<int64_t>(data.size()), v);
+    done = true;
+  };
+  env.loop->Spawn(write());
+  REQUIRE_FALSE(done);
+  REQUIRE(be->Reopen(true).ok());
+  int fd = open(other.c_str(), O_RDWR | O_CLOEXEC);  // may reuse a descriptor number
+  REQUIRE(fd >= 0);
+  env.loop->RunUntil([&] { return done; });
+  close(fd);
+  CHECK(result.ok());
+  CHECK(ReadFile(other).substr(0, data.size()) == std::string(data.size(), '\0'));
+  REQUIRE_BYTES(ReadFile(path).substr(0, data.size()), data);
+}
+
 TEST_CASE("closing releases every lock", "[file][lock]") {
   GraphEnv env;
   std::string path = env.dir.File("close.img");

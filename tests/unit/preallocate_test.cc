@@ -401,5 +401,18 @@ TEST_CASE("preallocate option errors", "[preallocate]") {
   REQUIRE(FileSize(f.path) == 512);
 }
 
+TEST_CASE("a write near the largest offset does not overflow the preallocation end", "[preallocate]") {
+  // end + prealloc-size, aligned up, must not overflow int64 (undefined behaviour, caught by
+  // the UBSan run: scripts/test.sh --asan halts on it). The write itself is refused by the
+  // file system; nothing is preallocated.
+  Fixture f;
+  auto be = f.MustOpen(f.Opts("prealloc-size=4611686018427387903"));
+  std::string d(4096, 'x');
+  absl::Status st = be->PwriteSync(kMaxLength - 8192, d.data(), 4096);
+  INFO(st.ToString());
+  REQUIRE_FALSE(st.ok());
+  REQUIRE(FileSize(f.path) == 0);
+}
+
 }  // namespace
 }  // namespace libblock

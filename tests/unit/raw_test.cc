@@ -147,6 +147,11 @@ TEST_CASE("raw option errors use QEMU's texts", "[raw]") {
       {"offset=1,size=1M",
        "The sum of offset (1) and size (1048576) has to be smaller or equal to the  actual size "
        "of the containing file (1048576)"},
+      // Offsets are unsigned in QEMU: one past INT64_MAX is still far beyond the file.
+      {"offset=9223372036854775808",
+       "Offset (9223372036854775808) cannot be greater than size of the containing file (1048576)"},
+      {"offset=18446744073709551104",
+       "Offset (18446744073709551104) cannot be greater than size of the containing file (1048576)"},
   };
   bool qemu = HaveProgram("qemu-io");
   for (const Case& c : cases) {

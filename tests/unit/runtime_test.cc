@@ -2,6 +2,7 @@
 // worker pool, io_uring) and the coroutine locks.
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -137,6 +138,31 @@ TEST_CASE("WaitFd resumes when a pipe becomes readable", "[runtime]") {
   REQUIRE((revents & EPOLLIN));
   close(p[0]);
   close(p[1]);
+}
+
+TEST_CASE("WaitFd: a reader and a writer of one fd both get their events", "[runtime]") {
+  // One epoll event wakes both directions. Each waiter must see its own revents, whichever
+  // of them resumes first.
+  auto loop = MakeLoop();
+  int sv[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+  uint32_t in = 0, out = 0;
+  int done = 0;
+  loop->Spawn(loop->WaitFd(sv[0], EPOLLIN), [&](uint32_t r) {
+    in = r;
+    ++done;
+  });
+  loop->Spawn(loop->WaitFd(sv[0], EPOLLOUT), [&](uint32_t r) {
+    out = r;
+    ++done;
+  });
+  REQUIRE(write(sv[1], "x", 1) == 1);  // sv[0] is now readable, and it was always writable
+  loop->RunUntil([&] { return done == 2; });
+  CHECK((in & EPOLLIN));
+  CHECK((out & EPOLLOUT));
+  REQUIRE(loop->pending_waits() == 0);
+  close(sv[0]);
+  close(sv[1]);
 }
 
 TEST_CASE("CoMutex excludes across suspension points and hands over in FIFO order", "[runtime]") {

@@ -15,6 +15,7 @@ namespace libblock::testing {
 namespace {
 
 bool g_refuse_all = false;
+TestProtoStats g_last_closed;
 
 constexpr OptionSpec kProtoSpecs[] = {
     {"filename", OptionType::kString, "", "ignored"},
@@ -35,6 +36,7 @@ constexpr OptionSchema kProtoSchema{"test-proto", kProtoSpecs};
 class TestProto final : public NodeDriver {
  public:
   using NodeDriver::NodeDriver;
+  ~TestProto() override { g_last_closed = stats_; }
   Task<absl::Status> Open(OpenContext& ctx) override {
     data_.assign(ctx.values.GetSize("size"), 0);
     veto_ = static_cast<Perm>(ctx.values.GetInt("veto"));
@@ -72,6 +74,7 @@ class TestProto final : public NodeDriver {
   }
   Task<absl::Status> Flush() override {
     ++stats_.flushes;
+    stats_.flushed_since_truncate = true;
     co_return absl::OkStatus();
   }
   TestProtoStats stats_;
@@ -108,6 +111,8 @@ class TestProto final : public NodeDriver {
     co_return absl::OkStatus();
   }
   Task<absl::Status> Truncate(int64_t size, bool, PreallocMode, ReqFlags) override {
+    ++stats_.truncates;
+    stats_.flushed_since_truncate = false;
     data_.resize(static_cast<size_t>(size));
     co_return absl::OkStatus();
   }
@@ -213,6 +218,8 @@ const Driver kTestDelay = {
 }  // namespace
 
 void SetTestProtoRefuseAll(bool refuse) { g_refuse_all = refuse; }
+
+const TestProtoStats& LastClosedStats() { return g_last_closed; }
 
 const Registry& TestRegistry() {
   static const Registry registry = [] {

@@ -21,7 +21,8 @@ namespace libblock::testing {
 
 // What reached a test-proto node's driver (after the core request path).
 struct TestProtoStats {
-  int reads = 0, writes = 0, zero_writes = 0, discards = 0, flushes = 0;
+  int reads = 0, writes = 0, zero_writes = 0, discards = 0, flushes = 0, truncates = 0;
+  bool flushed_since_truncate = false;  // a flush reached the driver after the last truncate
   int misaligned = 0;          // requests not aligned to the declared `align`
   int overlapping_in_flight = 0;  // writes that entered while an overlapping one was inside
   int64_t largest = 0;         // largest read/write length seen
@@ -32,6 +33,8 @@ struct TestProtoStats {
 TestProtoStats& StatsOf(Node& node);
 // The node's backing memory.
 std::vector<uint8_t>& DataOf(Node& node);
+// The stats of the test-proto node destroyed last (closed nodes are gone).
+const TestProtoStats& LastClosedStats();
 
 const Registry& TestRegistry();
 

@@ -173,7 +173,11 @@ class PreallocateNode final : public FilterDriver {
     int64_t file_align = filtered_->node()->limits().request_alignment;
     bool merge = zero && end == state_->data_end;
     int64_t start = AlignUp(merge ? offset : state_->data_end, file_align);
-    int64_t prealloc_end = AlignUp(std::max(start, end) + size_, std::max(align_, file_align));
+    // Capped at kMaxLength (both terms are at most that), so aligning up cannot overflow; a
+    // preallocation past it is refused by the request path and skipped.
+    int64_t want = std::max(start, end);
+    want = size_ > kMaxLength - want ? kMaxLength : want + size_;
+    int64_t prealloc_end = AlignUp(want, std::max(align_, file_align));
     // Nothing to zero (prealloc-size=0 and the start already aligned): file_end must not
     // claim a length the file does not have.
     if (prealloc_end <= start) co_return false;

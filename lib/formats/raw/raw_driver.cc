@@ -36,7 +36,9 @@ class RawNode final : public NodeDriver {
   using NodeDriver::NodeDriver;
 
   Task<absl::Status> Open(OpenContext& ctx) override {
-    offset_ = static_cast<int64_t>(ctx.values.GetSize("offset"));
+    // Kept unsigned until it is checked against the file: QEMU's offset is a uint64_t.
+    uint64_t offset = ctx.values.GetSize("offset");
+    offset_ = offset > static_cast<uint64_t>(kMaxLength) ? kMaxLength : static_cast<int64_t>(offset);
     if (std::optional<uint64_t> size = ctx.values.FindSize("size")) {
       if (*size % kSectorSize) co_return ErrnoError(EINVAL, "Specified size is not multiple of 512");
       size_ = static_cast<int64_t>(std::min<uint64_t>(*size, kMaxLength));
@@ -47,9 +49,9 @@ class RawNode final : public NodeDriver {
     file_ = *file;
 
     int64_t real = file_->node()->size();
-    if (offset_ > real) {
+    if (offset > static_cast<uint64_t>(real)) {
       co_return ErrnoError(EINVAL, absl::StrFormat("Offset (%d) cannot be greater than size of the "
-                                                   "containing file (%d)", offset_, real));
+                                                   "containing file (%d)", offset, real));
     }
     if (size_ && real - offset_ < *size_) {
       co_return ErrnoError(EINVAL, absl::StrFormat("The sum of offset (%d) and size (%d) has to be "
