@@ -1,19 +1,29 @@
 // The C ABI glue: lb_* definitions over the internal C++ library.
 //
 // Every entry point runs through Guard(), the one place where failures become the ABI's
-// convention: a negative errno returned and a thread-local message for lb_get_error(). No
-// exception crosses the ABI (allocation failure is the only one the library can raise).
+// convention: a negative errno returned, and a thread-local message and errno for
+// lb_get_error()/lb_get_errno(). No exception crosses the ABI (allocation failure is the only
+// one the library can raise). The thread-local error storage is plain arrays, without
+// destructors, so the library can be dlclose()d from any thread.
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/backend.h"
 #include "core/event_loop.h"
 #include "core/graph.h"
+#include "core/info.h"
 #include "core/options.h"
 #include "libblock.h"
 #include "libblock_config.h"
@@ -24,8 +34,13 @@ struct lb_context {
   std::unique_ptr<libblock::EventLoop> loop;
   std::unique_ptr<libblock::Graph> graph;
   std::set<lb_backend*> backends;
+  std::set<lb_node*> nodes;
   lb_warning_fn warning_fn = nullptr;
   void* warning_data = nullptr;
+  // Asynchronous requests: accepted and not yet reaped, and completions waiting to be reaped.
+  unsigned inflight = 0;
+  unsigned max_inflight = 1024;
+  std::deque<lb_completion> completions;
 };
 
 struct lb_backend {
@@ -33,15 +48,30 @@ struct lb_backend {
   std::unique_ptr<libblock::Backend> be;
 };
 
+struct lb_node {
+  lb_context* ctx;
+  libblock::Node* node;  // one reference held (Graph::Ref) until lb_node_close
+};
+
+struct lb_options {
+  libblock::Options opts;
+  std::map<std::string, std::string> text;  // backing store of lb_options_get results
+};
+
 namespace {
 
 using libblock::ErrnoError;
 using libblock::StatusErrno;
 
-thread_local std::string last_error;
+constexpr size_t kErrorSize = 4096;
+thread_local char last_error[kErrorSize];
+thread_local int last_errno;
 
 int Fail(int err, std::string_view message) {
-  last_error.assign(message.data(), message.size());
+  size_t n = std::min(message.size(), kErrorSize - 1);
+  std::memcpy(last_error, message.data(), n);
+  last_error[n] = '\0';
+  last_errno = err;
   return -err;
 }
 
@@ -64,16 +94,25 @@ auto Guard(F&& f) -> decltype(f()) {
 
 int Check(const absl::Status& st) { return st.ok() ? 0 : Fail(st); }
 
-absl::StatusOr<libblock::Options> ParseOptions(const char* text) {
-  if (!text || !*text) return libblock::Options();
-  return libblock::ParseKeyValueOptions(text);
-}
+int BadHandle() { return Fail(EINVAL, "invalid or closed backend handle"); }
+int UnknownFlags() { return Fail(EINVAL, "unknown flags"); }
+int NullArgument(const char* fn) { return Fail(EINVAL, std::string(fn) + ": NULL argument"); }
 
 bool ValidBackend(lb_backend* be) { return be && be->be && be->be->root(); }
 
-int BadHandle() { return Fail(EINVAL, "invalid or closed backend handle"); }
+char* DupString(std::string_view s) {
+  char* p = static_cast<char*>(std::malloc(s.size() + 1));
+  if (!p) throw std::bad_alloc();
+  std::memcpy(p, s.data(), s.size());
+  p[s.size()] = '\0';
+  return p;
+}
 
-int UnknownFlags() { return Fail(EINVAL, "unknown flags"); }
+absl::StatusOr<libblock::Options> ParseOptions(const char* text) {
+  if (!text || !*text) return libblock::Options();
+  if (libblock::IsJsonFilename(text)) return libblock::ParseJsonFilename(text);
+  return libblock::ParseKeyValueOptions(text);
+}
 
 libblock::ReqFlags ToReqFlags(uint32_t flags) {
   libblock::ReqFlags out = 0;
@@ -84,6 +123,9 @@ libblock::ReqFlags ToReqFlags(uint32_t flags) {
 }
 
 constexpr uint32_t kReqFlagsAll = LB_REQ_FUA | LB_REQ_MAY_UNMAP | LB_REQ_NO_FALLBACK;
+constexpr uint32_t kOpenFlagsAll = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE |
+                                   LB_OPEN_FORCE_SHARE | LB_OPEN_NO_BACKING | LB_OPEN_UNMAP |
+                                   LB_OPEN_CACHE_MASK | LB_OPEN_AIO_MASK;
 
 int RangeCheck(uint64_t offset, uint64_t count) {
   if (offset > static_cast<uint64_t>(libblock::kMaxLength) ||
@@ -93,19 +135,204 @@ int RangeCheck(uint64_t offset, uint64_t count) {
   return 0;
 }
 
-int VectorIo(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
-             uint32_t flags, bool write) {
+// Builds an IoVec over a caller's iovec array; fails on overflowing totals.
+int MakeVector(const struct iovec* iov, int iovcnt, libblock::IoVec* v, uint64_t* total) {
+  if (iovcnt < 0 || (iovcnt > 0 && !iov)) return Fail(EINVAL, "invalid I/O vector");
+  *total = 0;
+  for (int i = 0; i < iovcnt; ++i) {
+    if (!libblock::CheckedAdd<uint64_t>(*total, iov[i].iov_len, total)) {
+      return Fail(EINVAL, "I/O vector lengths overflow");
+    }
+    v->Append(iov[i].iov_base, iov[i].iov_len);
+  }
+  return 0;
+}
+
+// The cache mode of LB_OPEN_CACHE_* flags, as QEMU's cache= names it.
+absl::StatusOr<const char*> CacheModeName(uint32_t flags) {
+  switch (flags & LB_OPEN_CACHE_MASK) {
+    case LB_OPEN_CACHE_WRITEBACK: return "writeback";
+    case LB_OPEN_CACHE_NONE: return "none";
+    case LB_OPEN_CACHE_WRITETHROUGH: return "writethrough";
+    case LB_OPEN_CACHE_DIRECTSYNC: return "directsync";
+    case LB_OPEN_CACHE_UNSAFE: return "unsafe";
+  }
+  return ErrnoError(EINVAL, "unknown cache mode in flags");
+}
+
+struct OpenPlan {
+  std::string filename;
+  libblock::Options options;
+  libblock::OpenParams params;
+  libblock::BackendOptions backend;
+};
+
+// Turns lb_open_args into the graph's terms: options (string, then object), the format, and
+// the flags (mode, sharing, cache, aio, backing, discard).
+absl::StatusOr<OpenPlan> PlanOpen(const lb_open_args* args) {
+  if (!args || args->struct_size < offsetof(lb_open_args, flags) + sizeof(uint32_t)) {
+    return ErrnoError(EINVAL, "lb_open_args is NULL or its struct_size is too small");
+  }
+  bool has_name = args->struct_size >= offsetof(lb_open_args, name) + sizeof(const char*);
+  OpenPlan plan;
+  uint32_t flags = args->flags;
+  if (flags & ~kOpenFlagsAll) return ErrnoError(EINVAL, "unknown flags");
+  if ((flags & LB_OPEN_AIO_MASK) == LB_OPEN_AIO_MASK) return ErrnoError(EINVAL, "unknown aio mode in flags");
+  if ((flags & LB_OPEN_FORCE_SHARE) && (flags & LB_OPEN_RDWR)) {
+    return ErrnoError(EINVAL, "force-share=on can only be used with read-only images");
+  }
+  LB_ASSIGN_OR_RETURN(plan.options, ParseOptions(args->options));
+  if (args->opts) {
+    for (const auto& [key, value] : args->opts->opts) plan.options.Set(key, value);
+  }
+  if (args->filename) plan.filename = args->filename;
+  if (args->format && *args->format) {
+    std::optional<std::string> driver = plan.options.GetString("driver");
+    if (driver && *driver != args->format) {
+      return ErrnoError(EINVAL, absl::StrFormat("the format '%s' and the option driver=%s disagree",
+                                                args->format, *driver));
+    }
+    plan.options.Set("driver", std::string(args->format));
+  }
+  LB_ASSIGN_OR_RETURN(const char* cache, CacheModeName(flags));
+  if (std::optional<std::string> c = plan.options.GetString("cache")) {
+    cache = nullptr;  // an explicit cache= option wins over the flags
+    plan.options.Erase("cache");
+    bool wt = false;
+    LB_RETURN_IF_ERROR(libblock::ApplyCacheMode(*c, plan.options, &wt));
+    plan.backend.writethrough = wt;
+  }
+  if (cache) {
+    bool wt = false;
+    LB_RETURN_IF_ERROR(libblock::ApplyCacheMode(cache, plan.options, &wt));
+    plan.backend.writethrough = wt;
+  }
+  plan.params.inherit.writethrough = plan.backend.writethrough;
+  if ((flags & LB_OPEN_AIO_MASK) == LB_OPEN_AIO_THREADS) plan.params.inherit.aio = "threads";
+  if ((flags & LB_OPEN_AIO_MASK) == LB_OPEN_AIO_IO_URING) plan.params.inherit.aio = "io_uring";
+  plan.params.inherit.no_backing = flags & LB_OPEN_NO_BACKING;
+  if (flags & LB_OPEN_UNMAP) plan.options.SetDefault("discard", std::string("unmap"));
+  if (!(flags & LB_OPEN_RDWR)) plan.options.SetDefault("read-only", true);
+  if (flags & LB_OPEN_FORCE_SHARE) plan.options.SetDefault("force-share", true);
+  plan.backend.read_only = !(flags & LB_OPEN_RDWR);
+  plan.backend.share_rw = flags & LB_OPEN_SHARE_RW;
+  plan.backend.resize = flags & LB_OPEN_RESIZE;
+  if (has_name && args->name) plan.backend.name = args->name;
+  return plan;
+}
+
+absl::StatusOr<libblock::Node*> OpenNode(lb_context* ctx, OpenPlan& plan) {
+  return ctx->graph->Open(plan.filename, std::move(plan.options), plan.params);
+}
+
+int NewBackendHandle(lb_context* ctx, std::unique_ptr<libblock::Backend> be, lb_backend** out) {
+  auto handle = std::make_unique<lb_backend>();
+  handle->ctx = ctx;
+  handle->be = std::move(be);
+  ctx->backends.insert(handle.get());
+  *out = handle.release();
+  return 0;
+}
+
+int NewNodeHandle(lb_context* ctx, libblock::Node* node, lb_node** out) {
+  auto handle = std::make_unique<lb_node>();
+  handle->ctx = ctx;
+  handle->node = node;
+  ctx->nodes.insert(handle.get());
+  *out = handle.release();
+  return 0;
+}
+
+// ---- image information ------------------------------------------------------------------------
+
+// One lb_image_info with the storage for its strings; the head of a chain owns the rest.
+// Standard layout, so a pointer to `info` is a pointer to the holder.
+struct InfoStorage;
+struct InfoHolder {
+  lb_image_info info;
+  InfoStorage* storage;  // non-null only for the head
+};
+struct InfoStorage {
+  std::deque<std::string> strings;
+  std::vector<InfoHolder*> holders;
+  ~InfoStorage() {
+    for (InfoHolder* h : holders) delete h;
+  }
+};
+static_assert(std::is_standard_layout_v<InfoHolder>);
+
+const char* Keep(InfoStorage& s, const nlohmann::ordered_json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end()) return nullptr;
+  s.strings.push_back(it->is_string() ? it->get<std::string>() : it->dump());
+  return s.strings.back().c_str();
+}
+
+lb_image_info FromJson(InfoStorage& s, const nlohmann::ordered_json& j) {
+  lb_image_info info = {};
+  info.struct_size = sizeof(lb_image_info);
+  info.filename = Keep(s, j, "filename");
+  info.format = Keep(s, j, "format");
+  info.virtual_size = j.value("virtual-size", uint64_t{0});
+  info.actual_size = j.value("actual-size", int64_t{-1});
+  info.cluster_size = j.value("cluster-size", uint32_t{0});
+  info.dirty = j.value("dirty-flag", false);
+  info.encrypted = j.value("encrypted", false);
+  info.backing_filename = Keep(s, j, "backing-filename");
+  info.full_backing_filename = Keep(s, j, "full-backing-filename");
+  info.backing_format = Keep(s, j, "backing-filename-format");
+  info.format_specific = Keep(s, j, "format-specific");
+  s.strings.push_back(j.dump(4));
+  info.json = s.strings.back().c_str();
+  return info;
+}
+
+// ---- asynchronous requests ---------------------------------------------------------------------
+
+int Submit(lb_backend* be, libblock::Task<absl::Status> task, void* user_data) {
+  lb_context* ctx = be->ctx;
+  if (ctx->inflight >= ctx->max_inflight) {
+    return Fail(EAGAIN, absl::StrFormat("the context already has %d requests in flight",
+                                        ctx->max_inflight));
+  }
+  ++ctx->inflight;
+  ctx->loop->Spawn(std::move(task), [ctx, user_data](absl::Status st) {
+    ctx->completions.push_back({user_data, -StatusErrno(st)});
+    ctx->loop->Kick();
+  });
+  ctx->loop->PrepareForPoll();
+  return 0;
+}
+
+// Requests whose buffers are described by a copied vector, owned by the coroutine frame.
+libblock::Task<absl::Status> VectorRequest(libblock::Backend* be, bool write,
+                                           std::unique_ptr<libblock::IoVec> v, int64_t offset,
+                                           libblock::ReqFlags flags) {
+  int64_t len = static_cast<int64_t>(v->size());
+  if (write) co_return co_await be->Write(offset, len, *v, flags);
+  co_return co_await be->Read(offset, len, *v, flags);
+}
+
+int SubmitVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
+                 uint32_t flags, void* user_data, bool write) {
   if (!ValidBackend(be)) return BadHandle();
   if (flags & ~(write ? LB_REQ_FUA : 0u)) return UnknownFlags();
-  if (iovcnt < 0 || (iovcnt > 0 && !iov)) return Fail(EINVAL, "invalid I/O vector");
+  auto v = std::make_unique<libblock::IoVec>();
+  uint64_t total = 0;
+  if (int r = MakeVector(iov, iovcnt, v.get(), &total)) return r;
+  if (int r = RangeCheck(offset, total)) return r;
+  return Submit(be, VectorRequest(be->be.get(), write, std::move(v), static_cast<int64_t>(offset),
+                                  ToReqFlags(flags)),
+                user_data);
+}
+
+int SyncVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
+               uint32_t flags, bool write) {
+  if (!ValidBackend(be)) return BadHandle();
+  if (flags & ~(write ? LB_REQ_FUA : 0u)) return UnknownFlags();
   libblock::IoVec v;
   uint64_t total = 0;
-  for (int i = 0; i < iovcnt; ++i) {
-    if (!libblock::CheckedAdd<uint64_t>(total, iov[i].iov_len, &total)) {
-      return Fail(EINVAL, "offset or length out of range");
-    }
-    v.Append(iov[i].iov_base, iov[i].iov_len);
-  }
+  if (int r = MakeVector(iov, iovcnt, &v, &total)) return r;
   if (int r = RangeCheck(offset, total)) return r;
   libblock::EventLoop& loop = *be->ctx->loop;
   int64_t off = static_cast<int64_t>(offset), len = static_cast<int64_t>(total);
@@ -114,18 +341,49 @@ int VectorIo(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offse
   return Check(st);
 }
 
+// Static storage for the type and choices strings of option descriptions.
+const char* TypeName(libblock::OptionType t) {
+  switch (t) {
+    case libblock::OptionType::kString: return "string";
+    case libblock::OptionType::kBool: return "bool";
+    case libblock::OptionType::kInt: return "number";
+    case libblock::OptionType::kSize: return "size";
+    case libblock::OptionType::kEnum: return "enum";
+  }
+  return "string";
+}
+
+const char* ChoicesText(const libblock::OptionSpec& spec) {
+  if (spec.choices.empty()) return nullptr;
+  static std::mutex mu;
+  static std::map<const void*, std::string>* texts = new std::map<const void*, std::string>();
+  std::lock_guard<std::mutex> lock(mu);
+  std::string& t = (*texts)[spec.choices.data()];
+  if (t.empty()) {
+    for (std::string_view c : spec.choices) {
+      if (!t.empty()) t += "|";
+      t.append(c.data(), c.size());
+    }
+  }
+  return t.c_str();
+}
+
 }  // namespace
 
 extern "C" {
 
 LB_API const char* lb_version(void) { return LIBBLOCK_VERSION; }
 
-LB_API const char* lb_get_error(void) { return last_error.c_str(); }
+LB_API const char* lb_get_error(void) { return last_error; }
+
+LB_API int lb_get_errno(void) { return last_errno; }
+
+LB_API void lb_free(void* ptr) { std::free(ptr); }
 
 LB_API int lb_context_new(uint32_t flags, lb_context** out) {
   if (out) *out = nullptr;
   return Guard([&]() -> int {
-    if (!out) return Fail(EINVAL, "lb_context_new: out is NULL");
+    if (!out) return NullArgument("lb_context_new");
     if (flags & ~LB_CONTEXT_NO_IO_URING) return UnknownFlags();
     libblock::LoopOptions opts;
     opts.use_io_uring = !(flags & LB_CONTEXT_NO_IO_URING);
@@ -155,6 +413,11 @@ LB_API void lb_context_free(lb_context* ctx) {
       delete be;
     }
     ctx->backends.clear();
+    for (lb_node* n : std::set<lb_node*>(ctx->nodes)) {
+      ctx->graph->Unref(n->node);
+      delete n;
+    }
+    ctx->nodes.clear();
     ctx->graph.reset();
     ctx->loop.reset();
     return 0;
@@ -168,43 +431,208 @@ LB_API void lb_context_set_warning_handler(lb_context* ctx, lb_warning_fn fn, vo
   ctx->warning_data = user_data;
 }
 
+LB_API int lb_context_add_object(lb_context* ctx, const char* spec) {
+  return Guard([&]() -> int {
+    if (!ctx || !spec) return NullArgument("lb_context_add_object");
+    return Check(ctx->graph->objects().Add(spec));
+  });
+}
+
+// ---- options -----------------------------------------------------------------------------------
+
+LB_API int lb_options_new(lb_options** out) {
+  if (out) *out = nullptr;
+  return Guard([&]() -> int {
+    if (!out) return NullArgument("lb_options_new");
+    *out = new lb_options();
+    return 0;
+  });
+}
+
+LB_API void lb_options_free(lb_options* opts) { delete opts; }
+
+LB_API int lb_options_set(lb_options* opts, const char* key, const char* value) {
+  return Guard([&]() -> int {
+    if (!opts || !key || !value) return NullArgument("lb_options_set");
+    if (!*key) return Fail(EINVAL, "an option key cannot be empty");
+    opts->opts.Set(key, std::string(value));
+    opts->text.clear();
+    return 0;
+  });
+}
+
+LB_API int lb_options_parse(lb_options* opts, const char* text) {
+  return Guard([&]() -> int {
+    if (!opts || !text) return NullArgument("lb_options_parse");
+    auto parsed = ParseOptions(text);
+    if (!parsed.ok()) return Fail(parsed.status());
+    for (const auto& [key, value] : *parsed) opts->opts.Set(key, value);
+    opts->text.clear();
+    return 0;
+  });
+}
+
+LB_API const char* lb_options_get(const lb_options* opts, const char* key) {
+  if (!opts || !key) return nullptr;
+  std::optional<std::string> v = opts->opts.GetString(key);
+  if (!v) return nullptr;
+  auto& text = const_cast<lb_options*>(opts)->text;
+  auto [it, inserted] = text.emplace(key, *v);
+  return it->second.c_str();
+}
+
+LB_API char* lb_options_to_string(const lb_options* opts) {
+  if (!opts) {
+    Fail(EINVAL, "lb_options_to_string: NULL argument");
+    return nullptr;
+  }
+  try {
+    return DupString(opts->opts.ToString());
+  } catch (const std::bad_alloc&) {
+    Fail(ENOMEM, "out of memory");
+    return nullptr;
+  }
+}
+
+// ---- drivers -----------------------------------------------------------------------------------
+
+LB_API int lb_create_options(lb_context* ctx, const char* format, const char* filename,
+                             lb_option_desc* out, size_t max) {
+  return Guard([&]() -> int {
+    if (!ctx || !format || (max > 0 && !out)) return NullArgument("lb_create_options");
+    auto specs = ctx->graph->CreateOptions(format, filename ? filename : "");
+    if (!specs.ok()) return Fail(specs.status());
+    for (size_t i = 0; i < specs->size() && i < max; ++i) {
+      const libblock::OptionSpec& s = (*specs)[i];
+      if (out[i].struct_size < offsetof(lb_option_desc, help) + sizeof(const char*)) {
+        return Fail(EINVAL, "lb_option_desc struct_size is too small");
+      }
+      lb_option_desc d = {};
+      d.struct_size = out[i].struct_size;
+      // The schema's strings are NUL-terminated literals.
+      d.name = s.name.data();
+      d.type = TypeName(s.type);
+      d.default_value = s.default_value.empty() ? nullptr : s.default_value.data();
+      d.help = s.help.data();
+      d.choices = ChoicesText(s);
+      std::memcpy(&out[i], &d, std::min(out[i].struct_size, sizeof(d)));
+    }
+    return static_cast<int>(specs->size());
+  });
+}
+
+LB_API char* lb_driver_list(lb_context* ctx, uint32_t flags) {
+  if (!ctx) {
+    Fail(EINVAL, "lb_driver_list: NULL argument");
+    return nullptr;
+  }
+  if (flags & ~(LB_DRIVER_FORMATS | LB_DRIVER_PROTOCOLS | LB_DRIVER_FILTERS)) {
+    UnknownFlags();
+    return nullptr;
+  }
+  std::vector<std::string> names;
+  for (const libblock::Driver* d : ctx->graph->registry().drivers()) {
+    if (!d->instantiate) continue;
+    bool want = (d->kind == libblock::DriverKind::kFormat && (flags & LB_DRIVER_FORMATS)) ||
+                (d->kind == libblock::DriverKind::kProtocol && (flags & LB_DRIVER_PROTOCOLS)) ||
+                (d->kind == libblock::DriverKind::kFilter && (flags & LB_DRIVER_FILTERS));
+    if (want) names.emplace_back(d->name);
+  }
+  try {
+    return DupString(absl::StrJoin(names, " "));
+  } catch (const std::bad_alloc&) {
+    Fail(ENOMEM, "out of memory");
+    return nullptr;
+  }
+}
+
+// ---- images ------------------------------------------------------------------------------------
+
 LB_API int lb_create(lb_context* ctx, const char* filename, const char* format,
                      const char* options, uint64_t size, uint32_t flags) {
   return Guard([&]() -> int {
-    if (!ctx || !filename || !format) return Fail(EINVAL, "lb_create: NULL argument");
-    if (flags) return UnknownFlags();
+    if (!ctx || !filename || !format) return NullArgument("lb_create");
+    if (flags & ~LB_CREATE_VALIDATE_ONLY) return UnknownFlags();
     auto opts = ParseOptions(options);
     if (!opts.ok()) return Fail(opts.status());
     opts->SetDefault("size", static_cast<uint64_t>(size));
-    return Check(ctx->graph->Create(filename, format, std::move(*opts)));
+    return Check(ctx->graph->Create(filename, format, std::move(*opts),
+                                    flags & LB_CREATE_VALIDATE_ONLY));
+  });
+}
+
+LB_API int lb_open_ex(lb_context* ctx, const lb_open_args* args, lb_backend** out) {
+  if (out) *out = nullptr;
+  return Guard([&]() -> int {
+    if (!ctx || !out) return NullArgument("lb_open_ex");
+    auto plan = PlanOpen(args);
+    if (!plan.ok()) return Fail(plan.status());
+    auto node = OpenNode(ctx, *plan);
+    if (!node.ok()) return Fail(node.status());
+    auto be = libblock::Backend::Attach(*ctx->graph, **node, plan->backend);
+    ctx->graph->Unref(*node);  // the backend holds it now (or it closes)
+    if (!be.ok()) return Fail(be.status());
+    return NewBackendHandle(ctx, std::move(*be), out);
   });
 }
 
 LB_API int lb_open(lb_context* ctx, const char* filename, const char* options, uint32_t flags,
                    lb_backend** out) {
+  lb_open_args args = LB_OPEN_ARGS_INIT;
+  args.filename = filename;
+  args.options = options;
+  args.flags = flags;
+  return lb_open_ex(ctx, &args, out);
+}
+
+LB_API int lb_node_open(lb_context* ctx, const lb_open_args* args, lb_node** out) {
   if (out) *out = nullptr;
   return Guard([&]() -> int {
-    if (!ctx || !out) return Fail(EINVAL, "lb_open: NULL argument");
-    constexpr uint32_t kAll = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE | LB_OPEN_FORCE_SHARE;
-    if (flags & ~kAll) return UnknownFlags();
-    if ((flags & LB_OPEN_FORCE_SHARE) && (flags & LB_OPEN_RDWR)) {
-      return Fail(EINVAL, "force-share=on can only be used with read-only images");
-    }
-    auto opts = ParseOptions(options);
-    if (!opts.ok()) return Fail(opts.status());
-    if (flags & LB_OPEN_FORCE_SHARE) opts->SetDefault("force-share", true);
+    if (!ctx || !out) return NullArgument("lb_node_open");
+    auto plan = PlanOpen(args);
+    if (!plan.ok()) return Fail(plan.status());
+    auto node = OpenNode(ctx, *plan);
+    if (!node.ok()) return Fail(node.status());
+    return NewNodeHandle(ctx, *node, out);  // the open's reference becomes the handle's
+  });
+}
+
+LB_API void lb_node_close(lb_node* node) {
+  if (!node) return;
+  Guard([&]() -> int {
+    node->ctx->nodes.erase(node);
+    node->ctx->graph->Unref(node->node);
+    return 0;
+  });
+  delete node;
+}
+
+LB_API int lb_backend_get_node(lb_backend* be, lb_node** out) {
+  if (out) *out = nullptr;
+  return Guard([&]() -> int {
+    if (!out) return NullArgument("lb_backend_get_node");
+    if (!ValidBackend(be)) return BadHandle();
+    libblock::Node* n = be->be->root();
+    be->ctx->graph->Ref(n);
+    return NewNodeHandle(be->ctx, n, out);
+  });
+}
+
+LB_API int lb_backend_new(lb_node* node, uint32_t flags, lb_backend** out) {
+  if (out) *out = nullptr;
+  return Guard([&]() -> int {
+    if (!node || !out) return NullArgument("lb_backend_new");
+    constexpr uint32_t kAllowed = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE |
+                                  LB_OPEN_CACHE_WRITETHROUGH;
+    if (flags & ~kAllowed) return UnknownFlags();
     libblock::BackendOptions bo;
     bo.read_only = !(flags & LB_OPEN_RDWR);
     bo.share_rw = flags & LB_OPEN_SHARE_RW;
     bo.resize = flags & LB_OPEN_RESIZE;
-    auto be = libblock::Backend::Open(*ctx->graph, filename ? filename : "", std::move(*opts), bo);
+    bo.writethrough = (flags & LB_OPEN_CACHE_MASK) == LB_OPEN_CACHE_WRITETHROUGH;
+    auto be = libblock::Backend::Attach(*node->ctx->graph, *node->node, bo);
     if (!be.ok()) return Fail(be.status());
-    auto handle = std::make_unique<lb_backend>();
-    handle->ctx = ctx;
-    handle->be = std::move(*be);
-    ctx->backends.insert(handle.get());
-    *out = handle.release();
-    return 0;
+    return NewBackendHandle(node->ctx, std::move(*be), out);
   });
 }
 
@@ -221,6 +649,8 @@ LB_API int64_t lb_get_size(lb_backend* be) {
   return be->be->size();
 }
 
+LB_API int64_t lb_get_length(lb_backend* be) { return lb_get_size(be); }
+
 LB_API int lb_reopen(lb_backend* be, uint32_t flags) {
   return Guard([&]() -> int {
     if (!ValidBackend(be)) return BadHandle();
@@ -229,25 +659,63 @@ LB_API int lb_reopen(lb_backend* be, uint32_t flags) {
   });
 }
 
+// ---- information -------------------------------------------------------------------------------
+
+LB_API int lb_node_get_info(lb_node* node, uint32_t flags, lb_image_info** out) {
+  if (out) *out = nullptr;
+  return Guard([&]() -> int {
+    if (!node || !out) return NullArgument("lb_node_get_info");
+    if (flags & ~LB_INFO_BACKING_CHAIN) return UnknownFlags();
+    auto j = libblock::ImageInfoJson(*node->node, flags & LB_INFO_BACKING_CHAIN);
+    if (!j.ok()) return Fail(j.status());
+    std::vector<nlohmann::ordered_json> images;
+    if (j->is_array()) {
+      for (auto& e : *j) images.push_back(e);
+    } else {
+      images.push_back(*j);
+    }
+    auto storage = std::make_unique<InfoStorage>();
+    for (const auto& image : images) {
+      auto* h = new InfoHolder{FromJson(*storage, image), nullptr};
+      storage->holders.push_back(h);
+    }
+    for (size_t i = 0; i + 1 < storage->holders.size(); ++i) {
+      storage->holders[i]->info.backing = &storage->holders[i + 1]->info;
+    }
+    InfoHolder* head = storage->holders.front();
+    head->storage = storage.release();
+    *out = &head->info;
+    return 0;
+  });
+}
+
+LB_API void lb_image_info_free(lb_image_info* info) {
+  if (!info) return;
+  InfoHolder* head = reinterpret_cast<InfoHolder*>(info);
+  delete head->storage;  // deletes every holder of the chain, the head included
+}
+
+// ---- I/O ---------------------------------------------------------------------------------------
+
 LB_API int lb_pread(lb_backend* be, void* buf, size_t count, uint64_t offset, uint32_t flags) {
   struct iovec v = {buf, count};
-  return Guard([&] { return VectorIo(be, &v, 1, offset, flags, false); });
+  return Guard([&] { return SyncVector(be, &v, 1, offset, flags, false); });
 }
 
 LB_API int lb_pwrite(lb_backend* be, const void* buf, size_t count, uint64_t offset,
                      uint32_t flags) {
   struct iovec v = {const_cast<void*>(buf), count};
-  return Guard([&] { return VectorIo(be, &v, 1, offset, flags, true); });
+  return Guard([&] { return SyncVector(be, &v, 1, offset, flags, true); });
 }
 
 LB_API int lb_preadv(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
                      uint32_t flags) {
-  return Guard([&] { return VectorIo(be, iov, iovcnt, offset, flags, false); });
+  return Guard([&] { return SyncVector(be, iov, iovcnt, offset, flags, false); });
 }
 
 LB_API int lb_pwritev(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
                       uint32_t flags) {
-  return Guard([&] { return VectorIo(be, iov, iovcnt, offset, flags, true); });
+  return Guard([&] { return SyncVector(be, iov, iovcnt, offset, flags, true); });
 }
 
 LB_API int lb_pwrite_zeroes(lb_backend* be, uint64_t offset, uint64_t count, uint32_t flags) {
@@ -307,12 +775,122 @@ LB_API int lb_block_status(lb_backend* be, uint64_t offset, uint64_t count, uint
     full.flags = st->flags & (LB_STATUS_DATA | LB_STATUS_ZERO | LB_STATUS_ALLOCATED | LB_STATUS_EOF);
     full.has_host_offset = (st->flags & libblock::kStatusOffsetValid) != 0;
     full.host_offset = full.has_host_offset ? static_cast<uint64_t>(st->map) : 0;
+    full.depth = static_cast<uint32_t>(st->depth);
     // Callers built against an older, shorter lb_extent get only the fields they know.
-    size_t n = std::min(out->struct_size, sizeof(full));
     size_t keep = out->struct_size;
-    std::memcpy(out, &full, n);
+    std::memcpy(out, &full, std::min(keep, sizeof(full)));
     out->struct_size = keep;
     return 0;
+  });
+}
+
+// ---- asynchronous I/O --------------------------------------------------------------------------
+
+LB_API int lb_aio_pread(lb_backend* be, void* buf, size_t count, uint64_t offset,
+                        uint32_t flags, void* user_data) {
+  struct iovec v = {buf, count};
+  return Guard([&] { return SubmitVector(be, &v, 1, offset, flags, user_data, false); });
+}
+
+LB_API int lb_aio_pwrite(lb_backend* be, const void* buf, size_t count, uint64_t offset,
+                         uint32_t flags, void* user_data) {
+  struct iovec v = {const_cast<void*>(buf), count};
+  return Guard([&] { return SubmitVector(be, &v, 1, offset, flags, user_data, true); });
+}
+
+LB_API int lb_aio_preadv(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
+                         uint32_t flags, void* user_data) {
+  return Guard([&] { return SubmitVector(be, iov, iovcnt, offset, flags, user_data, false); });
+}
+
+LB_API int lb_aio_pwritev(lb_backend* be, const struct iovec* iov, int iovcnt,
+                          uint64_t offset, uint32_t flags, void* user_data) {
+  return Guard([&] { return SubmitVector(be, iov, iovcnt, offset, flags, user_data, true); });
+}
+
+LB_API int lb_aio_pwrite_zeroes(lb_backend* be, uint64_t offset, uint64_t count,
+                                uint32_t flags, void* user_data) {
+  return Guard([&]() -> int {
+    if (!ValidBackend(be)) return BadHandle();
+    if (flags & ~kReqFlagsAll) return UnknownFlags();
+    if (int r = RangeCheck(offset, count)) return r;
+    return Submit(be, be->be->WriteZeroes(static_cast<int64_t>(offset), static_cast<int64_t>(count),
+                                          ToReqFlags(flags)),
+                  user_data);
+  });
+}
+
+LB_API int lb_aio_discard(lb_backend* be, uint64_t offset, uint64_t count, uint32_t flags,
+                          void* user_data) {
+  return Guard([&]() -> int {
+    if (!ValidBackend(be)) return BadHandle();
+    if (flags) return UnknownFlags();
+    if (int r = RangeCheck(offset, count)) return r;
+    return Submit(be, be->be->Discard(static_cast<int64_t>(offset), static_cast<int64_t>(count)),
+                  user_data);
+  });
+}
+
+LB_API int lb_aio_flush(lb_backend* be, uint32_t flags, void* user_data) {
+  return Guard([&]() -> int {
+    if (!ValidBackend(be)) return BadHandle();
+    if (flags) return UnknownFlags();
+    return Submit(be, be->be->Flush(), user_data);
+  });
+}
+
+LB_API int lb_context_set_max_inflight(lb_context* ctx, unsigned max) {
+  if (!ctx) return NullArgument("lb_context_set_max_inflight");
+  if (max == 0) return Fail(EINVAL, "the maximum of requests in flight must be at least 1");
+  ctx->max_inflight = max;
+  return 0;
+}
+
+LB_API int lb_context_get_inflight(lb_context* ctx) {
+  if (!ctx) return NullArgument("lb_context_get_inflight");
+  return static_cast<int>(ctx->inflight);
+}
+
+LB_API int lb_get_fd(lb_context* ctx) {
+  if (!ctx) return NullArgument("lb_get_fd");
+  return ctx->loop->fd();
+}
+
+LB_API int lb_reap(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_ns,
+                   lb_completion* out) {
+  return Guard([&]() -> int {
+    if (!ctx || (max > 0 && !out)) return NullArgument("lb_reap");
+    if (min > max) return Fail(EINVAL, "lb_reap: min is larger than max");
+    libblock::EventLoop& loop = *ctx->loop;
+    int64_t deadline = timeout_ns < 0 ? -1 : libblock::EventLoop::NowNs() + timeout_ns;
+    unsigned got = 0;
+    auto collect = [&] {
+      while (got < max && !ctx->completions.empty()) {
+        out[got++] = ctx->completions.front();
+        ctx->completions.pop_front();
+        --ctx->inflight;
+      }
+    };
+    collect();
+    // Wait for `min`, as long as something is in flight that could still complete.
+    while (got < min && ctx->inflight > 0) {
+      int wait_ms = -1;
+      if (deadline >= 0) {
+        int64_t left = deadline - libblock::EventLoop::NowNs();
+        if (left <= 0) break;
+        wait_ms = static_cast<int>(std::min<int64_t>((left + 999999) / 1000000, 1 << 30));
+      }
+      loop.RunOnce(true, wait_ms);
+      collect();
+    }
+    // Then whatever else is ready now, without waiting.
+    if (got < max) {
+      loop.RunOnce(false);
+      collect();
+    }
+    loop.PrepareForPoll();
+    if (!ctx->completions.empty()) loop.Kick();
+    return static_cast<int>(got);
   });
 }
 

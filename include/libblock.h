@@ -4,19 +4,31 @@
  * QEMU's option syntax, permission rules and image locking.
  *
  * Conventions
- *   Handles   Opaque pointers (lb_context, lb_backend). Whatever lb_*_new / lb_open returns
- *             is released by the matching lb_*_free / lb_close, which accept NULL.
+ *   Handles   Opaque pointers: lb_context (an event loop and a block graph), lb_node (a
+ *             reference to a node of the graph), lb_backend (a user of a node, through which
+ *             I/O is done), lb_options (a set of options), lb_image_info. Whatever a
+ *             constructor returns is released by the matching close/free function, which
+ *             accepts NULL. Closing a context closes every handle still open in it.
  *   Errors    Functions return 0 (or a count/size) on success and a negative errno on
- *             failure. lb_get_error() then describes the failure; it is thread-local, never
- *             NULL, and stays valid until the next failing call on the same thread.
- *             Constructors write *out on success and set it to NULL on failure.
+ *             failure. lb_get_error() then describes the failure and lb_get_errno() repeats
+ *             its errno; both are thread-local, lb_get_error() is never NULL and stays valid
+ *             until the next failing call on the same thread. Constructors write *out on
+ *             success and set it to NULL on failure. Every failure sets a message.
  *   Strings   UTF-8, NUL-terminated, borrowed for the duration of the call unless stated.
+ *             Strings the library returns as `char *` are freed with lb_free().
  *   Options   QEMU's syntax: "key=value,key2=value2" with ",," for a literal comma, dotted
- *             keys for child nodes ("file.locking=off"), or a "json:{...}" pseudo-filename.
- *   Threads   A context and the backends opened in it may be used from any thread, but by
- *             one thread at a time. Distinct contexts are independent.
- *   Structs   Extensible structs begin with `size_t struct_size`; initialise them with their
- *             LB_*_INIT macro. Fields are only ever added at the end.
+ *             keys for child nodes ("file.locking=off"), or a "json:{...}" pseudo-filename;
+ *             or an lb_options object built key by key.
+ *   Threads   A context and the handles opened in it may be used from any thread, but by
+ *             one thread at a time. Distinct contexts are independent. The library starts no
+ *             thread unless asked (aio=threads, or a host without io_uring).
+ *   Async     Requests submitted with lb_aio_* run on the context's event loop, which runs
+ *             only inside libblock calls: the embedder polls lb_get_fd() and calls lb_reap().
+ *             An accepted request completes exactly once; a rejected submission (negative
+ *             return) never completes.
+ *   Structs   Extensible structs begin with `size_t struct_size`. Input structs are
+ *             initialised with their LB_*_INIT macro; fields are only ever added at the end,
+ *             and the library reads only the first struct_size bytes.
  *   Versions  "Since" names the library version that added a symbol; the symbol versions of
  *             libblock.so.0 follow it (LIBBLOCK_0.1, ...). A shipped signature never changes.
  */
@@ -38,8 +50,16 @@ extern "C" {
 #define LB_API
 #endif
 
+#define LB_VERSION_MAJOR 0
+#define LB_VERSION_MINOR 1
+#define LB_VERSION_MICRO 0
+/* e.g. 100 for 0.1.0: compare with >= in preprocessor checks */
+#define LB_VERSION_NUMBER (LB_VERSION_MAJOR * 10000 + LB_VERSION_MINOR * 100 + LB_VERSION_MICRO)
+
 typedef struct lb_context lb_context;
+typedef struct lb_node lb_node;
 typedef struct lb_backend lb_backend;
+typedef struct lb_options lb_options;
 
 /* ---- library ----------------------------------------------------------------------------- */
 
@@ -47,8 +67,15 @@ typedef struct lb_backend lb_backend;
 LB_API const char *lb_version(void);
 
 /* The message of the last failure on this thread ("" if none). Never NULL. The string is
- * owned by the library and valid until the next failing call on this thread. Since 0.1. */
+ * owned by the library and valid until the next failing call on this thread. Messages
+ * longer than 4095 bytes are truncated. Since 0.1. */
 LB_API const char *lb_get_error(void);
+
+/* The (positive) errno of the last failure on this thread, 0 if none. Since 0.1. */
+LB_API int lb_get_errno(void);
+
+/* Frees a string or array the library returned. Accepts NULL. Since 0.1. */
+LB_API void lb_free(void *ptr);
 
 /* ---- contexts ---------------------------------------------------------------------------- */
 
@@ -59,8 +86,8 @@ LB_API const char *lb_get_error(void);
  * Errors: -EINVAL (unknown flags), -ENOMEM, -EMFILE. Since 0.1. */
 LB_API int lb_context_new(uint32_t flags, lb_context **out);
 
-/* Closes every backend still open in `ctx` (their handles become invalid) and frees it.
- * Accepts NULL. Since 0.1. */
+/* Closes every backend and node handle still open in `ctx` (the handles become invalid) and
+ * frees it. Accepts NULL. Since 0.1. */
 LB_API void lb_context_free(lb_context *ctx);
 
 /* Called for non-fatal diagnostics (format probing guessed raw, lock fallback, ...). The
@@ -69,11 +96,66 @@ LB_API void lb_context_free(lb_context *ctx);
 typedef void (*lb_warning_fn)(const char *message, void *user_data);
 LB_API void lb_context_set_warning_handler(lb_context *ctx, lb_warning_fn fn, void *user_data);
 
+/* Adds an object in QEMU's --object syntax. Supported: "secret,id=ID,data=TEXT[,format=raw|
+ * base64]" and "secret,id=ID,file=PATH[,format=...]"; images refer to secrets by id (e.g.
+ * "key-secret=ID"). Secret values are never logged or put into messages.
+ * Errors: -EINVAL (syntax, unknown type or option), -EEXIST (id in use), -ENOENT (file).
+ * Since 0.1. */
+LB_API int lb_context_add_object(lb_context *ctx, const char *spec);
+
+/* ---- options ----------------------------------------------------------------------------- */
+
+/* An ordered set of dotted-key options, e.g. for lb_open_args.opts. Since 0.1. */
+LB_API int lb_options_new(lb_options **out);
+LB_API void lb_options_free(lb_options *opts);
+/* Sets `key` (dotted for child nodes) to `value`, replacing an earlier value. Since 0.1. */
+LB_API int lb_options_set(lb_options *opts, const char *key, const char *value);
+/* Merges a "key=value,..." string or a "json:{...}" text into `opts`; later keys win.
+ * On failure `opts` is unchanged. Errors: -EINVAL with the parse error. Since 0.1. */
+LB_API int lb_options_parse(lb_options *opts, const char *text);
+/* The value of `key` as text, or NULL if unset. Valid until `opts` next changes. Since 0.1. */
+LB_API const char *lb_options_get(const lb_options *opts, const char *key);
+/* The options as one "key=value,..." string (commas doubled); free with lb_free.
+ * Since 0.1. */
+LB_API char *lb_options_to_string(const lb_options *opts);
+
+/* ---- drivers ----------------------------------------------------------------------------- */
+
+typedef struct lb_option_desc {
+  size_t struct_size;
+  const char *name;          /* e.g. "preallocation" */
+  const char *type;          /* "string", "bool", "number", "size" or "enum" */
+  const char *default_value; /* text, or NULL when there is none */
+  const char *help;          /* one line */
+  const char *choices;       /* enums: "off|falloc|full", else NULL */
+} lb_option_desc;
+
+/* The creation options of `format` when creating `filename` (the protocol it names adds its
+ * own, as qemu-img create -o help shows). `filename` may be NULL (the file protocol). Strings
+ * are static. Returns the number of options, or a negative errno (-EINVAL unknown format,
+ * -ENOTSUP a format that cannot create). Writes at most `max` entries to `out` (each
+ * entry's struct_size must be set; `out` may be NULL with max 0). Since 0.1. */
+LB_API int lb_create_options(lb_context *ctx, const char *format, const char *filename,
+                             lb_option_desc *out, size_t max);
+
+/* lb_driver_list flags */
+#define LB_DRIVER_FORMATS 0x1u   /* image formats (raw, qcow2, ...) that can be opened */
+#define LB_DRIVER_PROTOCOLS 0x2u /* protocols (file, host_device, nbd, ...) */
+#define LB_DRIVER_FILTERS 0x4u   /* filters (preallocate, ...) */
+
+/* The names of the drivers of the given kinds that this build can open, as one space-
+ * separated string (free with lb_free), or NULL with an error. Since 0.1. */
+LB_API char *lb_driver_list(lb_context *ctx, uint32_t flags);
+
 /* ---- images ------------------------------------------------------------------------------ */
+
+/* lb_create flags */
+#define LB_CREATE_VALIDATE_ONLY 0x1u /* check the format, options and backing file; create nothing */
 
 /* Creates an image of `size` bytes with `format` ("raw", or a protocol such as "file").
  * `options` (may be NULL) are creation options in key=value form, e.g.
- * "preallocation=falloc,nocow=on"; a "size" there overrides `size`. `flags` must be 0.
+ * "preallocation=falloc,nocow=on"; a "size" there overrides `size`. `flags`: 0 or
+ * LB_CREATE_VALIDATE_ONLY. Unknown options fail with "FILENAME: Invalid parameter 'x'".
  * Creating over an image that another process has open fails with -EAGAIN ("Failed to get
  * "write" lock"). Errors: -EINVAL (bad option), -ENOTSUP, -EAGAIN, or the errno of the
  * failing syscall. Since 0.1. */
@@ -85,6 +167,20 @@ LB_API int lb_create(lb_context *ctx, const char *filename, const char *format,
 #define LB_OPEN_SHARE_RW 0x2u    /* let other users write the image too (QEMU's share-rw) */
 #define LB_OPEN_RESIZE 0x4u      /* take the resize permission (needed by lb_truncate) */
 #define LB_OPEN_FORCE_SHARE 0x8u /* read-only, ignoring other users' locks (qemu-img -U) */
+#define LB_OPEN_NO_BACKING 0x10u /* do not open backing files (qemu-img info's default) */
+#define LB_OPEN_UNMAP 0x20u      /* honour discards and may-unmap zeroing (discard=unmap) */
+/* Cache mode (QEMU's cache=): one of */
+#define LB_OPEN_CACHE_WRITEBACK 0x000u /* default */
+#define LB_OPEN_CACHE_NONE 0x100u
+#define LB_OPEN_CACHE_WRITETHROUGH 0x200u
+#define LB_OPEN_CACHE_DIRECTSYNC 0x300u
+#define LB_OPEN_CACHE_UNSAFE 0x400u
+#define LB_OPEN_CACHE_MASK 0x700u
+/* File I/O engine (aio=): one of */
+#define LB_OPEN_AIO_DEFAULT 0x0000u /* io_uring when available, else threads */
+#define LB_OPEN_AIO_THREADS 0x1000u
+#define LB_OPEN_AIO_IO_URING 0x2000u
+#define LB_OPEN_AIO_MASK 0x3000u
 
 /* Opens `filename` (may be NULL when `options` name everything) with `options` (may be
  * NULL): the image's format is probed unless "driver=" is given. A "cache=" option takes
@@ -97,6 +193,39 @@ LB_API int lb_create(lb_context *ctx, const char *filename, const char *format,
 LB_API int lb_open(lb_context *ctx, const char *filename, const char *options, uint32_t flags,
                    lb_backend **out);
 
+/* Everything an open can say. Initialise with LB_OPEN_ARGS_INIT. */
+typedef struct lb_open_args {
+  size_t struct_size;
+  const char *filename;    /* may be NULL when the options name the file */
+  const char *format;      /* "raw", "qcow2", ...; NULL: probe (with raw's protections) */
+  const char *options;     /* "key=value,..." or "json:{...}", may be NULL */
+  const lb_options *opts;  /* more options, may be NULL; merged over `options` */
+  uint32_t flags;          /* LB_OPEN_* */
+  const char *name;        /* the backend's name in permission conflicts, may be NULL */
+} lb_open_args;
+#define LB_OPEN_ARGS_INIT {sizeof(lb_open_args), NULL, NULL, NULL, NULL, 0, NULL}
+
+/* lb_open with every option: a backend on the opened image. Since 0.1. */
+LB_API int lb_open_ex(lb_context *ctx, const lb_open_args *args, lb_backend **out);
+
+/* Opens a node tree without a backend (QEMU's blockdev-add): a reference that keeps the
+ * node open, through which backends can be attached and information read. Only the
+ * read-only, force-share, no-backing, unmap, cache and aio flags apply. Since 0.1. */
+LB_API int lb_node_open(lb_context *ctx, const lb_open_args *args, lb_node **out);
+
+/* Drops the reference; the node closes when nothing else uses it. Accepts NULL. Since 0.1. */
+LB_API void lb_node_close(lb_node *node);
+
+/* A new reference to the node `be` is attached to (close it with lb_node_close).
+ * Since 0.1. */
+LB_API int lb_backend_get_node(lb_backend *be, lb_node **out);
+
+/* Attaches a backend to an open node. `flags`: LB_OPEN_RDWR, LB_OPEN_SHARE_RW,
+ * LB_OPEN_RESIZE, LB_OPEN_CACHE_WRITETHROUGH (durable writes). Writing needs the node to
+ * be read-write. Errors: -EPERM (a permission conflict, with QEMU's message), -EAGAIN
+ * (locks). Since 0.1. */
+LB_API int lb_backend_new(lb_node *node, uint32_t flags, lb_backend **out);
+
 /* Completes the requests in flight, flushes (read-write backends), closes the node tree and
  * frees `be`. Returns the flush's error if it failed; `be` is freed either way. Accepts NULL.
  * Since 0.1. */
@@ -104,12 +233,42 @@ LB_API int lb_close(lb_backend *be);
 
 /* The size of the device in bytes, or a negative errno. Since 0.1. */
 LB_API int64_t lb_get_size(lb_backend *be);
+/* Same as lb_get_size (the name qemu-io users look for). Since 0.1. */
+LB_API int64_t lb_get_length(lb_backend *be);
 
 /* Switches a backend and the nodes below it between read-only (flags 0) and read-write
  * (LB_OPEN_RDWR), as one transaction: on failure nothing changed.
  * Errors: -EPERM (e.g. "Cannot make block node read-only, there is a writer on it"),
  * -EAGAIN (locks), -EACCES. Since 0.1. */
 LB_API int lb_reopen(lb_backend *be, uint32_t flags);
+
+/* ---- information -------------------------------------------------------------------------- */
+
+/* What qemu-img info shows about one image, allocated by the library. */
+typedef struct lb_image_info {
+  size_t struct_size;
+  const char *filename;              /* the image's file name as libblock names it */
+  const char *format;                /* driver name of the format node: "raw", "qcow2", ... */
+  uint64_t virtual_size;             /* guest-visible size in bytes */
+  int64_t actual_size;               /* bytes used on the host, -1 if unknown */
+  uint32_t cluster_size;             /* 0 for formats without clusters */
+  bool dirty;                        /* the image's dirty/corrupt flag is set */
+  bool encrypted;
+  const char *backing_filename;      /* as stored in the image; NULL if none */
+  const char *full_backing_filename; /* resolved against the image's directory; NULL if none */
+  const char *backing_format;        /* as stored; NULL if none */
+  const char *format_specific;       /* qemu-img's "format-specific" object as JSON; NULL */
+  const struct lb_image_info *backing; /* next image of the chain (LB_INFO_BACKING_CHAIN) */
+  const char *json;                  /* this image as one qemu-img info --output=json object */
+} lb_image_info;
+
+/* lb_node_get_info flags */
+#define LB_INFO_BACKING_CHAIN 0x1u /* also describe every backing file (info->backing) */
+
+/* Describes the image of `node`. Free the result with lb_image_info_free; every string and
+ * the chain live as long as it. Since 0.1. */
+LB_API int lb_node_get_info(lb_node *node, uint32_t flags, lb_image_info **out);
+LB_API void lb_image_info_free(lb_image_info *info);
 
 /* ---- I/O (synchronous: each call runs the context's loop until the request completes) --- */
 
@@ -133,7 +292,8 @@ LB_API int lb_pwritev(lb_backend *be, const struct iovec *iov, int iovcnt, uint6
 LB_API int lb_pwrite_zeroes(lb_backend *be, uint64_t offset, uint64_t count, uint32_t flags);
 
 /* Discards [offset, offset+count): a hint, honoured when the image was opened with
- * "discard=unmap" (QEMU's default is to ignore discards). `flags` must be 0. Since 0.1. */
+ * LB_OPEN_UNMAP ("discard=unmap"; QEMU's default is to ignore discards). `flags` must be 0.
+ * Since 0.1. */
 LB_API int lb_discard(lb_backend *be, uint64_t offset, uint64_t count, uint32_t flags);
 
 /* Makes every completed write durable. `flags` must be 0. Since 0.1. */
@@ -147,22 +307,66 @@ LB_API int lb_truncate(lb_backend *be, uint64_t size, const char *prealloc, uint
 
 #define LB_STATUS_DATA 0x01u      /* reads return data stored in the image */
 #define LB_STATUS_ZERO 0x02u      /* reads return zeroes */
-#define LB_STATUS_ALLOCATED 0x10u /* this image (not a backing file) provides the content */
+#define LB_STATUS_ALLOCATED 0x10u /* an image of the chain provides the content (not absent) */
 #define LB_STATUS_EOF 0x20u       /* the extent reaches the end of the device */
 
 typedef struct lb_extent {
   size_t struct_size; /* sizeof(lb_extent), set by LB_EXTENT_INIT */
-  uint64_t length;    /* bytes from the queried offset that share these flags (> 0) */
+  uint64_t length;    /* bytes from the queried offset that share these fields (> 0) */
   uint32_t flags;     /* LB_STATUS_* */
   bool has_host_offset;
   uint64_t host_offset; /* where the data lives in the storage file, if has_host_offset */
+  uint32_t depth;       /* backing-chain depth that provides it: 0 = the image itself
+                           (qemu-img map's "depth"); for unallocated ranges, the chain length */
 } lb_extent;
-#define LB_EXTENT_INIT {sizeof(lb_extent), 0, 0, false, 0}
+#define LB_EXTENT_INIT {sizeof(lb_extent), 0, 0, false, 0, 0}
 
-/* Describes the extent starting at `offset` (at most `count` bytes). `flags` must be 0.
- * Since 0.1. */
+/* Describes the extent starting at `offset` (at most `count` bytes) through the whole
+ * backing chain, as qemu-img map does. `flags` must be 0. Since 0.1. */
 LB_API int lb_block_status(lb_backend *be, uint64_t offset, uint64_t count, uint32_t flags,
                            lb_extent *out);
+
+/* ---- asynchronous I/O --------------------------------------------------------------------- */
+
+typedef struct lb_completion {
+  void *user_data; /* as given to the submission */
+  int ret;         /* 0 or a negative errno */
+} lb_completion;
+
+/* Submits a request; returns 0 when accepted (it then completes exactly once, reported by
+ * lb_reap with `user_data`) or a negative errno when rejected (it never completes):
+ * -EAGAIN when the context already has its maximum of requests in flight, -EINVAL for bad
+ * arguments. Buffers must stay valid until the completion is reaped; the iovec array itself
+ * is copied. Since 0.1. */
+LB_API int lb_aio_pread(lb_backend *be, void *buf, size_t count, uint64_t offset,
+                        uint32_t flags, void *user_data);
+LB_API int lb_aio_pwrite(lb_backend *be, const void *buf, size_t count, uint64_t offset,
+                         uint32_t flags, void *user_data);
+LB_API int lb_aio_preadv(lb_backend *be, const struct iovec *iov, int iovcnt, uint64_t offset,
+                         uint32_t flags, void *user_data);
+LB_API int lb_aio_pwritev(lb_backend *be, const struct iovec *iov, int iovcnt,
+                          uint64_t offset, uint32_t flags, void *user_data);
+LB_API int lb_aio_pwrite_zeroes(lb_backend *be, uint64_t offset, uint64_t count,
+                                uint32_t flags, void *user_data);
+LB_API int lb_aio_discard(lb_backend *be, uint64_t offset, uint64_t count, uint32_t flags,
+                          void *user_data);
+LB_API int lb_aio_flush(lb_backend *be, uint32_t flags, void *user_data);
+
+/* The most requests the context accepts in flight (default 1024). Since 0.1. */
+LB_API int lb_context_set_max_inflight(lb_context *ctx, unsigned max);
+/* Requests accepted and not yet reaped. Since 0.1. */
+LB_API int lb_context_get_inflight(lb_context *ctx);
+
+/* A file descriptor that is readable whenever the context has work to do or completions
+ * to hand out: poll it, then call lb_reap. Owned by the context. Since 0.1. */
+LB_API int lb_get_fd(lb_context *ctx);
+
+/* Runs the context's loop and collects completions into `out` (room for `max`): returns once
+ * at least `min` were collected, or when `timeout_ns` elapsed (< 0: no limit; 0: only what
+ * is ready now). Returns the number collected (possibly fewer than `min` on timeout).
+ * Since 0.1. */
+LB_API int lb_reap(lb_context *ctx, unsigned min, unsigned max, int64_t timeout_ns,
+                   lb_completion *out);
 
 #ifdef __cplusplus
 }

@@ -4,11 +4,11 @@ set -euo pipefail
 packages=(
   # build
   g++ meson ninja-build pkg-config
-  libabsl-dev liburing-dev nlohmann-json3-dev zlib1g-dev libgcrypt20-dev catch2
+  libabsl-dev liburing-dev nlohmann-json3-dev zlib1g-dev libgcrypt20-dev catch2 libcli11-dev
   # sanitizer and fuzzing builds
   clang libclang-rt-14-dev
   # test peers and oracles: qemu-img/qemu-io, loop devices, file systems for nocow tests
-  qemu-utils util-linux btrfs-progs e2fsprogs cryptsetup-bin
+  qemu-utils util-linux btrfs-progs e2fsprogs cryptsetup-bin fio
   # scripts
   python3
 )

@@ -49,6 +49,11 @@ absl::StatusOr<int64_t> NodeDriver::GetAllocatedSize() {
   return total;
 }
 
+absl::Status NodeDriver::GetImageInfo(ImageInfo& info) {
+  if (Child* c = node().primary_child()) return c->node()->impl()->GetImageInfo(info);
+  return ErrnoError(ENOTSUP, "no image information");
+}
+
 absl::StatusOr<BlockSizes> NodeDriver::ProbeBlockSizes() {
   // Filters and raw without an offset see their child's block sizes.
   if (Child* c = node().primary_child()) return c->node()->impl()->ProbeBlockSizes();

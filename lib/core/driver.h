@@ -68,6 +68,7 @@ struct BlockStatus {
   int64_t bytes = 0;         // length of the extent the flags describe (> 0)
   int64_t map = 0;           // host offset in `file`, valid with kStatusOffsetValid
   Node* file = nullptr;
+  int depth = 0;             // backing-chain depth that provides the data (Backend queries)
 };
 
 // Request limits of a node (QEMU's BlockLimits). Zero means "no limit" for max_* fields.
@@ -93,6 +94,16 @@ struct Capabilities {
   ReqFlags write_flags = 0;    // flags Write honours (kReqFua)
   ReqFlags zero_flags = 0;     // flags WriteZeroes honours (kReqFua, kReqMayUnmap, kReqNoFallback)
   bool serialise_writes = false;  // every write is serialising against overlapping requests
+};
+
+// What a format reports about itself for `info` (QEMU's BlockDriverInfo + ImageInfoSpecific).
+struct ImageInfo {
+  std::optional<uint32_t> cluster_size;
+  bool dirty = false;     // the image's dirty/corrupt flag
+  bool encrypted = false;
+  std::optional<std::string> backing_filename;  // as stored in the image
+  std::optional<std::string> backing_format;
+  nlohmann::ordered_json format_specific;       // {"type": ..., "data": {...}}, or null
 };
 
 // Logical and physical block sizes of a host device (QEMU's BlockSizes).
@@ -145,6 +156,10 @@ class NodeDriver {
   virtual absl::StatusOr<BlockSizes> ProbeBlockSizes();
   // Driver-specific fields for `info`.
   virtual void FillInfo(nlohmann::json& info) {}
+  // What `info` shows about the image (QEMU's bdrv_get_info + get_specific_info). Drivers
+  // that have nothing to say return ENOTSUP, and `info` then omits "dirty-flag" as QEMU does;
+  // the default asks the primary child (filters and raw describe their file).
+  virtual absl::Status GetImageInfo(ImageInfo& info);
 
   // ---- I/O plane --------------------------------------------------------------------------
   virtual Task<absl::Status> Read(int64_t offset, int64_t bytes, const IoVec& qiov,

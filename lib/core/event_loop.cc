@@ -2,6 +2,7 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@ thread_local EventLoop* current_loop = nullptr;
 // epoll user data for the loop's own fds; other fds are stored as themselves (>= 0).
 constexpr uint64_t kEventFdTag = UINT64_MAX;
 constexpr uint64_t kUringTag = UINT64_MAX - 1;
+constexpr uint64_t kTimerFdTag = UINT64_MAX - 2;
 
 }  // namespace
 
@@ -52,6 +54,12 @@ absl::Status EventLoop::Init(const LoopOptions& options) {
   ev.events = EPOLLIN;
   ev.data.u64 = kEventFdTag;
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &ev) < 0) return ErrnoStatus(errno, "epoll_ctl");
+  // Timers also live in a timerfd, so that the epoll fd alone tells an embedder polling it
+  // that a deadline has passed.
+  timer_fd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  if (timer_fd_ < 0) return ErrnoStatus(errno, "timerfd_create");
+  ev.data.u64 = kTimerFdTag;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, timer_fd_, &ev) < 0) return ErrnoStatus(errno, "epoll_ctl");
   if (options.use_io_uring) {
     auto ring = Uring::Create(options.uring_entries);
     if (ring.ok()) {
@@ -70,6 +78,7 @@ EventLoop::~EventLoop() {
   pool_.reset();  // joins workers; their completions land in remote_ and are dropped
   uring_.reset();
   if (event_fd_ >= 0) close(event_fd_);
+  if (timer_fd_ >= 0) close(timer_fd_);
   if (epoll_fd_ >= 0) close(epoll_fd_);
 }
 
@@ -87,10 +96,36 @@ void EventLoop::Post(std::function<void()> fn) {
   // costs one eventfd write. (The loop clears the flag before it takes the queue, so a post
   // racing with that either lands in this round or sets the flag and writes again.)
   if (remote_pending_.exchange(true, std::memory_order_acq_rel)) return;
+  Kick();
+}
+
+void EventLoop::Kick() {
   uint64_t one = 1;
   // A full eventfd counter (EAGAIN) already means "wake up"; nothing to do then.
   ssize_t ignored = write(event_fd_, &one, sizeof(one));
   (void)ignored;
+}
+
+void EventLoop::PrepareForPoll() {
+  if (uring_) uring_->Submit();
+  if (!ready_.empty()) Kick();
+}
+
+void EventLoop::ArmTimerFd() {
+  struct itimerspec its = {};
+  if (!timers_.empty()) {
+    int64_t deadline = timers_.begin()->first.first;
+    if (deadline == armed_deadline_) return;
+    // An absolute deadline; one already passed fires at once (a zero value would disarm).
+    its.it_value.tv_sec = deadline / 1000000000;
+    its.it_value.tv_nsec = deadline % 1000000000;
+    if (its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0) its.it_value.tv_nsec = 1;
+    armed_deadline_ = deadline;
+  } else {
+    if (armed_deadline_ < 0) return;
+    armed_deadline_ = -1;
+  }
+  timerfd_settime(timer_fd_, TFD_TIMER_ABSTIME, &its, nullptr);
 }
 
 void EventLoop::DrainRemote() {
@@ -107,6 +142,7 @@ uint64_t EventLoop::AddTimer(int64_t deadline_ns, std::function<void()> fn) {
   uint64_t id = next_timer_id_++;
   timers_.emplace(std::make_pair(deadline_ns, id), TimerEntry{id, std::move(fn)});
   timer_deadlines_[id] = deadline_ns;
+  ArmTimerFd();
   return id;
 }
 
@@ -115,6 +151,7 @@ bool EventLoop::CancelTimer(uint64_t id) {
   if (it == timer_deadlines_.end()) return false;
   timers_.erase(std::make_pair(it->second, id));
   timer_deadlines_.erase(it);
+  ArmTimerFd();
   return true;
 }
 
@@ -126,6 +163,7 @@ void EventLoop::FireTimers() {
     timer_deadlines_.erase(node.mapped().id);
     node.mapped().fn();
   }
+  ArmTimerFd();
 }
 
 Task<void> EventLoop::Sleep(int64_t ns) {
@@ -246,7 +284,7 @@ int EventLoop::pending_waits() const {
          (uring_ ? uring_->in_flight() : 0);
 }
 
-bool EventLoop::RunOnce(bool block) {
+bool EventLoop::RunOnce(bool block, int max_wait_ms) {
   internal::CurrentLoopScope scope(this);
   bool progress = false;
 
@@ -271,6 +309,7 @@ bool EventLoop::RunOnce(bool block) {
 
   struct epoll_event events[64];
   int timeout = TimeoutMs(block && !progress);
+  if (max_wait_ms >= 0 && (timeout < 0 || timeout > max_wait_ms)) timeout = max_wait_ms;
   int nev = epoll_wait(epoll_fd_, events, 64, timeout);
   for (int i = 0; i < nev; ++i) {
     uint64_t tag = events[i].data.u64;
@@ -281,6 +320,11 @@ bool EventLoop::RunOnce(bool block) {
       DrainRemote();
     } else if (tag == kUringTag) {
       if (uring_) uring_->Reap();
+    } else if (tag == kTimerFdTag) {
+      uint64_t expirations;
+      ssize_t ignored = read(timer_fd_, &expirations, sizeof(expirations));
+      (void)ignored;
+      armed_deadline_ = -1;  // the timerfd is disarmed after firing
     } else {
       DispatchFd(static_cast<int>(tag), events[i].events);
     }

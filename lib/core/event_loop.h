@@ -67,8 +67,9 @@ class EventLoop {
   void Spawn(Task<void> task);
 
   // One iteration: resume ready coroutines, submit/reap I/O, wait (if `block` and nothing is
-  // ready) for events and timers. Returns true if anything was dispatched.
-  bool RunOnce(bool block);
+  // ready) for events and timers, but no longer than `max_wait_ms` (< 0: no limit). Returns
+  // true if anything was dispatched.
+  bool RunOnce(bool block, int max_wait_ms = -1);
 
   // Runs iterations until `pred()` is true.
   void RunUntil(const std::function<bool()>& pred);
@@ -79,6 +80,16 @@ class EventLoop {
 
   // Run `fn` on the loop thread; callable from any thread. Wakes the loop.
   void Post(std::function<void()> fn);
+
+  // ---- Embedding ---------------------------------------------------------------------------
+  // The epoll fd: readable whenever the loop has something to do (I/O completions, expired
+  // timers, posts, kicks). An embedder polls it and then calls RunOnce(false).
+  int fd() const { return epoll_fd_; }
+  // Makes fd() readable now (e.g. completions are waiting to be collected).
+  void Kick();
+  // Before control returns to an embedder that will poll fd(): submit prepared io_uring
+  // operations, and kick if coroutines are ready to run.
+  void PrepareForPoll();
 
   // Awaitable: reschedule the current coroutine behind everything already ready.
   auto Yield() {
@@ -125,6 +136,7 @@ class EventLoop {
   absl::Status Init(const LoopOptions& options);
   void DrainRemote();
   void FireTimers();
+  void ArmTimerFd();
   int TimeoutMs(bool block) const;
 
   struct FdWatch {
@@ -139,6 +151,8 @@ class EventLoop {
 
   int epoll_fd_ = -1;
   int event_fd_ = -1;
+  int timer_fd_ = -1;
+  int64_t armed_deadline_ = -1;  // deadline the timerfd is armed for, -1 when disarmed
   std::deque<std::coroutine_handle<>> ready_;
 
   std::mutex remote_mu_;

@@ -61,6 +61,20 @@ void MergeLimits(BlockLimits& into, const BlockLimits& from) {
 
 }  // namespace
 
+InheritedFlags InheritFrom(const NodeFlags& f) {
+  InheritedFlags in;
+  in.read_only = f.read_only;
+  in.auto_read_only = f.auto_read_only;
+  in.force_share = f.force_share;
+  in.cache_direct = f.cache_direct;
+  in.cache_no_flush = f.cache_no_flush;
+  in.unmap = f.unmap;
+  in.writethrough = f.writethrough;
+  in.aio = f.aio;
+  in.no_backing = f.no_backing;
+  return in;
+}
+
 struct Graph::GenericOptions {
   std::optional<std::string> node_name;
   NodeFlags flags;
@@ -155,9 +169,7 @@ Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, Child
     // default to discard=unmap because the top layer already applies the discard policy.
     OpenParams params;
     params.protocol_only = (parent_is_format && !(role & kRoleCow)) || (role & kRoleMetadata);
-    params.inherit.cache_direct = pf.cache_direct;
-    params.inherit.cache_no_flush = pf.cache_no_flush;
-    params.inherit.force_share = pf.force_share;
+    params.inherit = InheritFrom(pf);
     if (role & kRoleCow) {
       params.inherit.read_only = true;
       params.inherit.auto_read_only = false;
@@ -166,7 +178,6 @@ Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, Child
       params.inherit.auto_read_only = pf.auto_read_only;
     }
     params.inherit.unmap = true;
-    params.inherit.writethrough = pf.writethrough;
     absl::StatusOr<Node*> opened =
         co_await graph.OpenCo(std::move(child_filename), std::move(child_options), params);
     if (!opened.ok()) co_return opened.status();
@@ -273,6 +284,8 @@ absl::StatusOr<Graph::GenericOptions> Graph::ParseGenericOptions(const Driver& d
   f.detect_zeroes = dz == "on" ? DetectZeroes::kOn : dz == "unmap" ? DetectZeroes::kUnmap
                                                                     : DetectZeroes::kOff;
   f.writethrough = in.writethrough;
+  f.aio = in.aio;
+  f.no_backing = in.no_backing;
   if (f.force_share && !f.read_only) {
     return ErrnoError(EINVAL, "force-share=on can only be used with read-only images");
   }
@@ -339,8 +352,8 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
     OpenParams fp;
     fp.protocol_only = true;
     const NodeFlags& gf = generic->flags;
-    fp.inherit = {gf.read_only, gf.auto_read_only, gf.force_share, gf.cache_direct,
-                  gf.cache_no_flush, true, gf.writethrough};
+    fp.inherit = InheritFrom(gf);
+    fp.inherit.unmap = true;
     absl::StatusOr<Node*> file = co_await OpenCo(filename, options.ExtractPrefix("file"), fp);
     if (!file.ok()) co_return file.status();
     probed_file = *file;
@@ -431,21 +444,53 @@ Task<absl::StatusOr<const Driver*>> Graph::ProbeFormat(Node& file, std::string_v
   co_return drv;
 }
 
-absl::Status Graph::Create(std::string_view filename, std::string_view format, Options options) {
+absl::StatusOr<std::vector<OptionSpec>> Graph::CreateOptions(std::string_view format,
+                                                             std::string_view filename) const {
   const Driver* drv = registry_.Find(format);
-  if (!drv) return ErrnoError(EINVAL, absl::StrFormat("Unknown file format '%s'", format));
+  if (!drv || !drv->instantiate) {
+    return ErrnoError(EINVAL, absl::StrFormat("Unknown file format '%s'", format));
+  }
   if (!drv->create) {
     return ErrnoError(ENOTSUP, absl::StrFormat("Format driver '%s' does not support image creation",
                                                drv->name));
   }
-  CreateContext ctx{*this, std::string(filename), {}, {}};
-  if (drv->create_options) {
-    LB_ASSIGN_OR_RETURN(ctx.values, ConsumeOptions(*drv->create_options, options));
+  std::vector<OptionSpec> specs;
+  auto add = [&specs](const OptionSchema* schema) {
+    if (!schema) return;
+    for (const OptionSpec& s : schema->specs) {
+      bool dup = false;
+      for (const OptionSpec& have : specs) dup = dup || have.name == s.name;
+      if (!dup) specs.push_back(s);
+    }
+  };
+  add(drv->create_options);
+  if (drv->kind == DriverKind::kFormat && !filename.empty()) {
+    LB_ASSIGN_OR_RETURN(const Driver* proto, registry_.ProtocolForFilename(filename));
+    add(proto->create_options);
   }
+  return specs;
+}
+
+absl::Status Graph::Create(std::string_view filename, std::string_view format, Options options,
+                           bool validate_only) {
+  LB_ASSIGN_OR_RETURN(std::vector<OptionSpec> specs, CreateOptions(format, filename));
+  const Driver* drv = registry_.Find(format);
+  bool knows_backing = false;
+  for (const OptionSpec& s : specs) knows_backing = knows_backing || s.name == "backing_file";
+  if (options.Has("backing_file") && !knows_backing) {
+    return ErrnoError(ENOTSUP, absl::StrFormat("%s: Backing file not supported for file format '%s'",
+                                               filename, drv->name));
+  }
+  CreateContext ctx{*this, std::string(filename), {}, {}};
+  OptionSchema schema{drv->name, specs};
+  absl::StatusOr<OptionValues> values = ConsumeOptions(schema, options);
+  if (!values.ok()) return Prepend(values.status(), absl::StrFormat("%s: ", filename));
+  ctx.values = std::move(*values);
   if (!options.empty()) {
-    return ErrnoError(EINVAL, absl::StrFormat("%s: invalid create option '%s'", drv->name,
+    return ErrnoError(EINVAL, absl::StrFormat("%s: Invalid parameter '%s'", filename,
                                               options.begin()->first));
   }
+  if (validate_only) return absl::OkStatus();
   return loop_.Run(drv->create(ctx));
 }
 

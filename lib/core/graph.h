@@ -25,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/node.h"
+#include "core/objects.h"
 #include "core/options.h"
 #include "core/registry.h"
 #include "core/transaction.h"
@@ -42,7 +43,13 @@ struct InheritedFlags {
   std::optional<bool> cache_no_flush;
   std::optional<bool> unmap;
   bool writethrough = false;
+  std::string aio;          // preferred file I/O engine for protocols that do not set one
+  bool no_backing = false;  // formats leave their backing files closed
 };
+
+// What a node's children inherit from it (QEMU's bdrv_inherited_options, less the role
+// rules OpenChild applies on top).
+InheritedFlags InheritFrom(const NodeFlags& flags);
 
 struct OpenParams {
   // The node must be a protocol: it is a format's storage child, never format-probed.
@@ -74,6 +81,9 @@ class Graph {
 
   EventLoop& loop() const { return loop_; }
   const Registry& registry() const { return registry_; }
+  // Secrets and other user objects (--object), looked up by id when images open.
+  Objects& objects() { return objects_; }
+  const Objects& objects() const { return objects_; }
 
   Node* FindNode(std::string_view name) const;
   std::vector<Node*> nodes() const;
@@ -84,8 +94,16 @@ class Graph {
                              const OpenParams& params = {});
   Task<absl::StatusOr<Node*>> OpenCo(std::string filename, Options options, OpenParams params);
 
-  // Creates an image with driver `format` ("raw", or a protocol such as "file").
-  absl::Status Create(std::string_view filename, std::string_view format, Options options);
+  // Creates an image with driver `format` ("raw", or a protocol such as "file"). A format's
+  // creation options are its own plus those of the protocol `filename` names (qemu-img
+  // merges them the same way).
+  absl::Status Create(std::string_view filename, std::string_view format, Options options,
+                      bool validate_only = false);
+
+  // The creation options `format` accepts for `filename` (its own only when `filename` is
+  // empty), format's first. Fails for unknown formats and formats that cannot create.
+  absl::StatusOr<std::vector<OptionSpec>> CreateOptions(std::string_view format,
+                                                        std::string_view filename) const;
 
   void Ref(Node* node);
   // Drops a reference; the last one closes the node (drain, driver Close, detach children).
@@ -136,6 +154,7 @@ class Graph {
 
   EventLoop& loop_;
   const Registry& registry_;
+  Objects objects_;
   std::map<std::string, std::unique_ptr<Node>, std::less<>> nodes_;
   uint64_t next_auto_name_ = 1;
   std::function<void(const std::string&)> warning_handler_;

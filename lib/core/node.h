@@ -58,6 +58,8 @@ struct NodeFlags {
   DetectZeroes detect_zeroes = DetectZeroes::kOff;
   bool writethrough = false;        // from cache=writethrough|directsync: protocols write O_DSYNC
   bool probed = false;              // the format was chosen by probing, not given
+  std::string aio;                  // inherited preferred I/O engine ("threads", "io_uring")
+  bool no_backing = false;          // do not open backing files
 };
 
 class Child {

@@ -18,7 +18,6 @@
 #include "core/graph.h"
 #include "core/node.h"
 #include "core/registry.h"
-#include "protocols/file/file_driver.h"
 #include "util/checked_math.h"
 #include "util/status.h"
 
@@ -30,6 +29,13 @@ constexpr OptionSpec kSpecs[] = {
     {"size", OptionType::kSize, "", "size of the disk (default: the rest of the file)"},
 };
 constexpr OptionSchema kSchema{"raw", kSpecs};
+
+// raw's own creation options; the protocol's (file: preallocation, nocow, ...) are merged in
+// by Graph::Create, as qemu-img does.
+constexpr OptionSpec kCreateSpecs[] = {
+    {"size", OptionType::kSize, "", "Virtual disk size"},
+};
+constexpr OptionSchema kCreateSchema{"raw", kCreateSpecs};
 
 class RawNode final : public NodeDriver {
  public:
@@ -192,7 +198,7 @@ const Driver kDriver = {
     .name = "raw",
     .kind = DriverKind::kFormat,
     .options = &kSchema,
-    .create_options = &file::kFileCreateSchema,  // qemu-img merges the protocol's options
+    .create_options = &kCreateSchema,
     .probe = Probe,
     .instantiate = Instantiate,
     .create = Create,

@@ -53,13 +53,16 @@ constexpr OptionSchema kHostDeviceSchema{"host_device", kRuntimeSpecs};
 // "metadata" parses (it is a QEMU preallocation mode) so that create can refuse it with
 // QEMU's "Unsupported preallocation mode: metadata".
 constexpr std::string_view kPreallocChoices[] = {"off", "falloc", "full", "metadata"};
+// Help texts as qemu-img create -o help prints them.
 constexpr OptionSpec kCreateSpecs[] = {
-    {"size", OptionType::kSize, "", "virtual disk size"},
-    {"preallocation", OptionType::kEnum, "off", "preallocation mode: off, falloc, full",
-     kPreallocChoices},
-    {"nocow", OptionType::kBool, "off", "turn off copy-on-write (btrfs only)"},
-    {"extent_size_hint", OptionType::kSize, "1M", "extent size hint for the image file (XFS)"},
+    {"extent_size_hint", OptionType::kSize, "1M",
+     "Extent size hint for the image file, 0 to disable"},
+    {"nocow", OptionType::kBool, "off", "Turn off copy-on-write (valid only on btrfs)"},
+    {"preallocation", OptionType::kEnum, "off",
+     "Preallocation mode (allowed values: off, falloc, full)", kPreallocChoices},
+    {"size", OptionType::kSize, "", "Virtual disk size"},
 };
+constexpr OptionSchema kFileCreateSchema{"file", kCreateSpecs};
 constexpr OptionSchema kHostDeviceCreateSchema{"host_device", kCreateSpecs};
 
 // Filename prefixes that name the protocol explicitly ("file:a.img", "host_device:/dev/sdb").
@@ -103,6 +106,7 @@ class FileNode final : public NodeDriver {
   absl::StatusOr<int64_t> GetAllocatedSize() override;
   absl::StatusOr<BlockSizes> ProbeBlockSizes() override;
   void FillInfo(nlohmann::json& info) override;
+  absl::Status GetImageInfo(ImageInfo&) override { return absl::OkStatus(); }
 
   Task<absl::Status> Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) override;
   Task<absl::Status> Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) override;
@@ -167,7 +171,8 @@ Task<absl::Status> FileNode::Open(OpenContext& ctx) {
   dsync_ = n.flags().writethrough;
   no_flush_ = n.flags().cache_no_flush;
 
-  std::string aio = ctx.values.FindString("aio").value_or("");
+  // The node's own aio option, else what the open asked for the whole tree.
+  std::string aio = ctx.values.FindString("aio").value_or(n.flags().aio);
   Uring* ring = n.loop().uring();
   if (aio == "native" && !direct_) {
     co_return ErrnoError(EINVAL, "aio=native was specified, but it requires cache.direct=on, "
@@ -782,8 +787,6 @@ int ProbeHostDevice(std::string_view filename) {
 }
 
 }  // namespace
-
-const OptionSchema kFileCreateSchema{"file", kCreateSpecs};
 
 const Driver kFileDriver = {
     .name = "file",

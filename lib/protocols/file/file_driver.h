@@ -8,8 +8,6 @@ namespace libblock::file {
 
 extern const Driver kFileDriver;
 extern const Driver kHostDeviceDriver;
-// Creation options of regular files; raw images are created with the same ones.
-extern const OptionSchema kFileCreateSchema;
 
 }  // namespace libblock::file
 

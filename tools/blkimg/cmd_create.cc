@@ -1,0 +1,147 @@
+// blkimg create: qemu-img create [--object OBJ] [-q] [-f FMT] [-b BACKING [-F BACKING_FMT]]
+//                [-u] [-o OPTIONS] FILENAME [SIZE]
+#include <cinttypes>
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "common.h"
+
+namespace blkimg {
+namespace {
+
+struct CreateArgs {
+  std::vector<std::string> objects;
+  std::string format = "raw";
+  std::vector<std::string> options;
+  std::string backing, backing_format;
+  bool unsafe = false, quiet = false;
+  std::string filename, size;
+};
+
+void PrintHelp(Context& ctx, const CreateArgs& a) {
+  // qemu-img create -o help: the format's options, plus the protocol's when a filename is
+  // given.
+  const char* filename = a.filename.empty() ? nullptr : a.filename.c_str();
+  int n = lb_create_options(ctx.get(), a.format.c_str(), filename, nullptr, 0);
+  if (n < 0) Fatal(LibError());
+  std::vector<lb_option_desc> descs(static_cast<size_t>(n));
+  for (auto& d : descs) d.struct_size = sizeof(lb_option_desc);
+  lb_create_options(ctx.get(), a.format.c_str(), filename, descs.data(), descs.size());
+  std::sort(descs.begin(), descs.end(), [](const lb_option_desc& x, const lb_option_desc& y) {
+    return strcmp(x.name, y.name) < 0;
+  });
+  if (filename) {
+    printf("Supported options:\n");
+  } else {
+    printf("Supported %s options:\n", a.format.c_str());
+  }
+  for (const lb_option_desc& d : descs) {
+    std::string type = !strcmp(d.type, "size")     ? "<size>"
+                       : !strcmp(d.type, "bool")   ? "<bool (on/off)>"
+                       : !strcmp(d.type, "number") ? "<num>"
+                                                   : "<str>";
+    std::string left = std::string(d.name) + "=" + type;
+    printf("  %-22s - %s\n", left.c_str(), d.help);
+  }
+  printf("\nThe protocol level may support further options.\n"
+         "Specify the target filename to include those options.\n");
+}
+
+int Run(const CreateArgs& a) {
+  Context ctx;
+  ctx.AddObjects(a.objects);
+  std::string opts = JoinOptions(a.options);
+  if (opts == "help" || opts == "?") {
+    PrintHelp(ctx, a);
+    return 0;
+  }
+  lb_options* o = nullptr;
+  lb_options_new(&o);
+  if (!opts.empty() && lb_options_parse(o, opts.c_str()) < 0) {
+    Error(LibError());
+    lb_options_free(o);
+    return 1;
+  }
+  if (!a.backing.empty()) lb_options_set(o, "backing_file", a.backing.c_str());
+  if (!a.backing_format.empty()) lb_options_set(o, "backing_fmt", a.backing_format.c_str());
+  uint64_t size = 0;
+  if (!a.size.empty()) {
+    std::optional<int64_t> s = ParseSize(a.size);
+    if (!s) {
+      lb_options_free(o);
+      Error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
+      Error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+      return 1;
+    }
+    size = static_cast<uint64_t>(*s);
+    lb_options_set(o, "size", std::to_string(size).c_str());
+  } else if (const char* s = lb_options_get(o, "size")) {
+    std::optional<int64_t> v = ParseSize(s);
+    size = v ? static_cast<uint64_t>(*v) : 0;
+  } else if (a.backing.empty()) {
+    lb_options_free(o);
+    Error(a.filename + ": Image creation needs a size parameter");
+    return 1;
+  }
+  char* text = lb_options_to_string(o);
+  // Like qemu-img, check everything before saying "Formatting".
+  if (lb_create(ctx.get(), a.filename.c_str(), a.format.c_str(), text, size,
+                LB_CREATE_VALIDATE_ONLY) < 0) {
+    Error(LibError());
+    lb_free(text);
+    lb_options_free(o);
+    return 1;
+  }
+  // "Formatting 'NAME', fmt=FMT size=N k=v...": the size, then the options given, in the
+  // order of the format's (and protocol's) option list.
+  if (!a.quiet) {
+    std::string line = "Formatting '" + a.filename + "', fmt=" + a.format + " size=" +
+                       std::to_string((size + 511) / 512 * 512);
+    int n = lb_create_options(ctx.get(), a.format.c_str(), a.filename.c_str(), nullptr, 0);
+    if (n > 0) {
+      std::vector<lb_option_desc> descs(static_cast<size_t>(n));
+      for (auto& d : descs) d.struct_size = sizeof(lb_option_desc);
+      lb_create_options(ctx.get(), a.format.c_str(), a.filename.c_str(), descs.data(), descs.size());
+      for (const lb_option_desc& d : descs) {
+        if (!strcmp(d.name, "size")) continue;
+        if (const char* v = lb_options_get(o, d.name)) line += std::string(" ") + d.name + "=" + v;
+      }
+    }
+    printf("%s\n", line.c_str());
+  }
+  lb_options_free(o);
+  int r = lb_create(ctx.get(), a.filename.c_str(), a.format.c_str(), text, size, 0);
+  lb_free(text);
+  if (r < 0) {
+    Error(LibError());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> SetupCreate(CLI::App* sub) {
+  auto a = std::make_shared<CreateArgs>();
+  AddObjectOption(sub, &a->objects);
+  sub->add_flag("-q", a->quiet, "quiet");
+  sub->add_option("-f", a->format, "image format (default raw)");
+  sub->add_option("-b", a->backing, "backing file");
+  sub->add_option("-F", a->backing_format, "backing file format");
+  sub->add_flag("-u", a->unsafe, "do not check the backing file");
+  sub->add_option("-o", a->options, "creation options (key=value,...; 'help' lists them)")
+      ->take_all()
+      ->allow_extra_args(false);
+  sub->add_option("filename", a->filename, "image to create");
+  sub->add_option("size", a->size, "virtual size (k, M, G, T, P, E suffixes)");
+  return [a]() -> int {
+    if (a->filename.empty() && JoinOptions(a->options) != "help") {
+      Error("Expecting image file name");
+      return 1;
+    }
+    return Run(*a);
+  };
+}
+
+}  // namespace blkimg

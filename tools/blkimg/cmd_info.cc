@@ -1,0 +1,130 @@
+// blkimg info: qemu-img info [--object OBJ] [--image-opts] [-f FMT] [--output=human|json]
+//              [--backing-chain] [-U] FILENAME
+#include <cinttypes>
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "common.h"
+#include "nlohmann/json.hpp"
+
+namespace blkimg {
+namespace {
+
+struct InfoArgs {
+  std::vector<std::string> objects;
+  std::string format;
+  std::string output = "human";
+  bool chain = false, force_share = false, image_opts = false;
+  std::string filename;
+};
+
+// qemu-img's human rendering of the format-specific data: "key: value" with '-' turned into
+// ' ', nested objects indented by four more spaces.
+void PrintSpecific(const nlohmann::ordered_json& data, int indent) {
+  for (auto& [key, value] : data.items()) {
+    std::string name = key;
+    std::replace(name.begin(), name.end(), '-', ' ');
+    if (value.is_object()) {
+      printf("%*s%s:\n", indent, "", name.c_str());
+      PrintSpecific(value, indent + 4);
+    } else if (value.is_array()) {
+      printf("%*s%s:\n", indent, "", name.c_str());
+      for (const auto& e : value) {
+        if (e.is_object()) {
+          printf("%*s[%zu]:\n", indent + 4, "", &e - &value[0]);
+          PrintSpecific(e, indent + 8);
+        } else {
+          printf("%*s%s\n", indent + 4, "", e.is_string() ? e.get<std::string>().c_str() : e.dump().c_str());
+        }
+      }
+    } else {
+      std::string text = value.is_string() ? value.get<std::string>() : value.dump();
+      printf("%*s%s: %s\n", indent, "", name.c_str(), text.c_str());
+    }
+  }
+}
+
+void PrintHuman(const lb_image_info* info) {
+  printf("image: %s\n", info->filename);
+  printf("file format: %s\n", info->format);
+  printf("virtual size: %s (%" PRIu64 " bytes)\n", HumanSize(info->virtual_size).c_str(),
+         info->virtual_size);
+  if (info->actual_size >= 0) {
+    printf("disk size: %s\n", HumanSize(static_cast<uint64_t>(info->actual_size)).c_str());
+  } else {
+    printf("disk size: unavailable\n");
+  }
+  if (info->encrypted) printf("encrypted: yes\n");
+  if (info->cluster_size) printf("cluster_size: %u\n", info->cluster_size);
+  if (info->backing_filename) {
+    printf("backing file: %s", info->backing_filename);
+    if (info->full_backing_filename && strcmp(info->full_backing_filename, info->backing_filename)) {
+      printf(" (actual path: %s)", info->full_backing_filename);
+    }
+    printf("\n");
+  }
+  if (info->backing_format) printf("backing file format: %s\n", info->backing_format);
+  if (info->dirty) printf("cleanly shut down: no\n");
+  if (info->format_specific) {
+    auto spec = nlohmann::ordered_json::parse(info->format_specific);
+    if (spec.contains("data")) {
+      printf("Format specific information:\n");
+      PrintSpecific(spec["data"], 4);
+    }
+  }
+}
+
+int Run(const InfoArgs& a) {
+  if (a.output != "human" && a.output != "json") {
+    Error("--output must be used with human or json as argument.");
+    return 1;
+  }
+  Context ctx;
+  ctx.AddObjects(a.objects);
+  uint32_t flags = a.force_share ? LB_OPEN_FORCE_SHARE : 0;
+  if (!a.chain) flags |= LB_OPEN_NO_BACKING;
+  lb_node* node = OpenNode(ctx, {a.filename, a.format, a.image_opts}, flags);
+  if (!node) return 1;
+  lb_image_info* info = nullptr;
+  if (lb_node_get_info(node, a.chain ? LB_INFO_BACKING_CHAIN : 0, &info) < 0) {
+    Error(LibError());
+    lb_node_close(node);
+    return 1;
+  }
+  if (a.output == "json") {
+    if (a.chain) {
+      nlohmann::ordered_json list = nlohmann::ordered_json::array();
+      for (const lb_image_info* i = info; i; i = i->backing) {
+        list.push_back(nlohmann::ordered_json::parse(i->json));
+      }
+      printf("%s\n", list.dump(4).c_str());
+    } else {
+      printf("%s\n", info->json);
+    }
+  } else {
+    for (const lb_image_info* i = info; i; i = i->backing) {
+      if (i != info) printf("\n");
+      PrintHuman(i);
+    }
+  }
+  lb_image_info_free(info);
+  lb_node_close(node);
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> SetupInfo(CLI::App* sub) {
+  auto a = std::make_shared<InfoArgs>();
+  AddObjectOption(sub, &a->objects);
+  AddImageOptsOption(sub, &a->image_opts);
+  AddForceShareOption(sub, &a->force_share);
+  sub->add_option("-f", a->format, "image format");
+  sub->add_option("--output", a->output, "human or json");
+  sub->add_flag("--backing-chain", a->chain, "describe the whole backing chain");
+  sub->add_option("filename", a->filename, "image")->required();
+  return [a] { return Run(*a); };
+}
+
+}  // namespace blkimg

@@ -1,0 +1,157 @@
+#include "common.h"
+
+#include <cerrno>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace blkimg {
+
+void Error(const std::string& message) { fprintf(stderr, "blkimg: %s\n", message.c_str()); }
+
+void Fatal(const std::string& message) {
+  Error(message);
+  exit(1);
+}
+
+std::string LibError() { return lb_get_error(); }
+
+Context::Context() {
+  if (lb_context_new(0, &ctx_) < 0) Fatal(LibError());
+}
+
+Context::~Context() { lb_context_free(ctx_); }
+
+void Context::AddObjects(const std::vector<std::string>& specs) {
+  for (const std::string& spec : specs) {
+    if (spec == "help" || spec == "?") {
+      printf("List of user creatable objects:\n  secret\n");
+      exit(0);
+    }
+    if (lb_context_add_object(ctx_, spec.c_str()) < 0) Fatal(LibError());
+  }
+}
+
+uint32_t CacheFlags(std::string_view mode) {
+  if (mode == "writeback") return LB_OPEN_CACHE_WRITEBACK;
+  if (mode == "none" || mode == "off") return LB_OPEN_CACHE_NONE;
+  if (mode == "writethrough") return LB_OPEN_CACHE_WRITETHROUGH;
+  if (mode == "directsync") return LB_OPEN_CACHE_DIRECTSYNC;
+  if (mode == "unsafe") return LB_OPEN_CACHE_UNSAFE;
+  Fatal("Invalid cache option: " + std::string(mode));
+}
+
+uint32_t AioFlags(std::string_view mode) {
+  if (mode == "threads") return LB_OPEN_AIO_THREADS;
+  if (mode == "io_uring" || mode == "native") return LB_OPEN_AIO_IO_URING;
+  Fatal("Invalid aio option: " + std::string(mode));
+}
+
+namespace {
+
+lb_open_args ArgsFor(const ImageSpec& image, uint32_t flags) {
+  lb_open_args args = LB_OPEN_ARGS_INIT;
+  if (image.image_opts) {
+    args.options = image.name.c_str();
+  } else {
+    args.filename = image.name.c_str();
+    if (!image.format.empty()) args.format = image.format.c_str();
+  }
+  args.flags = flags;
+  return args;
+}
+
+}  // namespace
+
+lb_backend* OpenBackend(Context& ctx, const ImageSpec& image, uint32_t flags) {
+  lb_open_args args = ArgsFor(image, flags);
+  lb_backend* be = nullptr;
+  if (lb_open_ex(ctx.get(), &args, &be) < 0) {
+    Error("Could not open '" + image.name + "': " + LibError());
+    return nullptr;
+  }
+  return be;
+}
+
+lb_node* OpenNode(Context& ctx, const ImageSpec& image, uint32_t flags) {
+  lb_open_args args = ArgsFor(image, flags);
+  lb_node* node = nullptr;
+  if (lb_node_open(ctx.get(), &args, &node) < 0) {
+    Error("Could not open '" + image.name + "': " + LibError());
+    return nullptr;
+  }
+  return node;
+}
+
+std::optional<int64_t> ParseSize(std::string_view text) {
+  if (text.empty()) return std::nullopt;
+  std::string s(text);
+  errno = 0;
+  char* end = nullptr;
+  double value = strtod(s.c_str(), &end);
+  if (errno || end == s.c_str() || value < 0 || std::isnan(value)) return std::nullopt;
+  std::string_view suffix(end);
+  double mult = 1;
+  if (!suffix.empty()) {
+    if (suffix.size() != 1) return std::nullopt;
+    switch (suffix[0]) {
+      case 'b': case 'B': mult = 1; break;
+      case 'k': case 'K': mult = 1024.0; break;
+      case 'm': case 'M': mult = 1024.0 * 1024; break;
+      case 'g': case 'G': mult = 1024.0 * 1024 * 1024; break;
+      case 't': case 'T': mult = 1024.0 * 1024 * 1024 * 1024; break;
+      case 'p': case 'P': mult = 1024.0 * 1024 * 1024 * 1024 * 1024; break;
+      case 'e': case 'E': mult = 1024.0 * 1024 * 1024 * 1024 * 1024 * 1024; break;
+      default: return std::nullopt;
+    }
+  } else if (std::floor(value) != value) {
+    return std::nullopt;  // a fraction of a byte
+  }
+  double bytes = value * mult;
+  if (bytes >= 9223372036854775808.0) return std::nullopt;
+  return static_cast<int64_t>(bytes);
+}
+
+std::string HumanSize(uint64_t bytes) {
+  // qemu-img: "%0.3g %s" over B, KiB, MiB, ... with the largest unit that keeps the value
+  // at or above 1.
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int unit = 0;
+  double value = static_cast<double>(bytes);
+  while (value >= 1024 && unit < 6) {
+    value /= 1024;
+    ++unit;
+  }
+  char buf[64];
+  snprintf(buf, sizeof buf, "%0.3g %s", value, kUnits[unit]);
+  return buf;
+}
+
+std::string JoinOptions(const std::vector<std::string>& opts) {
+  std::string out;
+  for (const std::string& o : opts) {
+    if (o.empty()) continue;
+    if (!out.empty()) out += ",";
+    out += o;
+  }
+  return out;
+}
+
+void AddObjectOption(CLI::App* app, std::vector<std::string>* objects) {
+  app->add_option("--object", *objects, "define an object such as 'secret' (QEMU syntax)")
+      ->take_all()
+      ->allow_extra_args(false);
+}
+
+void AddImageOptsOption(CLI::App* app, bool* image_opts) {
+  app->add_flag("--image-opts", *image_opts,
+                "treat image names as option strings (driver=...,file.filename=...)");
+}
+
+void AddForceShareOption(CLI::App* app, bool* force_share) {
+  app->add_flag("-U,--force-share", *force_share, "open images read-only, ignoring locks");
+}
+
+}  // namespace blkimg

@@ -1,0 +1,86 @@
+// Shared plumbing of the blkimg subcommands: the context, --object, opening images the way
+// qemu-img does (-f, --image-opts, -U, -t), sizes, messages. blkimg uses libblock.h only:
+// whatever a subcommand needs from the library goes through the C ABI.
+#ifndef LIBBLOCK_TOOLS_BLKIMG_COMMON_H_
+#define LIBBLOCK_TOOLS_BLKIMG_COMMON_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "libblock.h"
+
+namespace blkimg {
+
+// qemu-img's exit codes for errors (1) and its per-subcommand specials are returned by the
+// subcommands; Fatal prints "blkimg: MESSAGE" and exits 1.
+[[noreturn]] void Fatal(const std::string& message);
+// "blkimg: MESSAGE" on stderr.
+void Error(const std::string& message);
+// lb_get_error() as a std::string.
+std::string LibError();
+
+// An lb_context with the --object definitions applied; freed on destruction.
+class Context {
+ public:
+  Context();
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  lb_context* get() const { return ctx_; }
+  // Adds QEMU --object specs ("secret,id=s0,data=...") and --object help. Fatal on error.
+  void AddObjects(const std::vector<std::string>& specs);
+
+ private:
+  lb_context* ctx_ = nullptr;
+};
+
+// How the command line names one image.
+struct ImageSpec {
+  std::string name;         // filename, or an option string with --image-opts
+  std::string format;       // -f / -F / -O; empty: probe
+  bool image_opts = false;  // --image-opts: `name` is "key=value,..." (driver included)
+};
+
+// qemu-img's cache modes (-t/-T) as LB_OPEN_CACHE_* flags; Fatal on an unknown mode with
+// qemu-img's message.
+uint32_t CacheFlags(std::string_view mode);
+// qemu-img's -i aio modes as LB_OPEN_AIO_* flags.
+uint32_t AioFlags(std::string_view mode);
+
+// Opens an image as qemu-img's img_open does. Returns NULL after printing qemu-img's
+// "Could not open 'NAME': ..." message.
+lb_backend* OpenBackend(Context& ctx, const ImageSpec& image, uint32_t flags);
+lb_node* OpenNode(Context& ctx, const ImageSpec& image, uint32_t flags);
+
+// qemu-img's size syntax (cvtnum): a number with an optional suffix b, k/K, M, G, T, P, E
+// (powers of 1024; no suffix: bytes). nullopt when malformed or negative.
+std::optional<int64_t> ParseSize(std::string_view text);
+// qemu-img's human sizes (size_to_str): "64 MiB", "1.5 GiB", "512 B".
+std::string HumanSize(uint64_t bytes);
+
+// Joins repeated -o arguments with ',' as qemu-img does.
+std::string JoinOptions(const std::vector<std::string>& opts);
+
+// Registers the options most subcommands share, writing into the given variables.
+void AddObjectOption(CLI::App* app, std::vector<std::string>* objects);
+void AddImageOptsOption(CLI::App* app, bool* image_opts);
+void AddForceShareOption(CLI::App* app, bool* force_share);
+
+// One subcommand: registers itself on the app and runs when selected. Returns the exit code.
+struct Command {
+  const char* name;
+  const char* summary;
+  // Sets up options on `sub`; returns the function that runs the command after parsing.
+  std::function<int()> (*setup)(CLI::App* sub);
+};
+
+// Every subcommand, in `blkimg --help` order (commands.cc).
+const std::vector<Command>& Commands();
+
+}  // namespace blkimg
+
+#endif  // LIBBLOCK_TOOLS_BLKIMG_COMMON_H_
