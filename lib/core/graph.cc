@@ -473,7 +473,9 @@ absl::StatusOr<std::vector<OptionSpec>> Graph::CreateOptions(std::string_view fo
 
 absl::Status Graph::Create(std::string_view filename, std::string_view format, Options options,
                            bool validate_only) {
-  LB_ASSIGN_OR_RETURN(std::vector<OptionSpec> specs, CreateOptions(format, filename));
+  absl::StatusOr<std::vector<OptionSpec>> known = CreateOptions(format, filename);
+  if (!known.ok()) return Prepend(known.status(), absl::StrFormat("%s: ", filename));
+  std::vector<OptionSpec> specs = std::move(*known);
   const Driver* drv = registry_.Find(format);
   bool knows_backing = false;
   for (const OptionSpec& s : specs) knows_backing = knows_backing || s.name == "backing_file";

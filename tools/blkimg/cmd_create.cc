@@ -44,8 +44,10 @@ void PrintHelp(Context& ctx, const CreateArgs& a) {
     std::string left = std::string(d.name) + "=" + type;
     printf("  %-22s - %s\n", left.c_str(), d.help);
   }
-  printf("\nThe protocol level may support further options.\n"
-         "Specify the target filename to include those options.\n");
+  if (!filename) {
+    printf("\nThe protocol level may support further options.\n"
+           "Specify the target filename to include those options.\n");
+  }
 }
 
 int Run(const CreateArgs& a) {
@@ -97,7 +99,7 @@ int Run(const CreateArgs& a) {
   // order of the format's (and protocol's) option list.
   if (!a.quiet) {
     std::string line = "Formatting '" + a.filename + "', fmt=" + a.format + " size=" +
-                       std::to_string((size + 511) / 512 * 512);
+                       std::to_string(size);
     int n = lb_create_options(ctx.get(), a.format.c_str(), a.filename.c_str(), nullptr, 0);
     if (n > 0) {
       std::vector<lb_option_desc> descs(static_cast<size_t>(n));
