@@ -17,6 +17,9 @@ done
 export PKG_CONFIG_PATH="$(dirname "$pc")" PKG_CONFIG_SYSROOT_DIR="$dest"
 cflags=$(pkg-config --cflags libblock)
 libs=$(pkg-config --libs libblock)
-cc -std=c99 -pedantic -Werror -Wall $cflags "$program" $libs -o "$dest/program"
+# A sanitized library needs the program linked with the same runtime (ASan must load first).
+san=""
+case "${SANITIZE:-none}" in none|"") ;; *) san="-fsanitize=$SANITIZE" ;; esac
+cc -std=c99 -pedantic -Werror -Wall $san $cflags "$program" $libs -o "$dest/program"
 LD_LIBRARY_PATH="$(dirname "$so")" "$dest/program" >/dev/null
 echo "ok: installed $(basename "$header"), $(basename "$pc"), $(basename "$so"); a program built and ran"
