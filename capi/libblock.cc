@@ -654,8 +654,9 @@ LB_API int64_t lb_get_length(lb_backend* be) { return lb_get_size(be); }
 LB_API int lb_reopen(lb_backend* be, uint32_t flags) {
   return Guard([&]() -> int {
     if (!ValidBackend(be)) return BadHandle();
-    if (flags & ~LB_OPEN_RDWR) return UnknownFlags();
-    return Check(be->be->Reopen(!(flags & LB_OPEN_RDWR)));
+    if (flags & ~(LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE)) return UnknownFlags();
+    return Check(be->be->Reconfigure(!(flags & LB_OPEN_RDWR), flags & LB_OPEN_SHARE_RW,
+                                     flags & LB_OPEN_RESIZE));
   });
 }
 

@@ -131,7 +131,8 @@ typedef struct lb_option_desc {
 } lb_option_desc;
 
 /* The creation options of `format` when creating `filename` (the protocol it names adds its
- * own, as qemu-img create -o help shows). `filename` may be NULL (the file protocol). Strings
+ * own, as qemu-img create -o help shows). With `filename` NULL, only the format's own options
+ * (what qemu-img create -o help prints without a filename). Strings
  * are static. Returns the number of options, or a negative errno (-EINVAL unknown format,
  * -ENOTSUP a format that cannot create). Writes at most `max` entries to `out` (each
  * entry's struct_size must be set; `out` may be NULL with max 0). Since 0.1. */
@@ -236,8 +237,10 @@ LB_API int64_t lb_get_size(lb_backend *be);
 /* Same as lb_get_size (the name qemu-io users look for). Since 0.1. */
 LB_API int64_t lb_get_length(lb_backend *be);
 
-/* Switches a backend and the nodes below it between read-only (flags 0) and read-write
- * (LB_OPEN_RDWR), as one transaction: on failure nothing changed.
+/* Sets a backend's mode as one transaction (on failure nothing changed): read-only (no
+ * LB_OPEN_RDWR) or read-write (LB_OPEN_RDWR) for the backend and the nodes below it, and its
+ * LB_OPEN_SHARE_RW and LB_OPEN_RESIZE permissions (QEMU's blk_set_perm), e.g. to take the
+ * resize permission only around an lb_truncate.
  * Errors: -EPERM (e.g. "Cannot make block node read-only, there is a writer on it"),
  * -EAGAIN (locks), -EACCES. Since 0.1. */
 LB_API int lb_reopen(lb_backend *be, uint32_t flags);
@@ -274,7 +277,8 @@ LB_API void lb_image_info_free(lb_image_info *info);
 
 /* request flags */
 #define LB_REQ_FUA 0x1u         /* the write is durable when the call returns */
-#define LB_REQ_MAY_UNMAP 0x2u   /* write-zeroes may deallocate (honoured with discard=unmap) */
+#define LB_REQ_MAY_UNMAP 0x2u   /* write-zeroes may deallocate (as QEMU's blk layer: whatever
+                                   the top node's discard option, which governs discards) */
 #define LB_REQ_NO_FALLBACK 0x4u /* write-zeroes: fail with -ENOTSUP instead of writing zeroes */
 
 /* Reads/writes `count` bytes at `offset`. Any alignment works; the library pads. Requests

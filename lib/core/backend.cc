@@ -146,7 +146,7 @@ Task<absl::Status> Backend::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags 
   LB_CO_RETURN_IF_ERROR(co_await Admit());
   if (opts_.writethrough) flags |= kReqFua;
   absl::Status st = CheckRange(offset, bytes, true);
-  if (st.ok()) st = co_await root_->WriteZeroes(offset, bytes, flags);
+  if (st.ok()) st = co_await root_->WriteZeroes(offset, bytes, flags | kReqKeepUnmap);
   Leave();
   co_return st;
 }
@@ -224,9 +224,21 @@ absl::Status Backend::SetPerm(Perm perm, Perm shared) {
 }
 
 absl::Status Backend::Reopen(bool read_only) {
+  return Reconfigure(read_only, opts_.share_rw, opts_.resize);
+}
+
+absl::Status Backend::Reconfigure(bool read_only, bool share_rw, bool resize) {
   if (!root_) return ErrnoError(ENOMEDIUM, "the block device is closed");
   BackendOptions next = opts_;
   next.read_only = read_only;
+  next.share_rw = share_rw;
+  next.resize = resize;
+  if (read_only == opts_.read_only) {
+    LB_RETURN_IF_ERROR(graph_.SetEdgePerm(root_, BackendDefaultPerm(next),
+                                          BackendDefaultShared(next)));
+    opts_ = next;
+    return absl::OkStatus();
+  }
   Perm perm = BackendDefaultPerm(next);
   if (read_only) perm &= ~(kPermWrite | kPermWriteUnchanged | kPermResize);
   LB_RETURN_IF_ERROR(graph_.Reopen(*root_->node(), read_only,

@@ -76,6 +76,9 @@ class Backend final : public ChildParent {
   absl::Status SetPerm(Perm perm, Perm shared);
   // Read-only <-> read-write for the backend and the nodes below it, as one transaction.
   absl::Status Reopen(bool read_only);
+  // Changes read-only, share-rw and resize together as one transaction (QEMU's blk_set_perm
+  // plus a reopen when read-only changes); on failure nothing changed.
+  absl::Status Reconfigure(bool read_only, bool share_rw, bool resize);
   // Quiesce: new requests wait until DrainEnd; returns once nothing is in flight.
   void DrainBegin();
   void DrainEnd();

@@ -48,6 +48,10 @@ inline constexpr ReqFlags kReqNoFallback = 1u << 2;      // write-zeroes: ENOTSU
 inline constexpr ReqFlags kReqSerialising = 1u << 3;     // exclusive against overlapping requests
 inline constexpr ReqFlags kReqWriteUnchanged = 1u << 4;  // the data does not change (copy-on-read)
 inline constexpr ReqFlags kReqNoWait = 1u << 5;          // serialising: fail with EBUSY, don't wait
+// Internal to the request path: a backend's write-zeroes keeps kReqMayUnmap whatever the root
+// node's discard policy (QEMU's blk layer does not filter it; `discard` governs discards and
+// what drivers forward to their children).
+inline constexpr ReqFlags kReqKeepUnmap = 1u << 6;
 
 // Truncate/create preallocation (QEMU's PreallocMode).
 enum class PreallocMode { kOff, kMetadata, kFalloc, kFull };

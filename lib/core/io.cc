@@ -298,7 +298,8 @@ Task<absl::Status> Child::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags fl
   Node& n = *node_;
   LB_CO_RETURN_IF_ERROR(CheckWritable(*this, n, offset, bytes, flags));
   if (bytes == 0) co_return absl::OkStatus();
-  if (!n.flags().unmap) flags &= ~kReqMayUnmap;
+  if (!n.flags().unmap && !(flags & kReqKeepUnmap)) flags &= ~kReqMayUnmap;
+  flags &= ~kReqKeepUnmap;
   const Capabilities& caps = n.impl()->caps();
   int64_t req_align = n.limits().request_alignment;
   // As in QEMU: a misaligned request cannot be efficient, so it is refused before any of it

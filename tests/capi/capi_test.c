@@ -111,6 +111,14 @@ int main(void) {
   CHECK(lb_pwrite(a, buf, 512, 0, 0) == -EPERM);
   CHECK(lb_reopen(a, LB_OPEN_RDWR) == 0);
   CHECK(lb_pwrite(a, buf, 512, 0, LB_REQ_FUA) == 0);
+  /* lb_reopen also takes and drops the resize permission (blk_set_perm) */
+  CHECK(lb_truncate(a, 3 << 20, NULL, 0) == -EPERM);
+  CHECK(lb_reopen(a, LB_OPEN_RDWR | LB_OPEN_RESIZE) == 0);
+  CHECK(lb_truncate(a, 3 << 20, NULL, 0) == 0 && lb_get_size(a) == 3 << 20);
+  CHECK(lb_reopen(a, LB_OPEN_RDWR) == 0);
+  CHECK(lb_truncate(a, 2 << 20, NULL, 0) == -EPERM && lb_get_size(a) == 3 << 20);
+  CHECK(lb_reopen(a, LB_OPEN_RDWR | 0x80) == -EINVAL);
+  CHECK(lb_pwrite(a, buf, 512, 0, 0) == 0);
   CHECK(lb_close(a) == 0);
 
   /* probing an image without a driver guesses raw and warns (read-write only) */
