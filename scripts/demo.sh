@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 demo=${BUILD_DIR:-build}/examples/blkio_demo
+blkimg=${BUILD_DIR:-build}/tools/blkimg/blkimg
 work=$(mktemp -d /tmp/libblock-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 img=$work/disk.raw
@@ -20,6 +21,14 @@ say "qemu-io writes a pattern; libblock reads it back and maps the image"
 qemu-io -f raw -c "write -P 0x5a 8M 64k" "$img" | grep -v '^[0-9]'
 $demo verify "$img" $((8 << 20)) 0x5a
 $demo map "$img"
+
+say "blkimg, the qemu-img counterpart: convert, then qemu-img compares and blkimg maps and describes"
+$blkimg convert -f raw -O raw "$img" "$work/copy.raw"
+qemu-img compare -f raw -F raw "$img" "$work/copy.raw"
+$blkimg compare "$img" "$work/copy.raw"
+$blkimg map -f raw "$work/copy.raw"
+$blkimg info -f raw "$work/copy.raw"
+$blkimg io -f raw -c "read -P 0x5a 8M 64k" "$work/copy.raw"
 
 say "while libblock holds the image read-write, QEMU is refused (and -U still works)"
 $demo hold "$img" 3 & holder=$!

@@ -19,44 +19,12 @@ struct CreateArgs {
   std::string filename, size;
 };
 
-void PrintHelp(Context& ctx, const CreateArgs& a) {
-  // qemu-img create -o help: the format's options, plus the protocol's when a filename is
-  // given.
-  const char* filename = a.filename.empty() ? nullptr : a.filename.c_str();
-  int n = lb_create_options(ctx.get(), a.format.c_str(), filename, nullptr, 0);
-  if (n < 0) Fatal(LibError());
-  std::vector<lb_option_desc> descs(static_cast<size_t>(n));
-  for (auto& d : descs) d.struct_size = sizeof(lb_option_desc);
-  lb_create_options(ctx.get(), a.format.c_str(), filename, descs.data(), descs.size());
-  std::sort(descs.begin(), descs.end(), [](const lb_option_desc& x, const lb_option_desc& y) {
-    return strcmp(x.name, y.name) < 0;
-  });
-  if (filename) {
-    printf("Supported options:\n");
-  } else {
-    printf("Supported %s options:\n", a.format.c_str());
-  }
-  for (const lb_option_desc& d : descs) {
-    std::string type = !strcmp(d.type, "size")     ? "<size>"
-                       : !strcmp(d.type, "bool")   ? "<bool (on/off)>"
-                       : !strcmp(d.type, "number") ? "<num>"
-                                                   : "<str>";
-    std::string left = std::string(d.name) + "=" + type;
-    printf("  %-22s - %s\n", left.c_str(), d.help);
-  }
-  if (!filename) {
-    printf("\nThe protocol level may support further options.\n"
-           "Specify the target filename to include those options.\n");
-  }
-}
-
 int Run(const CreateArgs& a) {
   Context ctx;
   ctx.AddObjects(a.objects);
   std::string opts = JoinOptions(a.options);
-  if (opts == "help" || opts == "?") {
-    PrintHelp(ctx, a);
-    return 0;
+  if (IsHelpOption(opts)) {
+    return PrintCreateOptionsHelp(ctx, a.format, a.filename.empty() ? nullptr : a.filename.c_str());
   }
   lb_options* o = nullptr;
   lb_options_new(&o);
@@ -138,7 +106,7 @@ std::function<int()> SetupCreate(CLI::App* sub) {
   sub->add_option("filename", a->filename, "image to create");
   sub->add_option("size", a->size, "virtual size (k, M, G, T, P, E suffixes)");
   return [a]() -> int {
-    if (a->filename.empty() && JoinOptions(a->options) != "help") {
+    if (a->filename.empty() && !IsHelpOption(JoinOptions(a->options))) {
       Error("Expecting image file name");
       return 1;
     }

@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
@@ -14,6 +15,12 @@ void Error(const std::string& message) { fprintf(stderr, "blkimg: %s\n", message
 void Fatal(const std::string& message) {
   Error(message);
   exit(1);
+}
+
+int UsageError(const std::string& message) {
+  Error(message);
+  fprintf(stderr, "Try 'blkimg --help' for more information\n");
+  return 1;
 }
 
 std::string LibError() { return lb_get_error(); }
@@ -114,6 +121,27 @@ std::optional<int64_t> ParseSize(std::string_view text) {
   return static_cast<int64_t>(bytes);
 }
 
+std::optional<int64_t> CvtNum(std::string_view what, std::string_view text, int64_t max) {
+  std::optional<int64_t> value = ParseSize(text);
+  if (value && *value <= max) return value;
+  // ParseSize refuses both bad syntax and values of 2^63 or more; qemu-img words the two
+  // differently, so tell them apart: a well-formed non-negative number is out of range.
+  std::string s(text);
+  char* end = nullptr;
+  double number = strtod(s.c_str(), &end);
+  bool well_formed = end != s.c_str() && number >= 0 && !std::isnan(number) &&
+                     (*end == '\0' || (end[1] == '\0' && strchr("bBkKmMgGtTpPeE", *end)));
+  if (value || (well_formed && (*end != '\0' || std::floor(number) == number))) {
+    Error("Invalid " + std::string(what) + " specified. Must be between 0 and " +
+          std::to_string(max) + ".");
+  } else {
+    Error("Invalid " + std::string(what) +
+          " specified. You may use k, M, G, T, P or E suffixes for");
+    Error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+  }
+  return std::nullopt;
+}
+
 std::string HumanSize(uint64_t bytes) {
   // qemu-img: "%0.3g %s" over B, KiB, MiB, ... with the largest unit that keeps the value
   // at or above 1.
@@ -152,6 +180,77 @@ void AddImageOptsOption(CLI::App* app, bool* image_opts) {
 
 void AddForceShareOption(CLI::App* app, bool* force_share) {
   app->add_flag("-U,--force-share", *force_share, "open images read-only, ignoring locks");
+}
+
+void Progress::Set(float percent) {
+  current_ = percent;
+  if (!enabled_) return;
+  if (current_ > last_printed_ + min_skip_ || current_ < last_printed_ - min_skip_ ||
+      current_ == 0 || current_ == 100) {
+    last_printed_ = current_;
+    printf("    (%3.2f/100%%)\r", static_cast<double>(current_));
+    fflush(stdout);
+  }
+}
+
+void Progress::End() {
+  if (!enabled_) return;
+  printf("\n");
+  fflush(stdout);
+}
+
+int PrintCreateOptionsHelp(Context& ctx, const std::string& format, const char* filename) {
+  int n = lb_create_options(ctx.get(), format.c_str(), filename, nullptr, 0);
+  if (n < 0) {
+    Error(LibError());
+    return 1;
+  }
+  std::vector<lb_option_desc> descs(static_cast<size_t>(n));
+  for (auto& d : descs) d.struct_size = sizeof(lb_option_desc);
+  lb_create_options(ctx.get(), format.c_str(), filename, descs.data(), descs.size());
+  std::sort(descs.begin(), descs.end(), [](const lb_option_desc& x, const lb_option_desc& y) {
+    return strcmp(x.name, y.name) < 0;
+  });
+  if (filename) {
+    printf("Supported options:\n");
+  } else {
+    printf("Supported %s options:\n", format.c_str());
+  }
+  for (const lb_option_desc& d : descs) {
+    std::string type = !strcmp(d.type, "size")     ? "<size>"
+                       : !strcmp(d.type, "bool")   ? "<bool (on/off)>"
+                       : !strcmp(d.type, "number") ? "<num>"
+                                                   : "<str>";
+    std::string left = std::string(d.name) + "=" + type;
+    printf("  %-22s - %s\n", left.c_str(), d.help);
+  }
+  if (!filename) {
+    printf("\nThe protocol level may support further options.\n"
+           "Specify the target filename to include those options.\n");
+  }
+  return 0;
+}
+
+bool IsHelpOption(const std::string& options) {
+  // Keys are separated by single commas (",," is an escaped comma inside a value).
+  size_t start = 0;
+  while (start <= options.size()) {
+    size_t end = start;
+    while (end < options.size()) {
+      if (options[end] == ',') {
+        if (end + 1 < options.size() && options[end + 1] == ',') {
+          end += 2;
+          continue;
+        }
+        break;
+      }
+      ++end;
+    }
+    std::string item = options.substr(start, end - start);
+    if (item == "help" || item == "?") return true;
+    start = end + 1;
+  }
+  return false;
 }
 
 }  // namespace blkimg

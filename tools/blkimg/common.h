@@ -20,6 +20,8 @@ namespace blkimg {
 [[noreturn]] void Fatal(const std::string& message);
 // "blkimg: MESSAGE" on stderr.
 void Error(const std::string& message);
+// qemu-img's error_exit: "blkimg: MESSAGE" and the "Try 'blkimg --help'" hint. Returns 1.
+int UsageError(const std::string& message);
 // lb_get_error() as a std::string.
 std::string LibError();
 
@@ -59,6 +61,10 @@ lb_node* OpenNode(Context& ctx, const ImageSpec& image, uint32_t flags);
 // qemu-img's size syntax (cvtnum): a number with an optional suffix b, k/K, M, G, T, P, E
 // (powers of 1024; no suffix: bytes). nullopt when malformed or negative.
 std::optional<int64_t> ParseSize(std::string_view text);
+// qemu-img's cvtnum: parses the value of the option `what` ("start offset") with ParseSize's
+// syntax, printing qemu-img's message when it is malformed or outside [0, max].
+std::optional<int64_t> CvtNum(std::string_view what, std::string_view text,
+                              int64_t max = INT64_MAX);
 // qemu-img's human sizes (size_to_str): "64 MiB", "1.5 GiB", "512 B".
 std::string HumanSize(uint64_t bytes);
 
@@ -69,6 +75,31 @@ std::string JoinOptions(const std::vector<std::string>& opts);
 void AddObjectOption(CLI::App* app, std::vector<std::string>* objects);
 void AddImageOptsOption(CLI::App* app, bool* image_opts);
 void AddForceShareOption(CLI::App* app, bool* force_share);
+
+// qemu-img's -p progress line, "    (NN.NN/100%)\r" on stdout: printed when the value moves by
+// more than `min_skip` percent, and always at 0 and 100. Disabled instances print nothing.
+class Progress {
+ public:
+  Progress(bool enabled, float min_skip) : enabled_(enabled), min_skip_(min_skip) {}
+  // Sets the value to `percent` (absolute).
+  void Set(float percent);
+  // Adds `percent` to the value (computed in float as qemu-img does, so that the printed
+  // values match).
+  void Add(float percent) { Set(current_ + percent / 100 * 100); }
+  // Ends the progress line.
+  void End();
+
+ private:
+  bool enabled_;
+  float min_skip_;
+  float current_ = 0, last_printed_ = 0;
+};
+
+// Prints what `qemu-img create -o help` prints for `format` (with the protocol's options when
+// `filename` is non-NULL). Returns the exit code.
+int PrintCreateOptionsHelp(Context& ctx, const std::string& format, const char* filename);
+// Whether a -o option string asks for help ("help", "?", or a "help" key among others).
+bool IsHelpOption(const std::string& options);
 
 // One subcommand: registers itself on the app and runs when selected. Returns the exit code.
 struct Command {

@@ -1,0 +1,672 @@
+// blkimg convert: qemu-img convert [--object OBJ] [--image-opts] [--target-image-opts]
+//     [--target-is-zero] [-U] [-C] [-c] [-p] [-q] [-n] [-f FMT] [-t CACHE] [-T SRC_CACHE]
+//     [-O OUTPUT_FMT] [-B BACKING [-F BACKING_FMT]] [-o OPTIONS] [-l SNAPSHOT] [-S SPARSE_SIZE]
+//     [-m NUM] [-W] [--salvage] FILENAME [FILENAME2 ...] OUTPUT_FILENAME
+//
+// The sources are concatenated (each padded to a whole 512-byte sector, as qemu-img does) into
+// the target. The copy walks the sources' block status: ranges that read as zeroes are skipped
+// when the target is known to read as zeroes, else written as zeroes (may-unmap); data is read
+// in chunks of at most 2 MiB and, unless -S 0, scanned for runs of zero sectors that are
+// treated like zero ranges. Up to -m chunks are in flight through the async API; without -W
+// their writes are issued in target order, one chunk at a time.
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <memory>
+
+#include "common.h"
+
+namespace blkimg {
+namespace {
+
+constexpr uint64_t kSector = 512;
+constexpr uint64_t kChunkBytes = 2 * 1024 * 1024;  // qemu-img's IO_BUF_SIZE
+// Zero runs inside data are only cut at 4 KiB boundaries (in sectors), so that the writes
+// that remain stay aligned for the target.
+constexpr uint64_t kZeroAlignSectors = 8;
+constexpr int64_t kMaxSparse = 16 * 1024 * 1024;
+
+struct ConvertArgs {
+  std::vector<std::string> objects;
+  bool image_opts = false, target_image_opts = false, target_is_zero = false;
+  bool force_share = false, copy_offload = false, compress = false, progress = false;
+  bool quiet = false, no_create = false, out_of_order = false, salvage = false;
+  bool bitmaps = false;
+  std::string cache, src_cache = "writeback", format, out_format, backing, backing_format;
+  std::vector<std::string> options;
+  std::string snapshot, sparse, coroutines;
+  std::vector<std::string> files;
+};
+
+// The effective numeric settings, validated.
+struct Settings {
+  uint64_t min_sparse_sectors = 8;  // 0: no sparse detection, write everything
+  unsigned coroutines = 8;
+};
+
+// ---- zero-run detection ---------------------------------------------------------------------
+
+bool SectorIsZero(const uint8_t* p, size_t len) {
+  for (size_t i = 0; i < len; ++i) {
+    if (p[i]) return false;
+  }
+  return true;
+}
+
+struct ScanResult {
+  bool data;
+  uint64_t sectors;
+};
+
+// The run of sectors at the start of `buf` (`n` sectors, the last possibly short, target
+// sector `first`) that are all zero or all not, with the run's end moved to a 4 KiB boundary:
+// data runs grow up to it, zero runs shrink down to it (and zero runs that would vanish count
+// as data).
+ScanResult ScanRun(const uint8_t* buf, uint64_t n, uint64_t bytes, uint64_t first) {
+  auto sector_zero = [&](uint64_t i) {
+    uint64_t off = i * kSector;
+    return SectorIsZero(buf + off, std::min(kSector, bytes - off));
+  };
+  bool zero = sector_zero(0);
+  uint64_t i = 1;
+  while (i < n && sector_zero(i) == zero) ++i;
+  if (i == n) return {!zero, n};
+  uint64_t tail = (first + i) % kZeroAlignSectors;
+  if (tail) {
+    if (zero && i <= tail) zero = false;
+    if (!zero) {
+      i = std::min(i + kZeroAlignSectors - tail, n);
+    } else {
+      i -= tail;
+    }
+  }
+  return {!zero, i};
+}
+
+// Like ScanRun, but zero runs shorter than `min` sectors that follow data are absorbed into
+// the data run, so that small holes do not split writes.
+ScanResult ScanRunMin(const uint8_t* buf, uint64_t n, uint64_t bytes, uint64_t first, uint64_t min) {
+  min = std::min(min, n);
+  ScanResult run = ScanRun(buf, n, bytes, first);
+  if (!run.data) return run;
+  uint64_t used = run.sectors, checked = run.sectors;
+  while (checked < n) {
+    uint64_t off = checked * kSector;
+    ScanResult next = ScanRun(buf + off, n - checked, bytes - off, first + checked);
+    checked += next.sectors;
+    if (next.data) {
+      used = checked;
+    } else if (next.sectors >= min) {
+      break;
+    }
+  }
+  return {true, used};
+}
+
+// ---- the copy -------------------------------------------------------------------------------
+
+struct Source {
+  lb_backend* be = nullptr;
+  uint64_t size = 0;    // bytes
+  uint64_t padded = 0;  // size rounded up to a sector: its share of the target
+};
+
+enum class ChunkKind { kData, kZero };
+
+// One piece of the target to produce.
+struct Chunk {
+  ChunkKind kind;
+  uint64_t target_offset;
+  uint64_t length;
+  size_t source;
+  uint64_t source_offset;
+};
+
+// Walks the sources' block status and cuts the target into chunks.
+class Planner {
+ public:
+  Planner(std::vector<Source>& sources, bool sparse) : sources_(sources), sparse_(sparse) {}
+
+  // The next chunk, or false at the end (or on error, with `error` set).
+  bool Next(Chunk* chunk, std::string* error) {
+    while (index_ < sources_.size() && offset_ >= sources_[index_].padded) {
+      ++index_;
+      offset_ = 0;
+      status_end_ = 0;
+    }
+    if (index_ >= sources_.size()) return false;
+    const Source& src = sources_[index_];
+    ChunkKind kind;
+    uint64_t end;
+    if (offset_ >= src.size) {
+      kind = ChunkKind::kZero;  // the padding to a whole sector
+      end = src.padded;
+    } else {
+      if (offset_ >= status_end_) {
+        lb_extent ext = LB_EXTENT_INIT;
+        int r = lb_block_status(src.be, offset_, src.size - offset_, 0, &ext);
+        if (r < 0) {
+          *error = "error while reading block status at offset " + std::to_string(offset_) +
+                   ": " + LibError();
+          return false;
+        }
+        status_data_ = (ext.flags & LB_STATUS_DATA) && !(ext.flags & LB_STATUS_ZERO);
+        status_end_ = offset_ + ext.length;
+        // A status ending inside the source's last sector covers the padding too.
+        if (status_end_ >= src.size) status_end_ = src.padded;
+      }
+      kind = status_data_ ? ChunkKind::kData : ChunkKind::kZero;
+      end = status_end_;
+    }
+    uint64_t length = end - offset_;
+    // Data goes through a buffer; without sparse detection so do zeroes.
+    if (kind == ChunkKind::kData || !sparse_) length = std::min(length, kChunkBytes);
+    *chunk = {kind, target_offset_, length, index_, offset_};
+    offset_ += length;
+    target_offset_ += length;
+    return true;
+  }
+
+ private:
+  std::vector<Source>& sources_;
+  bool sparse_;
+  size_t index_ = 0;
+  uint64_t offset_ = 0, target_offset_ = 0;
+  uint64_t status_end_ = 0;
+  bool status_data_ = false;
+};
+
+// The bytes the copy reads and writes: what -p counts (qemu-img's "allocated sectors").
+uint64_t CountCopiedBytes(std::vector<Source>& sources, bool sparse) {
+  Planner planner(sources, sparse);
+  Chunk c;
+  std::string error;
+  uint64_t total = 0;
+  while (planner.Next(&c, &error)) {
+    if (c.kind == ChunkKind::kData || !sparse) total += c.length;
+  }
+  return total;
+}
+
+enum class Stage { kFree, kReading, kReadDone, kWriting };
+
+// A chunk in flight with its buffer.
+struct Slot {
+  Stage stage = Stage::kFree;
+  Chunk chunk{};
+  uint64_t seq = 0;  // the chunk's position in target order
+  std::vector<uint8_t> buf;
+  int pending = 0;   // writes not yet completed
+  bool is_data = false;
+};
+
+class Copier {
+ public:
+  Copier(Context& ctx, std::vector<Source>& sources, lb_backend* target, const Settings& s,
+         bool target_zero, const ConvertArgs& a)
+      : ctx_(ctx),
+        sources_(sources),
+        target_(target),
+        settings_(s),
+        target_zero_(target_zero),
+        args_(a),
+        planner_(sources, s.min_sparse_sectors != 0),
+        progress_(a.progress && !a.quiet, 1.0f),
+        slots_(s.coroutines) {}
+
+  int Run() {
+    bool sparse = settings_.min_sparse_sectors != 0;
+    if (args_.progress && !args_.quiet) total_ = CountCopiedBytes(sources_, sparse);
+    progress_.Set(0);
+    lb_context_set_max_inflight(ctx_.get(), 1024);
+    bool more = true;
+    for (;;) {
+      while (more && !failed_ && FreeSlot()) {
+        Slot* slot = FreeSlot();
+        std::string error;
+        if (!planner_.Next(&slot->chunk, &error)) {
+          more = false;
+          if (!error.empty()) Fail(error);
+          break;
+        }
+        slot->seq = next_seq_++;
+        Start(slot);
+      }
+      IssueWrites();
+      if (inflight_ == 0) {
+        if (!more || failed_) break;
+        continue;
+      }
+      Reap();
+    }
+    if (failed_) return 1;
+    progress_.Set(100);
+    progress_.End();
+    return 0;
+  }
+
+ private:
+  Slot* FreeSlot() {
+    for (Slot& s : slots_) {
+      if (s.stage == Stage::kFree) return &s;
+    }
+    return nullptr;
+  }
+
+  void Fail(const std::string& message) {
+    if (!failed_) Error(message);
+    failed_ = true;
+  }
+
+  void Start(Slot* slot) {
+    const Chunk& c = slot->chunk;
+    bool sparse = settings_.min_sparse_sectors != 0;
+    slot->is_data = c.kind == ChunkKind::kData || !sparse;
+    if (c.kind == ChunkKind::kZero) {
+      if (!sparse) slot->buf.assign(c.length, 0);
+      slot->stage = Stage::kReadDone;
+      return;
+    }
+    slot->buf.assign(c.length, 0);
+    const Source& src = sources_[c.source];
+    // The padding past the source's end stays zero.
+    uint64_t readable = std::min(c.length, src.size - std::min(src.size, c.source_offset));
+    if (readable == 0) {
+      slot->stage = Stage::kReadDone;
+      return;
+    }
+    slot->stage = Stage::kReading;
+    int r = lb_aio_pread(src.be, slot->buf.data(), readable, c.source_offset, 0, slot);
+    if (r < 0) {
+      ReadFailed(slot, r);
+      return;
+    }
+    ++inflight_;
+  }
+
+  void ReadFailed(Slot* slot, int err) {
+    std::string msg = "error while reading at byte " + std::to_string(slot->chunk.target_offset) +
+                      ": " + strerror(-err);
+    if (args_.salvage) {
+      // Salvage: what cannot be read is copied as zeroes.
+      Error(msg);
+      std::fill(slot->buf.begin(), slot->buf.end(), 0);
+      slot->stage = Stage::kReadDone;
+      return;
+    }
+    Fail(msg);
+    slot->stage = Stage::kFree;
+  }
+
+  // Submits the writes of chunks whose data is ready: in target order one chunk at a time,
+  // or as they come with -W.
+  void IssueWrites() {
+    if (failed_) return;
+    for (;;) {
+      bool issued = false;
+      for (Slot& s : slots_) {
+        if (s.stage != Stage::kReadDone) continue;
+        if (!args_.out_of_order && (s.seq != next_write_seq_ || writing_)) continue;
+        SubmitWrites(&s);
+        issued = true;
+      }
+      if (!issued || args_.out_of_order) return;
+    }
+  }
+
+  void SubmitWrites(Slot* slot) {
+    const Chunk& c = slot->chunk;
+    slot->stage = Stage::kWriting;
+    slot->pending = 0;
+    writing_ = true;
+    if (!slot->is_data) {
+      if (!target_zero_) SubmitZeroes(slot, c.target_offset, c.length);
+    } else if (settings_.min_sparse_sectors == 0) {
+      SubmitData(slot, 0, c.length);
+    } else {
+      uint64_t sectors = (c.length + kSector - 1) / kSector;
+      uint64_t first = c.target_offset / kSector;
+      uint64_t done = 0;  // sectors
+      while (done < sectors && !failed_) {
+        uint64_t off = done * kSector;
+        ScanResult run = ScanRunMin(slot->buf.data() + off, sectors - done, c.length - off,
+                                     first + done, settings_.min_sparse_sectors);
+        uint64_t len = std::min(run.sectors * kSector, c.length - off);
+        if (run.data) {
+          SubmitData(slot, off, len);
+        } else if (!target_zero_) {
+          SubmitZeroes(slot, c.target_offset + off, len);
+        }
+        done += run.sectors;
+      }
+    }
+    if (slot->pending == 0) Finish(slot);
+  }
+
+  void SubmitData(Slot* slot, uint64_t buf_offset, uint64_t len) {
+    int r = lb_aio_pwrite(target_, slot->buf.data() + buf_offset, len,
+                          slot->chunk.target_offset + buf_offset, 0, slot);
+    if (r < 0) {
+      WriteFailed(slot->chunk.target_offset + buf_offset, r);
+      return;
+    }
+    ++slot->pending;
+    ++inflight_;
+  }
+
+  void SubmitZeroes(Slot* slot, uint64_t offset, uint64_t len) {
+    int r = lb_aio_pwrite_zeroes(target_, offset, len, LB_REQ_MAY_UNMAP, slot);
+    if (r < 0) {
+      WriteFailed(offset, r);
+      return;
+    }
+    ++slot->pending;
+    ++inflight_;
+  }
+
+  void WriteFailed(uint64_t offset, int err) {
+    Fail("error while writing at byte " + std::to_string(offset) + ": " + strerror(-err));
+  }
+
+  void Finish(Slot* slot) {
+    if (slot->is_data && total_) {
+      copied_ += slot->chunk.length;
+      progress_.Set(static_cast<float>(100.0 * static_cast<double>(copied_) /
+                                        static_cast<double>(total_)));
+    }
+    if (!args_.out_of_order) {
+      ++next_write_seq_;
+      writing_ = false;
+    }
+    slot->stage = Stage::kFree;
+  }
+
+  void Reap() {
+    lb_completion done[64];
+    int n = lb_reap(ctx_.get(), 1, 64, -1, done);
+    if (n < 0) {
+      Fail(LibError());
+      inflight_ = 0;
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      --inflight_;
+      Slot* slot = static_cast<Slot*>(done[i].user_data);
+      if (slot->stage == Stage::kReading) {
+        if (done[i].ret < 0) {
+          ReadFailed(slot, done[i].ret);
+        } else {
+          slot->stage = Stage::kReadDone;
+        }
+        continue;
+      }
+      if (done[i].ret < 0) WriteFailed(slot->chunk.target_offset, done[i].ret);
+      if (--slot->pending == 0) Finish(slot);
+    }
+  }
+
+  Context& ctx_;
+  std::vector<Source>& sources_;
+  lb_backend* target_;
+  Settings settings_;
+  bool target_zero_;
+  const ConvertArgs& args_;
+  Planner planner_;
+  Progress progress_;
+  std::vector<Slot> slots_;
+  uint64_t next_seq_ = 0, next_write_seq_ = 0;
+  bool writing_ = false;
+  int inflight_ = 0;
+  bool failed_ = false;
+  uint64_t total_ = 0, copied_ = 0;
+};
+
+// ---- the command ----------------------------------------------------------------------------
+
+bool ParseSettings(const ConvertArgs& a, Settings* s) {
+  if (!a.coroutines.empty()) {
+    char* end = nullptr;
+    errno = 0;
+    long v = strtol(a.coroutines.c_str(), &end, 10);
+    if (errno || *end || end == a.coroutines.c_str() || v < 1 || v > 16) {
+      Error("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
+      return false;
+    }
+    s->coroutines = static_cast<unsigned>(v);
+  }
+  if (!a.sparse.empty()) {
+    std::optional<int64_t> v = ParseSize(a.sparse);
+    if (!v) {
+      Error("Invalid buffer size for sparse output specified. You may use k, M, G, T, P or E "
+            "suffixes for");
+      Error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+      return false;
+    }
+    if (*v % kSector || *v > kMaxSparse) {
+      Error("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 "
+            "up to 16777216. Select 0 to disable sparse detection (fully allocates output).");
+      return false;
+    }
+    s->min_sparse_sectors = static_cast<uint64_t>(*v) / kSector;
+  }
+  return true;
+}
+
+// Whether a target we just created reads as zeroes: true for regular files (and anything
+// that is not a block device), as the file protocol's creation guarantees.
+bool CreatedTargetIsZero(const std::string& filename) {
+  struct stat st;
+  if (stat(filename.c_str(), &st) < 0) return true;
+  return !S_ISBLK(st.st_mode) && !S_ISCHR(st.st_mode);
+}
+
+// Checks and creates the target (everything qemu-img does before opening it).
+int CreateTarget(Context& ctx, const ConvertArgs& a, const std::string& out_format,
+                 const std::string& target, uint64_t size) {
+  int n = lb_create_options(ctx.get(), out_format.c_str(), target.c_str(), nullptr, 0);
+  std::vector<lb_option_desc> descs(static_cast<size_t>(std::max(n, 0)));
+  for (auto& d : descs) d.struct_size = sizeof(lb_option_desc);
+  lb_create_options(ctx.get(), out_format.c_str(), target.c_str(), descs.data(), descs.size());
+  bool has_backing = false;
+  for (const lb_option_desc& d : descs) has_backing |= !strcmp(d.name, "backing_file");
+  std::string opts = JoinOptions(a.options);
+  if (!opts.empty() &&
+      lb_create(ctx.get(), target.c_str(), out_format.c_str(), opts.c_str(), size,
+                LB_CREATE_VALIDATE_ONLY) < 0) {
+    // qemu-img reports option errors without the file name.
+    std::string msg = LibError(), prefix = target + ": ";
+    if (msg.rfind(prefix, 0) == 0) msg.erase(0, prefix.size());
+    Error(msg);
+    return 1;
+  }
+  if (!has_backing && !a.backing.empty()) {
+    Error("Backing file not supported for file format '" + out_format + "'");
+    return 1;
+  }
+  if (!has_backing && !a.backing_format.empty()) {
+    Error("Backing file format not supported for file format '" + out_format + "'");
+    return 1;
+  }
+  if (a.compress) {
+    Error("Compression not supported for this file format");
+    return 1;
+  }
+  lb_options* o = nullptr;
+  lb_options_new(&o);
+  if (!opts.empty()) lb_options_parse(o, opts.c_str());
+  // The target's size is the sources' (a "size" option does not change it).
+  lb_options_set(o, "size", std::to_string(size).c_str());
+  if (!a.backing.empty()) lb_options_set(o, "backing_file", a.backing.c_str());
+  if (!a.backing_format.empty()) lb_options_set(o, "backing_fmt", a.backing_format.c_str());
+  char* text = lb_options_to_string(o);
+  lb_options_free(o);
+  int r = lb_create(ctx.get(), target.c_str(), out_format.c_str(), text, size, 0);
+  lb_free(text);
+  if (r < 0) {
+    Error(LibError());
+    return 1;
+  }
+  return 0;
+}
+
+void CloseAll(std::vector<Source>& sources) {
+  for (Source& s : sources) lb_close(s.be);
+  sources.clear();
+}
+
+int Run(const ConvertArgs& a) {
+  Settings settings;
+  if (!ParseSettings(a, &settings)) return 1;
+  std::string out_format = a.out_format.empty() ? "raw" : a.out_format;
+  if (a.target_is_zero && !a.no_create) {
+    Error("--target-is-zero requires use of -n flag");
+    return 1;
+  }
+  if (a.target_image_opts && !a.no_create) {
+    Error("--target-image-opts requires use of -n flag");
+    return 1;
+  }
+  std::string opts = JoinOptions(a.options);
+  if (!opts.empty() && a.no_create) {
+    Error("-o has no effect when skipping image creation");
+    return 1;
+  }
+  size_t nsrc = a.files.empty() ? 0 : a.files.size() - 1;
+  Context ctx;
+  if (IsHelpOption(opts)) {
+    return PrintCreateOptionsHelp(ctx, out_format, nsrc ? a.files.back().c_str() : nullptr);
+  }
+  if (nsrc < 1) {
+    Error("Must specify image file name");
+    return 1;
+  }
+  ctx.AddObjects(a.objects);
+  uint32_t src_flags = 0;
+  {
+    std::string_view m = a.src_cache;
+    if (m != "writeback" && m != "none" && m != "off" && m != "writethrough" &&
+        m != "directsync" && m != "unsafe") {
+      Error("Invalid source cache option: " + a.src_cache);
+      return 1;
+    }
+    src_flags = CacheFlags(m);
+  }
+  if (a.force_share) src_flags |= LB_OPEN_FORCE_SHARE;
+  std::vector<Source> sources;
+  uint64_t total = 0;
+  for (size_t i = 0; i < nsrc; ++i) {
+    Source s;
+    s.be = OpenBackend(ctx, {a.files[i], a.format, a.image_opts}, src_flags);
+    if (!s.be) {
+      CloseAll(sources);
+      return 1;
+    }
+    int64_t size = lb_get_size(s.be);
+    if (size < 0) {
+      Error("Could not get size of '" + a.files[i] + "': " + LibError());
+      lb_close(s.be);
+      CloseAll(sources);
+      return 1;
+    }
+    s.size = static_cast<uint64_t>(size);
+    s.padded = (s.size + kSector - 1) / kSector * kSector;
+    total += s.padded;
+    sources.push_back(s);
+  }
+  if (!a.snapshot.empty()) {
+    // No format of this build has internal snapshots.
+    Error("Failed to load snapshot: Block format 'raw' used by device '' does not support "
+          "temporarily loading internal snapshots");
+    CloseAll(sources);
+    return 1;
+  }
+  if (a.bitmaps) {
+    Error("Source lacks bitmap support");
+    CloseAll(sources);
+    return 1;
+  }
+  const std::string& target = a.files.back();
+  bool target_zero = a.target_is_zero;
+  if (!a.no_create) {
+    if (lb_create_options(ctx.get(), out_format.c_str(), nullptr, nullptr, 0) == -EINVAL) {
+      Error("Unknown file format '" + out_format + "'");
+      CloseAll(sources);
+      return 1;
+    }
+    if (CreateTarget(ctx, a, out_format, target, total) != 0) {
+      CloseAll(sources);
+      return 1;
+    }
+    target_zero = CreatedTargetIsZero(target);
+  } else if (a.compress) {
+    Error("Compression not supported for this file format");
+    CloseAll(sources);
+    return 1;
+  }
+  uint32_t flags = LB_OPEN_RDWR | LB_OPEN_UNMAP |
+                   CacheFlags(a.cache.empty() ? "unsafe" : a.cache);
+  ImageSpec spec{target, a.target_image_opts ? "" : out_format, a.target_image_opts};
+  lb_backend* out = OpenBackend(ctx, spec, flags);
+  if (!out) {
+    CloseAll(sources);
+    return 1;
+  }
+  if (a.no_create) {
+    int64_t size = lb_get_size(out);
+    if (size >= 0 && static_cast<uint64_t>(size) < total) {
+      Error("output file is smaller than input file");
+      lb_close(out);
+      CloseAll(sources);
+      return 1;
+    }
+  }
+  Copier copier(ctx, sources, out, settings, target_zero, a);
+  int ret = copier.Run();
+  if (lb_close(out) < 0 && ret == 0) {
+    Error(LibError());
+    ret = 1;
+  }
+  CloseAll(sources);
+  return ret;
+}
+
+}  // namespace
+
+std::function<int()> SetupConvert(CLI::App* sub) {
+  auto a = std::make_shared<ConvertArgs>();
+  AddObjectOption(sub, &a->objects);
+  AddImageOptsOption(sub, &a->image_opts);
+  AddForceShareOption(sub, &a->force_share);
+  sub->add_flag("--target-image-opts", a->target_image_opts,
+                "the output name is an option string (needs -n)");
+  sub->add_flag("--target-is-zero", a->target_is_zero,
+                "the target reads as zeroes already: skip zero ranges (needs -n)");
+  sub->add_flag("-C", a->copy_offload, "copy offloading (accepted; a normal copy is done)");
+  sub->add_flag("-c", a->compress, "compress the target");
+  sub->add_flag("-p", a->progress, "show progress");
+  sub->add_flag("-q", a->quiet, "quiet");
+  sub->add_flag("-n", a->no_create, "do not create the target: write into an existing image");
+  sub->add_flag("-W", a->out_of_order, "write the target out of order");
+  sub->add_flag("--salvage", a->salvage, "copy unreadable ranges as zeroes");
+  sub->add_flag("--bitmaps", a->bitmaps, "copy persistent bitmaps");
+  sub->add_option("-t", a->cache, "target cache mode (default unsafe)");
+  sub->add_option("-T", a->src_cache, "source cache mode (default writeback)");
+  sub->add_option("-f", a->format, "source format");
+  sub->add_option("-O", a->out_format, "target format (default raw)");
+  sub->add_option("-B", a->backing, "backing file of the target");
+  sub->add_option("-F", a->backing_format, "backing file format");
+  sub->add_option("-o", a->options, "target creation options ('help' lists them)")
+      ->take_all()
+      ->allow_extra_args(false);
+  sub->add_option("-l", a->snapshot, "internal snapshot to convert");
+  sub->add_option("-S", a->sparse, "minimum zero run to keep sparse (default 4k; 0: none)");
+  sub->add_option("-m", a->coroutines, "requests in flight, 1..16 (default 8)");
+  sub->add_option("files", a->files, "FILENAME [FILENAME2 ...] OUTPUT_FILENAME");
+  return [a] { return Run(*a); };
+}
+
+}  // namespace blkimg

@@ -1,0 +1,199 @@
+// blkimg map: qemu-img map [--object OBJ] [--image-opts] [-f FMT] [--start-offset=OFF]
+//             [--max-length=LEN] [--output=human|json] [-U] FILENAME
+//
+// Walks the image with lb_block_status and prints one entry per run of extents that look
+// alike, in qemu-img 7.2's formats: JSON objects with the keys "start", "length", "depth",
+// "present", "zero", "data" and, when the data has a place in the storage file, "offset";
+// or the human table of the ranges holding data. Runs merge as qemu-img merges them: same
+// flags and depth, and host offsets that continue each other.
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+#include "common.h"
+#include "nlohmann/json.hpp"
+
+namespace blkimg {
+namespace {
+
+struct MapArgs {
+  std::vector<std::string> objects;
+  std::string format;
+  std::string output = "human";
+  std::string start_offset, max_length;
+  bool force_share = false, image_opts = false;
+  std::vector<std::string> files;
+};
+
+// One line of the map: a guest range and where its content comes from.
+struct MapEntry {
+  uint64_t start = 0;
+  uint64_t length = 0;
+  uint32_t depth = 0;
+  bool present = false, zero = false, data = false;
+  std::optional<uint64_t> offset;  // in the storage file
+};
+
+bool Mergeable(const MapEntry& cur, const MapEntry& next) {
+  if (cur.length == 0) return false;
+  if (cur.depth != next.depth || cur.present != next.present || cur.zero != next.zero ||
+      cur.data != next.data || cur.offset.has_value() != next.offset.has_value()) {
+    return false;
+  }
+  return !cur.offset || *cur.offset + cur.length == *next.offset;
+}
+
+// The storage file's name as qemu-img prints it in the File column: the protocol node's
+// filename. libblock names a format node with options by a json: tree; its "file" branch
+// then names the storage file.
+std::string StorageFileName(lb_backend* be) {
+  lb_node* node = nullptr;
+  if (lb_backend_get_node(be, &node) < 0) return "";
+  lb_image_info* info = nullptr;
+  std::string name;
+  if (lb_node_get_info(node, 0, &info) == 0) {
+    name = info->filename;
+    lb_image_info_free(info);
+  }
+  lb_node_close(node);
+  if (name.rfind("json:", 0) != 0) return name;
+  auto tree = nlohmann::json::parse(name.substr(5), nullptr, false);
+  while (tree.is_object() && tree.contains("file") && tree["file"].is_object()) {
+    tree = nlohmann::json(tree["file"]);
+  }
+  if (tree.is_object() && tree.contains("filename") && tree["filename"].is_string()) {
+    return tree["filename"].get<std::string>();
+  }
+  return name;
+}
+
+class MapPrinter {
+ public:
+  MapPrinter(bool json, std::string file) : json_(json), file_(std::move(file)) {
+    if (!json_) printf("Offset          Length          Mapped to       File\n");
+  }
+
+  // Prints one entry; `last` closes the JSON list. Returns false after printing qemu-img's
+  // error for data the human format cannot place.
+  bool Print(const MapEntry& e, bool last) {
+    if (json_) {
+      printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %u, "
+             "\"present\": %s, \"zero\": %s, \"data\": %s",
+             first_ ? "[" : "", e.start, e.length, e.depth, e.present ? "true" : "false",
+             e.zero ? "true" : "false", e.data ? "true" : "false");
+      if (e.offset) printf(", \"offset\": %" PRIu64, *e.offset);
+      printf("}%s\n", last ? "]" : ",");
+      first_ = false;
+      return true;
+    }
+    if (e.data && !e.offset) {
+      Error("File contains external, encrypted or compressed clusters.");
+      return false;
+    }
+    if (e.data && !e.zero) {
+      // "%#-16x": hex with 0x except for 0, left-aligned in 16 columns.
+      printf("%s%s%s%s\n", Hex(e.start).c_str(), Hex(e.length).c_str(), Hex(*e.offset).c_str(),
+             file_.c_str());
+    }
+    return true;
+  }
+
+ private:
+  static std::string Hex(uint64_t v) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%#-16" PRIx64, v);
+    return buf;
+  }
+
+  bool json_;
+  bool first_ = true;
+  std::string file_;
+};
+
+int Run(const MapArgs& a) {
+  Context ctx;
+  ctx.AddObjects(a.objects);
+  lb_backend* be =
+      OpenBackend(ctx, {a.files[0], a.format, a.image_opts}, a.force_share ? LB_OPEN_FORCE_SHARE : 0);
+  if (!be) return 1;
+  int64_t size = lb_get_size(be);
+  if (size < 0) {
+    Error("Could not get image size: " + LibError());
+    lb_close(be);
+    return 1;
+  }
+  uint64_t start = a.start_offset.empty() ? 0 : static_cast<uint64_t>(*ParseSize(a.start_offset));
+  uint64_t end = static_cast<uint64_t>(size);
+  if (!a.max_length.empty()) {
+    uint64_t max_length = static_cast<uint64_t>(*ParseSize(a.max_length));
+    // Both are below 2^63, so the sum cannot wrap.
+    end = std::min(end, start + max_length);
+  }
+  bool json = a.output == "json";
+  MapPrinter printer(json, json ? "" : StorageFileName(be));
+  MapEntry cur;
+  cur.start = start;
+  int ret = 0;
+  while (cur.start + cur.length < end) {
+    uint64_t pos = cur.start + cur.length;
+    lb_extent ext = LB_EXTENT_INIT;
+    if (lb_block_status(be, pos, end - pos, 0, &ext) < 0) {
+      Error("Could not read file metadata: " + LibError());
+      ret = 1;
+      break;
+    }
+    MapEntry next;
+    next.start = pos;
+    next.length = std::min(ext.length, end - pos);
+    next.depth = ext.depth;
+    next.present = ext.flags & LB_STATUS_ALLOCATED;
+    next.zero = ext.flags & LB_STATUS_ZERO;
+    next.data = ext.flags & LB_STATUS_DATA;
+    // libblock reports null-co's identity mapping even where nothing is allocated; qemu-img
+    // shows no offset for ranges no image of the chain provides.
+    if (ext.has_host_offset && next.present) next.offset = ext.host_offset;
+    if (Mergeable(cur, next)) {
+      cur.length += next.length;
+      continue;
+    }
+    if (cur.length > 0 && !printer.Print(cur, false)) {
+      ret = 1;
+      break;
+    }
+    cur = next;
+  }
+  if (ret == 0 && !printer.Print(cur, true)) ret = 1;
+  lb_close(be);
+  return ret;
+}
+
+}  // namespace
+
+std::function<int()> SetupMap(CLI::App* sub) {
+  auto a = std::make_shared<MapArgs>();
+  AddObjectOption(sub, &a->objects);
+  AddImageOptsOption(sub, &a->image_opts);
+  AddForceShareOption(sub, &a->force_share);
+  sub->add_option("-f", a->format, "image format");
+  sub->add_option("--start-offset", a->start_offset, "first byte to describe");
+  sub->add_option("--max-length", a->max_length, "bytes to describe at most");
+  sub->add_option("--output", a->output, "human or json");
+  sub->add_option("filename", a->files, "image");
+  return [a]() -> int {
+    // qemu-img's order of checks: option values, operands, then the output format.
+    if (!a->start_offset.empty() && !CvtNum("start offset", a->start_offset)) return 1;
+    if (!a->max_length.empty() && !CvtNum("max length", a->max_length)) return 1;
+    if (a->files.size() != 1) return UsageError("Expecting one image file name");
+    if (a->output != "human" && a->output != "json") {
+      Error("--output must be used with human or json as argument.");
+      return 1;
+    }
+    if (a->image_opts && !a->format.empty()) {
+      Error("--image-opts and --format are mutually exclusive");
+      return 1;
+    }
+    return Run(*a);
+  };
+}
+
+}  // namespace blkimg

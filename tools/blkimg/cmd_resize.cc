@@ -1,0 +1,193 @@
+// blkimg resize: qemu-img resize [--object OBJ] [--image-opts] [-f FMT]
+//                [--preallocation=PREALLOC] [-q] [--shrink] FILENAME [+|-]SIZE
+//
+// Like qemu-img, the last argument is always the size, taken out before the options are
+// parsed, so that "-1M" reads as a relative size and not as an option. The image is opened
+// read-write with the resize permission and resized with lb_truncate.
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "common.h"
+
+namespace blkimg {
+namespace {
+
+struct ResizeArgs {
+  std::vector<std::string> objects;
+  std::string format;
+  std::string preallocation;
+  bool quiet = false, shrink = false, image_opts = false;
+  std::vector<std::string> files;
+};
+
+// The size argument: an absolute size, or a change of the current one.
+struct SizeArg {
+  int relative = 0;  // +1, -1, or 0 for an absolute size
+  uint64_t bytes = 0;
+};
+
+// qemu's option size syntax (the "size" parameter): a number below 2^64, exact when it is
+// an integer, with an optional suffix; prints qemu-img's messages on failure.
+std::optional<uint64_t> ParseSizeParameter(const std::string& text) {
+  auto malformed = [] {
+    Error("Parameter 'size' expects a non-negative number below 2^64");
+    fprintf(stderr,
+            "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+            "and exabytes, respectively.\n");
+    return std::nullopt;
+  };
+  auto out_of_range = [&text] {
+    Error("Value '" + text + "' is out of range for parameter 'size'");
+    return std::nullopt;
+  };
+  const char* s = text.c_str();
+  while (isspace(static_cast<unsigned char>(*s))) ++s;
+  if (*s == '-' || *s == '\0') return malformed();
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long whole = strtoull(s, &end, 0);
+  if (end != s && *end == '\0') {
+    if (errno == ERANGE) return out_of_range();
+    return whole;
+  }
+  errno = 0;
+  double number = strtod(s, &end);
+  if (end == s || std::isnan(number) || std::isinf(number)) return malformed();
+  double mult = 1;
+  switch (*end) {
+    case '\0': return malformed();  // a fraction of a byte
+    case 'b': case 'B': break;
+    case 'k': case 'K': mult = 0x1p10; break;
+    case 'm': case 'M': mult = 0x1p20; break;
+    case 'g': case 'G': mult = 0x1p30; break;
+    case 't': case 'T': mult = 0x1p40; break;
+    case 'p': case 'P': mult = 0x1p50; break;
+    case 'e': case 'E': mult = 0x1p60; break;
+    default: return malformed();
+  }
+  if (end[1] != '\0') return malformed();
+  double bytes = number * mult;
+  if (bytes >= 0x1p64) return out_of_range();
+  return static_cast<uint64_t>(bytes);
+}
+
+std::optional<SizeArg> ParseSizeArg(const std::string& text) {
+  SizeArg size;
+  std::string rest = text;
+  if (!rest.empty() && (rest[0] == '+' || rest[0] == '-')) {
+    size.relative = rest[0] == '+' ? 1 : -1;
+    rest.erase(0, 1);
+  }
+  std::optional<uint64_t> bytes = ParseSizeParameter(rest);
+  if (!bytes) return std::nullopt;
+  size.bytes = *bytes;
+  return size;
+}
+
+bool ValidPreallocation(const std::string& mode) {
+  return mode == "off" || mode == "metadata" || mode == "falloc" || mode == "full";
+}
+
+int Resize(const ResizeArgs& a, const SizeArg& size) {
+  Context ctx;
+  ctx.AddObjects(a.objects);
+  lb_backend* be = OpenBackend(ctx, {a.files[0], a.format, a.image_opts},
+                               LB_OPEN_RDWR | LB_OPEN_RESIZE);
+  if (!be) return 1;
+  int64_t current = lb_get_size(be);
+  if (current < 0) {
+    Error("Could not get image size: " + LibError());
+    lb_close(be);
+    return 1;
+  }
+  // qemu-img computes in int64_t: huge sizes and overflowing changes come out negative.
+  uint64_t wanted = size.relative == 0 ? size.bytes
+                    : size.relative > 0 ? static_cast<uint64_t>(current) + size.bytes
+                                        : static_cast<uint64_t>(current) - size.bytes;
+  int64_t total = static_cast<int64_t>(wanted);
+  int ret = 1;
+  if (total <= 0) {
+    Error("New image size must be positive");
+  } else if (!a.preallocation.empty() && a.preallocation != "off" && total <= current) {
+    Error("Preallocation can only be used for growing images");
+  } else if (total < current && !a.shrink) {
+    Error("Use the --shrink option to perform a shrink operation.");
+    Error("warning: Shrinking an image will delete all data beyond the shrunken image's end. "
+          "Before performing such an operation, make sure there is no important data there.");
+  } else if (lb_truncate(be, static_cast<uint64_t>(total),
+                         a.preallocation.empty() ? nullptr : a.preallocation.c_str(), 0) < 0) {
+    Error(LibError());
+  } else {
+    ret = 0;
+  }
+  if (lb_close(be) < 0 && ret == 0) {
+    Error(LibError());
+    ret = 1;
+  }
+  if (ret == 0 && !a.quiet) printf("Image resized.\n");
+  return ret;
+}
+
+// Parses the arguments that precede the size, as qemu-img's getopt loop does.
+constexpr char kUsage[] =
+    "Usage: blkimg resize [--object OBJ] [--image-opts] [-f FMT] [--preallocation=MODE] [-q] "
+    "[--shrink] FILENAME [+|-]SIZE\n";
+
+int Run(std::vector<std::string> argv) {
+  if (argv.size() == 1 && (argv[0] == "-h" || argv[0] == "--help")) {
+    printf("%s", kUsage);
+    return 0;
+  }
+  if (argv.size() < 2) return UsageError("Not enough arguments");
+  std::string size_text = argv.back();
+  argv.pop_back();
+
+  ResizeArgs a;
+  CLI::App app{"blkimg resize"};
+  app.set_help_flag();
+  AddObjectOption(&app, &a.objects);
+  AddImageOptsOption(&app, &a.image_opts);
+  app.add_option("-f", a.format);
+  app.add_option("--preallocation", a.preallocation);
+  app.add_flag("-q", a.quiet);
+  app.add_flag("--shrink", a.shrink);
+  app.add_option("filename", a.files);
+  std::reverse(argv.begin(), argv.end());  // CLI11 takes the arguments last first
+  try {
+    app.parse(argv);
+  } catch (const CLI::ExtrasError&) {
+    // getopt stops at the first option it does not know; say it as qemu-img does.
+    std::vector<std::string> extras = app.remaining();
+    return UsageError("unrecognized option '" + (extras.empty() ? "" : extras[0]) + "'");
+  } catch (const CLI::ParseError& e) {
+    return UsageError(e.what());
+  }
+  if (!a.preallocation.empty() && !ValidPreallocation(a.preallocation)) {
+    Error("Invalid preallocation mode '" + a.preallocation + "'");
+    return 1;
+  }
+  if (a.files.size() != 1) return UsageError("Expecting image file name and size");
+  if (a.image_opts && !a.format.empty()) {
+    Error("--image-opts and --format are mutually exclusive");
+    return 1;
+  }
+  std::optional<SizeArg> size = ParseSizeArg(size_text);
+  if (!size) return 1;
+  return Resize(a, *size);
+}
+
+}  // namespace
+
+std::function<int()> SetupResize(CLI::App* sub) {
+  // Every argument is handed over unparsed: the size must be taken off the end first.
+  sub->prefix_command();
+  sub->set_help_flag();
+  return [sub] { return Run(sub->remaining()); };
+}
+
+}  // namespace blkimg
