@@ -21,25 +21,26 @@
 #define SECTOR_SIZE 512
 #define BYTES_PER_LINE 16
 
-/* Formats one hexdump line of `count` bytes (at most 16) at `offset` into `out` (>= 80). */
+/* Formats one hexdump line of `count` bytes (at most 16) at `offset` into `out`, which has
+ * room for `size` characters (80 is enough). snprintf never writes past `size`. */
 static void format_hex_line(const unsigned char *bytes, size_t count, unsigned long offset,
-                            char *out) {
-  size_t i;
-  int pos = sprintf(out, "%08lx ", offset);
-  for (i = 0; i < BYTES_PER_LINE; i++) {
-    if (i == 8) pos += sprintf(out + pos, " "); /* the gap between the two halves */
+                            char *out, size_t size) {
+  size_t i, pos;
+  pos = (size_t)snprintf(out, size, "%08lx ", offset);
+  for (i = 0; i < BYTES_PER_LINE && pos < size; i++) {
+    const char *gap = i == 8 ? " " : ""; /* the gap between the two halves */
     if (i < count) {
-      pos += sprintf(out + pos, " %02x", bytes[i]);
+      pos += (size_t)snprintf(out + pos, size - pos, "%s %02x", gap, bytes[i]);
     } else {
-      pos += sprintf(out + pos, "   ");
+      pos += (size_t)snprintf(out + pos, size - pos, "%s   ", gap);
     }
   }
-  pos += sprintf(out + pos, "  |");
-  for (i = 0; i < count; i++) {
+  if (pos < size) pos += (size_t)snprintf(out + pos, size - pos, "  |");
+  for (i = 0; i < count && pos + 2 < size; i++) {
     /* only printable ASCII goes into the text column */
     out[pos++] = (bytes[i] >= 0x20 && bytes[i] < 0x7f) ? (char)bytes[i] : '.';
   }
-  sprintf(out + pos, "|");
+  if (pos < size) snprintf(out + pos, size - pos, "|");
 }
 
 /* Prints `count` bytes like hexdump -C, collapsing runs of identical lines into "*". */
@@ -56,7 +57,7 @@ static void print_hexdump(const unsigned char *bytes, size_t count) {
       continue;
     }
     starred = 0;
-    format_hex_line(bytes + off, n, (unsigned long)off, line);
+    format_hex_line(bytes + off, n, (unsigned long)off, line, sizeof line);
     puts(line);
   }
   printf("%08lx\n", (unsigned long)count);
@@ -153,7 +154,7 @@ static int selftest(lb_context *ctx, const char *dir) {
       return 1;
     }
   }
-  format_hex_line(actual, BYTES_PER_LINE, 0, line);
+  format_hex_line(actual, BYTES_PER_LINE, 0, line, sizeof line);
   if (strcmp(line, kFirstLine) != 0) {
     fprintf(stderr, "read_first_sector: hexdump line\n  got      %s\n  expected %s\n", line,
             kFirstLine);

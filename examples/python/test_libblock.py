@@ -16,6 +16,10 @@ import unittest
 
 import libblock
 
+# Under a sanitized build the runtime is preloaded for the library (examples/meson.build);
+# qemu-img/qemu-io started by these tests must not inherit it.
+os.environ.pop('LD_PRELOAD', None)
+
 MiB = 1024 * 1024
 HAVE_QEMU = shutil.which('qemu-img') is not None and shutil.which('qemu-io') is not None
 needs_qemu = unittest.skipUnless(HAVE_QEMU, 'qemu-img/qemu-io not installed')

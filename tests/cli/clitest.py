@@ -6,10 +6,13 @@ test exit 77 (meson: skipped), with the reason on stderr.
 """
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import contextlib
+import time
 import unittest
 
 BLKIMG = os.environ.get("BLKIMG", "blkimg")
@@ -85,6 +88,31 @@ class CliTestCase(unittest.TestCase):
         """Same exit code and the same messages, tool prefixes aside."""
         self.assertEqual(ours.code, theirs.code, f"ours: {ours!r}\ntheirs: {theirs!r}")
         self.assertEqual(errors(ours, "blkimg: "), errors(theirs, "qemu-img: "))
+
+    @contextlib.contextmanager
+    def held_by_qemu_io(self, name, fmt):
+        """Keeps `name` open read-write in an interactive qemu-io (it holds the image until its
+        stdin closes, however slow the machine). Its prompt says the image is open and locked;
+        probing the locks instead would race with qemu-io's own open."""
+        holder = subprocess.Popen(["qemu-io", "-f", fmt, name], cwd=self.dir,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+        try:
+            seen = b""
+            deadline = time.monotonic() + 60
+            while b"qemu-io> " not in seen:
+                left = deadline - time.monotonic()
+                ready, _, _ = select.select([holder.stdout], [], [], max(left, 0))
+                chunk = os.read(holder.stdout.fileno(), 4096) if ready else b""
+                if not chunk:
+                    self.fail(f"qemu-io did not open {name}: {seen.decode(errors='replace')}")
+                seen += chunk
+            yield holder
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdin.close()
+            holder.stdout.close()
 
     def read(self, name):
         with open(self.path(name), "rb") as f:

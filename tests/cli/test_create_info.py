@@ -99,22 +99,14 @@ class InfoTest(CliTestCase):
     def test_force_share_and_locks(self):
         self.assertOk(self.qemu_img("create", "-q", "-f", "qcow2", "q.qcow2", "1M"))
         # a qcow2 held read-write by qemu-io refuses info, -U works (as for qemu-img)
-        import subprocess, time
-        holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 5000", "q.qcow2"],
-                                  cwd=self.dir, stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(100):
-                if self.qemu_img("info", "q.qcow2").code != 0:
-                    break
-                time.sleep(0.05)
+        with self.held_by_qemu_io("q.qcow2", "qcow2"):
             ours = self.blkimg("info", "-f", "raw", "q.qcow2")
             theirs = self.qemu_img("info", "-f", "raw", "q.qcow2")
             self.assertEqual(ours.code, 0, repr(ours))  # raw takes no unshared lock, as QEMU
             self.assertEqual(theirs.code, 0, repr(theirs))
             self.assertOk(self.blkimg("info", "-U", "-f", "raw", "q.qcow2"))
-        finally:
-            holder.kill()
-            holder.wait()
+            # the qcow2 view needs the unshared write lock qemu-io holds: both refuse
+            self.assertNotEqual(self.blkimg("info", "q.qcow2").code, 0)
 
     def test_info_errors_match(self):
         self.assertSameErrors(self.blkimg("info", "nosuch"), self.qemu_img("info", "nosuch"))

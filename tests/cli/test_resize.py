@@ -1,8 +1,6 @@
 """blkimg resize, side by side with qemu-img resize: the same messages and exit codes, and the
 same resulting files (size, bytes, allocation) for every preallocation mode."""
 import os
-import subprocess
-import time
 import unittest
 
 from clitest import CliTestCase, errors
@@ -106,22 +104,13 @@ class ResizeTest(CliTestCase):
         # of it cannot be resized by either tool
         self.assertOk(self.qemu_img("create", "-q", "-f", "qcow2", "q.qcow2", "1M"))
         before = self.read("q.qcow2")
-        holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 5000", "q.qcow2"],
-                                  cwd=self.dir, stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(100):  # wait until qemu-io holds its locks
-                if self.qemu_img("info", "q.qcow2").code != 0:
-                    break
-                time.sleep(0.05)
+        with self.held_by_qemu_io("q.qcow2", "qcow2"):
             theirs = self.qemu_img("resize", "-f", "raw", "q.qcow2", "+1M")
             self.assertEqual(theirs.code, 1, repr(theirs))
             ours = self.blkimg("resize", "-f", "raw", "q.qcow2", "+1M")
             self.assertEqual(ours.code, 1, repr(ours))
             self.assertEqual(usage_errors(ours, "blkimg: "), usage_errors(theirs, "qemu-img: "))
             self.assertIn('Failed to get "write" lock', ours.err)
-        finally:
-            holder.kill()
-            holder.wait()
         self.assertEqual(self.read("q.qcow2"), before)
         # once the holder is gone, the resize works
         self.assertOk(self.blkimg("resize", "-f", "raw", "q.qcow2", "+1M"))
