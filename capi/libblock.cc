@@ -41,6 +41,9 @@ struct lb_context {
   unsigned inflight = 0;
   unsigned max_inflight = 1024;
   std::deque<lb_completion> completions;
+  // Inside lb_reap, which collects completions itself and leaves the fd readable on return
+  // if some are left: completions then need no eventfd write each.
+  bool reaping = false;
 };
 
 struct lb_backend {
@@ -289,6 +292,15 @@ lb_image_info FromJson(InfoStorage& s, const nlohmann::ordered_json& j) {
 
 // ---- asynchronous requests ---------------------------------------------------------------------
 
+// Runs a synchronous request on the context's loop. The loop consumes the fd's wake-ups, so
+// if completions are still waiting to be reaped afterwards the fd is made readable again.
+template <typename T>
+T RunSync(lb_context* ctx, libblock::Task<T> task) {
+  T result = ctx->loop->Run(std::move(task));
+  if (!ctx->completions.empty()) ctx->loop->Kick();
+  return result;
+}
+
 int Submit(lb_backend* be, libblock::Task<absl::Status> task, void* user_data) {
   lb_context* ctx = be->ctx;
   if (ctx->inflight >= ctx->max_inflight) {
@@ -298,7 +310,7 @@ int Submit(lb_backend* be, libblock::Task<absl::Status> task, void* user_data) {
   ++ctx->inflight;
   ctx->loop->Spawn(std::move(task), [ctx, user_data](absl::Status st) {
     ctx->completions.push_back({user_data, -StatusErrno(st)});
-    ctx->loop->Kick();
+    if (!ctx->reaping) ctx->loop->Kick();
   });
   ctx->loop->PrepareForPoll();
   return 0;
@@ -334,10 +346,9 @@ int SyncVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t off
   uint64_t total = 0;
   if (int r = MakeVector(iov, iovcnt, &v, &total)) return r;
   if (int r = RangeCheck(offset, total)) return r;
-  libblock::EventLoop& loop = *be->ctx->loop;
   int64_t off = static_cast<int64_t>(offset), len = static_cast<int64_t>(total);
-  absl::Status st = write ? loop.Run(be->be->Write(off, len, v, ToReqFlags(flags)))
-                          : loop.Run(be->be->Read(off, len, v, 0));
+  absl::Status st = write ? RunSync(be->ctx, be->be->Write(off, len, v, ToReqFlags(flags)))
+                          : RunSync(be->ctx, be->be->Read(off, len, v, 0));
   return Check(st);
 }
 
@@ -724,7 +735,7 @@ LB_API int lb_pwrite_zeroes(lb_backend* be, uint64_t offset, uint64_t count, uin
     if (!ValidBackend(be)) return BadHandle();
     if (flags & ~kReqFlagsAll) return UnknownFlags();
     if (int r = RangeCheck(offset, count)) return r;
-    return Check(be->ctx->loop->Run(be->be->WriteZeroes(static_cast<int64_t>(offset),
+    return Check(RunSync(be->ctx, be->be->WriteZeroes(static_cast<int64_t>(offset),
                                                         static_cast<int64_t>(count),
                                                         ToReqFlags(flags))));
   });
@@ -735,7 +746,7 @@ LB_API int lb_discard(lb_backend* be, uint64_t offset, uint64_t count, uint32_t 
     if (!ValidBackend(be)) return BadHandle();
     if (flags) return UnknownFlags();
     if (int r = RangeCheck(offset, count)) return r;
-    return Check(be->ctx->loop->Run(be->be->Discard(static_cast<int64_t>(offset),
+    return Check(RunSync(be->ctx, be->be->Discard(static_cast<int64_t>(offset),
                                                     static_cast<int64_t>(count))));
   });
 }
@@ -744,7 +755,7 @@ LB_API int lb_flush(lb_backend* be, uint32_t flags) {
   return Guard([&]() -> int {
     if (!ValidBackend(be)) return BadHandle();
     if (flags) return UnknownFlags();
-    return Check(be->ctx->loop->Run(be->be->Flush()));
+    return Check(RunSync(be->ctx, be->be->Flush()));
   });
 }
 
@@ -755,7 +766,7 @@ LB_API int lb_truncate(lb_backend* be, uint64_t size, const char* prealloc, uint
     if (size > static_cast<uint64_t>(libblock::kMaxLength)) return Fail(EFBIG, "size too large");
     auto mode = libblock::ParsePreallocMode(prealloc ? prealloc : "off");
     if (!mode.ok()) return Fail(mode.status());
-    return Check(be->ctx->loop->Run(be->be->Truncate(static_cast<int64_t>(size), true, *mode)));
+    return Check(RunSync(be->ctx, be->be->Truncate(static_cast<int64_t>(size), true, *mode)));
   });
 }
 
@@ -768,7 +779,7 @@ LB_API int lb_block_status(lb_backend* be, uint64_t offset, uint64_t count, uint
     }
     if (flags) return UnknownFlags();
     if (int r = RangeCheck(offset, count)) return r;
-    auto st = be->ctx->loop->Run(be->be->GetBlockStatus(static_cast<int64_t>(offset),
+    auto st = RunSync(be->ctx, be->be->GetBlockStatus(static_cast<int64_t>(offset),
                                                         static_cast<int64_t>(count)));
     if (!st.ok()) return Fail(st.status());
     lb_extent full = LB_EXTENT_INIT;
@@ -863,6 +874,11 @@ LB_API int lb_reap(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_
     if (!ctx || (max > 0 && !out)) return NullArgument("lb_reap");
     if (min > max) return Fail(EINVAL, "lb_reap: min is larger than max");
     libblock::EventLoop& loop = *ctx->loop;
+    ctx->reaping = true;
+    struct ReapingScope {
+      lb_context* ctx;
+      ~ReapingScope() { ctx->reaping = false; }
+    } reaping_scope{ctx};
     int64_t deadline = timeout_ns < 0 ? -1 : libblock::EventLoop::NowNs() + timeout_ns;
     unsigned got = 0;
     auto collect = [&] {

@@ -285,6 +285,23 @@ static void test_async(void) {
     CHECK(done[i].user_data != &tags[5]);
   }
   CHECK(bufs[1][0] == 1 && bufs[2][0] == 1); /* read back what the first round wrote */
+  /* the fd stays readable while completions wait: after a reap that took only some of them,
+   * and after a synchronous call whose loop run finished the asynchronous ones */
+  for (i = 0; i < 4; i++) CHECK(lb_aio_pread(be, bufs[i], 4096, (uint64_t)i * 4096, 0, &tags[i]) == 0);
+  CHECK(lb_reap(g_ctx, 4, 2, -1, done) == -EINVAL); /* min > max */
+  CHECK(lb_reap(g_ctx, 2, 2, -1, done) == 2);
+  CHECK(poll(&pfd, 1, 5000) == 1);
+  CHECK(lb_pread(be, bufs[8], 512, 0, 0) == 0);
+  CHECK(poll(&pfd, 1, 5000) == 1);
+  CHECK(lb_reap(g_ctx, 2, 2, -1, done) == 2);
+  for (i = 0; i < 4; i++) CHECK(lb_aio_pread(be, bufs[i], 4096, (uint64_t)i * 4096, 0, &tags[i]) == 0);
+  CHECK(lb_reap(g_ctx, 4, 4, -1, done) == 4); /* all of them, so everything is now waiting... */
+  CHECK(lb_aio_pread(be, bufs[0], 4096, 0, 0, &tags[0]) == 0);
+  CHECK(lb_aio_pread(be, bufs[1], 4096, 4096, 0, &tags[1]) == 0);
+  CHECK(lb_pread(be, bufs[8], 512, 0, 0) == 0); /* ...finished by this call's loop run */
+  CHECK(lb_pread(be, bufs[8], 512, 0, 0) == 0); /* a second run must not swallow the wake-up */
+  CHECK(poll(&pfd, 1, 5000) == 1);
+  CHECK(lb_reap(g_ctx, 2, 64, -1, done) == 2);
   /* requests still in flight when the backend closes complete, and are reaped afterwards */
   CHECK(lb_context_set_max_inflight(g_ctx, 1024) == 0);
   for (i = 0; i < 8; i++) CHECK(lb_aio_pread(be, bufs[i], 4096, (uint64_t)i * 4096, 0, &tags[i]) == 0);
