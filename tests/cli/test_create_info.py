@@ -27,6 +27,16 @@ class CreateTest(CliTestCase):
                 os.remove(self.path("a.img"))
                 os.remove(self.path("b.img"))
 
+    def test_size_syntax_like_qemu_img(self):
+        # qemu_strtosz: hex, fractions with a suffix, leading blanks, hex with a suffix (warns)
+        for size in ["0x100000", "1.5M", " 5M", "0x10k", "1e3", "512b"]:
+            with self.subTest(size=size):
+                ours = self.blkimg("create", "-q", "-f", "raw", "a.img", size)
+                theirs = self.qemu_img("create", "-q", "-f", "raw", "b.img", size)
+                self.assertSameErrors(ours, theirs)
+                self.assertEqual(os.path.getsize(self.path("a.img")),
+                                 os.path.getsize(self.path("b.img")))
+
     def test_quiet_and_suffixes(self):
         ours = self.blkimg("create", "-q", "-f", "raw", "a.img", "1.5M")
         self.assertOk(ours)
@@ -40,6 +50,10 @@ class CreateTest(CliTestCase):
             ["create", "-f", "raw", "-o", "bogus=1", "{}", "1M"],     # unknown option
             ["create", "-f", "raw", "-b", "base", "-F", "raw", "{}", "1M"],  # raw has no backing
             ["create", "-f", "nosuch", "{}", "1M"],                   # unknown format
+            ["create", "-f", "raw", "{}", ""],                        # empty size
+            ["create", "-f", "raw", "{}", "18446744073709551616"],    # out of range
+            ["create", "-f", "raw", "{}", "1.5"],                     # a fraction of a byte
+            ["create", "-f", "raw", "{}", "5 M"],
         ]
         for case in cases:
             with self.subTest(case=case):

@@ -17,6 +17,7 @@ struct CreateArgs {
   std::string backing, backing_format;
   bool unsafe = false, quiet = false;
   std::string filename, size;
+  bool has_size = false;
 };
 
 int Run(const CreateArgs& a) {
@@ -36,12 +37,10 @@ int Run(const CreateArgs& a) {
   if (!a.backing.empty()) lb_options_set(o, "backing_file", a.backing.c_str());
   if (!a.backing_format.empty()) lb_options_set(o, "backing_fmt", a.backing_format.c_str());
   uint64_t size = 0;
-  if (!a.size.empty()) {
-    std::optional<int64_t> s = ParseSize(a.size);
+  if (a.has_size) {
+    std::optional<int64_t> s = CvtNum("image size", a.size);
     if (!s) {
       lb_options_free(o);
-      Error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
-      Error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
       return 1;
     }
     size = static_cast<uint64_t>(*s);
@@ -104,8 +103,9 @@ std::function<int()> SetupCreate(CLI::App* sub) {
       ->take_all()
       ->allow_extra_args(false);
   sub->add_option("filename", a->filename, "image to create");
-  sub->add_option("size", a->size, "virtual size (k, M, G, T, P, E suffixes)");
-  return [a]() -> int {
+  CLI::Option* size = sub->add_option("size", a->size, "virtual size (k, M, G, T, P, E suffixes)");
+  return [a, size]() -> int {
+    a->has_size = size->count() > 0;  // an empty size argument is a bad size, not no size
     if (a->filename.empty() && !IsHelpOption(JoinOptions(a->options))) {
       Error("Expecting image file name");
       return 1;

@@ -92,46 +92,74 @@ lb_node* OpenNode(Context& ctx, const ImageSpec& image, uint32_t flags) {
   return node;
 }
 
-std::optional<int64_t> ParseSize(std::string_view text) {
-  if (text.empty()) return std::nullopt;
-  std::string s(text);
-  errno = 0;
-  char* end = nullptr;
-  double value = strtod(s.c_str(), &end);
-  if (errno || end == s.c_str() || value < 0 || std::isnan(value)) return std::nullopt;
-  std::string_view suffix(end);
-  double mult = 1;
-  if (!suffix.empty()) {
-    if (suffix.size() != 1) return std::nullopt;
-    switch (suffix[0]) {
-      case 'b': case 'B': mult = 1; break;
-      case 'k': case 'K': mult = 1024.0; break;
-      case 'm': case 'M': mult = 1024.0 * 1024; break;
-      case 'g': case 'G': mult = 1024.0 * 1024 * 1024; break;
-      case 't': case 'T': mult = 1024.0 * 1024 * 1024 * 1024; break;
-      case 'p': case 'P': mult = 1024.0 * 1024 * 1024 * 1024 * 1024; break;
-      case 'e': case 'E': mult = 1024.0 * 1024 * 1024 * 1024 * 1024 * 1024; break;
-      default: return std::nullopt;
-    }
-  } else if (std::floor(value) != value) {
-    return std::nullopt;  // a fraction of a byte
+namespace {
+
+int SuffixShift(char c) {
+  switch (c) {
+    case 'b': case 'B': return 0;
+    case 'k': case 'K': return 10;
+    case 'm': case 'M': return 20;
+    case 'g': case 'G': return 30;
+    case 't': case 'T': return 40;
+    case 'p': case 'P': return 50;
+    case 'e': case 'E': return 60;
+    default: return -1;
   }
-  double bytes = value * mult;
-  if (bytes >= 9223372036854775808.0) return std::nullopt;
-  return static_cast<int64_t>(bytes);
+}
+
+}  // namespace
+
+NumError StrToSz(std::string_view text_view, int64_t* out) {
+  std::string text(text_view);
+  const char* p = text.c_str();
+  while (isspace(static_cast<unsigned char>(*p))) ++p;  // as strtod, which QEMU uses
+  bool hex = (p[0] == '0' && (p[1] == 'x' || p[1] == 'X'));
+  long double whole = 0, fraction = 0;
+  if (hex) {
+    p += 2;
+    if (!isxdigit(static_cast<unsigned char>(*p))) return NumError::kInvalid;
+    for (; isxdigit(static_cast<unsigned char>(*p)); ++p) {
+      int digit = isdigit(static_cast<unsigned char>(*p)) ? *p - '0' : (tolower(*p) - 'a' + 10);
+      whole = whole * 16 + digit;
+    }
+  } else {
+    if (!isdigit(static_cast<unsigned char>(*p))) return NumError::kInvalid;
+    for (; isdigit(static_cast<unsigned char>(*p)); ++p) whole = whole * 10 + (*p - '0');
+    if (*p == '.') {
+      ++p;
+      long double scale = 0.1L;
+      for (; isdigit(static_cast<unsigned char>(*p)); ++p, scale /= 10) {
+        fraction += (*p - '0') * scale;
+      }
+      if (*p == '\0' || SuffixShift(*p) <= 0) return NumError::kInvalid;  // bytes are whole
+    }
+  }
+  int shift = 0;
+  if (*p) {
+    shift = SuffixShift(*p);
+    if (shift < 0 || p[1] != '\0') return NumError::kInvalid;
+    if (hex) {
+      fprintf(stderr, "blkimg: warning: Using a multiplier suffix on hex numbers is deprecated: %s\n",
+              text.c_str());
+    }
+  }
+  long double value = std::floor((whole + fraction) * std::ldexp(1.0L, shift));
+  if (value > static_cast<long double>(INT64_MAX)) return NumError::kRange;
+  *out = static_cast<int64_t>(value);
+  return NumError::kNone;
+}
+
+std::optional<int64_t> ParseSize(std::string_view text) {
+  int64_t value = 0;
+  if (StrToSz(text, &value) != NumError::kNone) return std::nullopt;
+  return value;
 }
 
 std::optional<int64_t> CvtNum(std::string_view what, std::string_view text, int64_t max) {
-  std::optional<int64_t> value = ParseSize(text);
-  if (value && *value <= max) return value;
-  // ParseSize refuses both bad syntax and values of 2^63 or more; qemu-img words the two
-  // differently, so tell them apart: a well-formed non-negative number is out of range.
-  std::string s(text);
-  char* end = nullptr;
-  double number = strtod(s.c_str(), &end);
-  bool well_formed = end != s.c_str() && number >= 0 && !std::isnan(number) &&
-                     (*end == '\0' || (end[1] == '\0' && strchr("bBkKmMgGtTpPeE", *end)));
-  if (value || (well_formed && (*end != '\0' || std::floor(number) == number))) {
+  int64_t value = 0;
+  NumError e = StrToSz(text, &value);
+  if (e == NumError::kNone && value <= max) return value;
+  if (e != NumError::kInvalid) {
     Error("Invalid " + std::string(what) + " specified. Must be between 0 and " +
           std::to_string(max) + ".");
   } else {

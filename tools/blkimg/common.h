@@ -58,8 +58,12 @@ uint32_t AioFlags(std::string_view mode);
 lb_backend* OpenBackend(Context& ctx, const ImageSpec& image, uint32_t flags);
 lb_node* OpenNode(Context& ctx, const ImageSpec& image, uint32_t flags);
 
-// qemu-img's size syntax (cvtnum): a number with an optional suffix b, k/K, M, G, T, P, E
-// (powers of 1024; no suffix: bytes). nullopt when malformed or negative.
+// qemu_strtosz, the size syntax of qemu-img's cvtnum and of qemu-io: DIGITS[.DIGITS][SUFFIX]
+// or 0xHEX[SUFFIX], suffixes b, k/K, M, G, T, P, E (powers of 1024; a fraction needs one).
+// kRange for values of 2^63 or more. Warns (on stderr) about suffixes on hex numbers.
+enum class NumError { kNone, kInvalid, kRange };
+NumError StrToSz(std::string_view text, int64_t* out);
+// StrToSz's value, or nullopt when malformed or too large.
 std::optional<int64_t> ParseSize(std::string_view text);
 // qemu-img's cvtnum: parses the value of the option `what` ("start offset") with ParseSize's
 // syntax, printing qemu-img's message when it is malformed or outside [0, max].
