@@ -889,6 +889,7 @@ LB_API int lb_reap(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_
       }
     };
     collect();
+    bool ran = false;
     // Wait for `min`, as long as something is in flight that could still complete.
     while (got < min && ctx->inflight > 0) {
       int wait_ms = -1;
@@ -898,10 +899,12 @@ LB_API int lb_reap(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_
         wait_ms = static_cast<int>(std::min<int64_t>((left + 999999) / 1000000, 1 << 30));
       }
       loop.RunOnce(true, wait_ms);
+      ran = true;
       collect();
     }
-    // Then whatever else is ready now, without waiting.
-    if (got < max) {
+    // Then whatever else is ready now, without waiting (a loop run above already took
+    // everything that was ready when it woke; another pass would cost a syscall for nothing).
+    if (got < max && !ran) {
       loop.RunOnce(false);
       collect();
     }
