@@ -701,6 +701,13 @@ LB_API int lb_node_get_info(lb_node* node, uint32_t flags, lb_image_info** out) 
   });
 }
 
+LB_API int lb_node_has_zero_init(lb_node* node) {
+  return Guard([&]() -> int {
+    if (!node) return NullArgument("lb_node_has_zero_init");
+    return node->node->impl()->HasZeroInit() ? 1 : 0;
+  });
+}
+
 LB_API void lb_image_info_free(lb_image_info* info) {
   if (!info) return;
   InfoHolder* head = reinterpret_cast<InfoHolder*>(info);

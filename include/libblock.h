@@ -273,6 +273,12 @@ typedef struct lb_image_info {
 LB_API int lb_node_get_info(lb_node *node, uint32_t flags, lb_image_info **out);
 LB_API void lb_image_info_free(lb_image_info *info);
 
+/* Whether the image reads as zeroes everywhere right after it was created (QEMU's
+ * bdrv_has_zero_init): 1 for images in regular files, 0 where old contents may show through
+ * (host devices, null-co), or a negative errno. A copy into a freshly created image may skip
+ * the ranges that are zero when this is 1. Since 0.1. */
+LB_API int lb_node_has_zero_init(lb_node *node);
+
 /* ---- I/O (synchronous: each call runs the context's loop until the request completes) --- */
 
 /* request flags */

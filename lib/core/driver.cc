@@ -54,6 +54,11 @@ absl::Status NodeDriver::GetImageInfo(ImageInfo& info) {
   return ErrnoError(ENOTSUP, "no image information");
 }
 
+bool NodeDriver::HasZeroInit() {
+  if (Child* c = node().primary_child()) return c->node()->impl()->HasZeroInit();
+  return false;
+}
+
 absl::StatusOr<BlockSizes> NodeDriver::ProbeBlockSizes() {
   // Filters and raw without an offset see their child's block sizes.
   if (Child* c = node().primary_child()) return c->node()->impl()->ProbeBlockSizes();

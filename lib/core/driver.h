@@ -158,6 +158,10 @@ class NodeDriver {
   // Bytes the node occupies on its storage; the default sums the storage children.
   virtual absl::StatusOr<int64_t> GetAllocatedSize();
   virtual absl::StatusOr<BlockSizes> ProbeBlockSizes();
+  // Whether a newly created image reads as zeroes everywhere (QEMU's bdrv_has_zero_init):
+  // what a copy may rely on to skip zero ranges. The default asks the primary child (filters
+  // and raw answer for their file); a node without one says no.
+  virtual bool HasZeroInit();
   // Driver-specific fields for `info`.
   virtual void FillInfo(nlohmann::json& info) {}
   // What `info` shows about the image (QEMU's bdrv_get_info + get_specific_info). Drivers

@@ -101,6 +101,7 @@ static void test_null_and_messages(void) {
   CHECK_FAILS(lb_context_set_max_inflight(g_ctx, 0), EINVAL);
   CHECK_FAILS(lb_reap(g_ctx, 2, 1, 0, &c), EINVAL);
   CHECK_FAILS(lb_node_get_info(NULL, 0, &info), EINVAL);
+  CHECK_FAILS(lb_node_has_zero_init(NULL), EINVAL);
   CHECK(info == NULL);
   CHECK_FAILS(lb_block_status(NULL, 0, 1, 0, &ext), EINVAL);
   CHECK_FAILS(lb_pread(NULL, &c, 1, 0, 0), EINVAL);
@@ -177,6 +178,15 @@ static void test_nodes_and_info(void) {
   args.format = "raw";
   args.flags = LB_OPEN_RDWR | LB_OPEN_CACHE_NONE | LB_OPEN_AIO_THREADS | LB_OPEN_UNMAP;
   CHECK(lb_node_open(g_ctx, &args, &node) == 0 && node != NULL);
+  CHECK(lb_node_has_zero_init(node) == 1); /* a regular file */
+  {
+    lb_open_args null_args = LB_OPEN_ARGS_INIT;
+    lb_node *null_node = NULL;
+    null_args.options = "driver=null-co,size=1M";
+    CHECK(lb_node_open(g_ctx, &null_args, &null_node) == 0);
+    CHECK(lb_node_has_zero_init(null_node) == 0); /* nothing guarantees what it reads */
+    lb_node_close(null_node);
+  }
   CHECK(lb_node_get_info(node, 0, &info) == 0 && info != NULL);
   CHECK(info->struct_size == sizeof(lb_image_info));
   CHECK(strcmp(info->format, "raw") == 0);

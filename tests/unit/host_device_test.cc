@@ -162,6 +162,9 @@ TEST_CASE("host_device: size and block sizes come from the device", "[host_devic
     REQUIRE((bs->flags & kStatusData));
     // Images are locked as in QEMU, on the device node.
     REQUIRE(LockedBytes(disk.path()) == kRwLocks);
+    // A device keeps its old contents: a copy into it must write zeroes (raw asks its file).
+    REQUIRE_FALSE(dev->impl()->HasZeroInit());
+    REQUIRE_FALSE(be->root()->impl()->HasZeroInit());
   }
 }
 

@@ -9,7 +9,6 @@
 // in chunks of at most 2 MiB and, unless -S 0, scanned for runs of zero sectors that are
 // treated like zero ranges. Up to -m chunks are in flight through the async API; without -W
 // their writes are issued in target order, one chunk at a time.
-#include <sys/stat.h>
 
 #include <cerrno>
 #include <cinttypes>
@@ -456,14 +455,6 @@ bool ParseSettings(const ConvertArgs& a, Settings* s) {
   return true;
 }
 
-// Whether a target we just created reads as zeroes: true for regular files (and anything
-// that is not a block device), as the file protocol's creation guarantees.
-bool CreatedTargetIsZero(const std::string& filename) {
-  struct stat st;
-  if (stat(filename.c_str(), &st) < 0) return true;
-  return !S_ISBLK(st.st_mode) && !S_ISCHR(st.st_mode);
-}
-
 // Checks and creates the target (everything qemu-img does before opening it).
 int CreateTarget(Context& ctx, const ConvertArgs& a, const std::string& out_format,
                  const std::string& target, uint64_t size) {
@@ -601,7 +592,6 @@ int Run(const ConvertArgs& a) {
       CloseAll(sources);
       return 1;
     }
-    target_zero = CreatedTargetIsZero(target);
   } else if (a.compress) {
     Error("Compression not supported for this file format");
     CloseAll(sources);
@@ -614,6 +604,14 @@ int Run(const ConvertArgs& a) {
   if (!out) {
     CloseAll(sources);
     return 1;
+  }
+  if (!a.no_create) {
+    // Zero ranges of the source need no writes when the new image reads as zeroes.
+    lb_node* node = nullptr;
+    if (lb_backend_get_node(out, &node) == 0) {
+      target_zero = lb_node_has_zero_init(node) == 1;
+      lb_node_close(node);
+    }
   }
   if (a.no_create) {
     int64_t size = lb_get_size(out);

@@ -103,6 +103,9 @@ class FileNode final : public NodeDriver {
   absl::Status PreparePerm(Perm perm, Perm shared, Transaction& tran) override;
   absl::Status PrepareReopen(bool read_only, Transaction& tran) override;
   absl::StatusOr<int64_t> GetLength() override;
+  // A new regular file reads as zeroes (holes or zeroed preallocation); a device keeps its
+  // old contents.
+  bool HasZeroInit() override { return !is_device_; }
   absl::StatusOr<int64_t> GetAllocatedSize() override;
   absl::StatusOr<BlockSizes> ProbeBlockSizes() override;
   void FillInfo(nlohmann::json& info) override;
