@@ -54,8 +54,10 @@ def qemu_io(*args, cwd=None, **kw):
 
 
 def errors(result, prefix):
-    """stderr with the tool name prefix ("blkimg: " / "qemu-img: ") removed from each line."""
-    return [line[len(prefix):] if line.startswith(prefix) else line
+    """stderr with the tool name prefix ("blkimg: " / "qemu-img: ") removed from each line,
+    and the tool's name taken out of the "Try 'X --help'" hint."""
+    return [(line[len(prefix):] if line.startswith(prefix) else line)
+            .replace("'blkimg --help'", "'qemu-img --help'")
             for line in result.err.splitlines()]
 
 

@@ -6,11 +6,6 @@ import unittest
 from clitest import CliTestCase, errors
 
 
-def usage_errors(result, prefix):
-    """Error lines with the tool's name taken out of qemu-img's "Try 'X --help'" hint too."""
-    return [line.replace("'blkimg --help'", "'qemu-img --help'") for line in errors(result, prefix)]
-
-
 class ResizeTest(CliTestCase):
     def twins(self, size=1024 * 1024, data=True):
         """Two equal raw files: ours.img for blkimg, theirs.img for qemu-img."""
@@ -28,8 +23,8 @@ class ResizeTest(CliTestCase):
         theirs = self.qemu_img("resize", *[a.replace("IMG", "theirs.img") for a in args])
         self.assertEqual(ours.code, theirs.code, f"ours: {ours!r}\ntheirs: {theirs!r}")
         self.assertEqual(ours.out, theirs.out)
-        self.assertEqual([l.replace("ours.img", "X") for l in usage_errors(ours, "blkimg: ")],
-                         [l.replace("theirs.img", "X") for l in usage_errors(theirs, "qemu-img: ")])
+        self.assertEqual([l.replace("ours.img", "X") for l in errors(ours, "blkimg: ")],
+                         [l.replace("theirs.img", "X") for l in errors(theirs, "qemu-img: ")])
         if expect_ok is not None:
             self.assertEqual(ours.code == 0, expect_ok, repr(ours))
         a, b = os.stat(self.path("ours.img")), os.stat(self.path("theirs.img"))
@@ -109,7 +104,7 @@ class ResizeTest(CliTestCase):
             self.assertEqual(theirs.code, 1, repr(theirs))
             ours = self.blkimg("resize", "-f", "raw", "q.qcow2", "+1M")
             self.assertEqual(ours.code, 1, repr(ours))
-            self.assertEqual(usage_errors(ours, "blkimg: "), usage_errors(theirs, "qemu-img: "))
+            self.assertEqual(errors(ours, "blkimg: "), errors(theirs, "qemu-img: "))
             self.assertIn('Failed to get "write" lock', ours.err)
         self.assertEqual(self.read("q.qcow2"), before)
         # once the holder is gone, the resize works

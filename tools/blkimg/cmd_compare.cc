@@ -192,9 +192,7 @@ bool OpenImage(Context& ctx, const CompareArgs& a, size_t i, uint32_t flags, Ima
 
 int Run(const CompareArgs& a) {
   if (a.files.size() != 2) {
-    Error("Expecting two image file names");
-    fprintf(stderr, "Try 'qemu-img --help' for more information\n");
-    return 1;
+    return UsageError("Expecting two image file names");
   }
   Context ctx;
   ctx.AddObjects(a.objects);

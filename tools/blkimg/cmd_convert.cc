@@ -270,10 +270,11 @@ class Copier {
       slot->stage = Stage::kReadDone;
       return;
     }
-    slot->buf.assign(c.length, 0);
     const Source& src = sources_[c.source];
-    // The padding past the source's end stays zero.
     uint64_t readable = std::min(c.length, src.size - std::min(src.size, c.source_offset));
+    // The read fills the buffer; only the padding past the source's end is zeroed here.
+    slot->buf.resize(c.length);
+    std::fill(slot->buf.begin() + static_cast<ptrdiff_t>(readable), slot->buf.end(), 0);
     if (readable == 0) {
       slot->stage = Stage::kReadDone;
       return;

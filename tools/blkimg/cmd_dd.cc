@@ -131,13 +131,8 @@ int Run(const DdArgs& a) {
     lb_close(in);
     return 1;
   }
-  lb_open_args args = LB_OPEN_ARGS_INIT;
-  args.filename = op.output.c_str();
-  args.format = a.out_format.c_str();
-  args.flags = LB_OPEN_RDWR;
-  lb_backend* out = nullptr;
-  if (lb_open_ex(ctx.get(), &args, &out) < 0) {
-    Error("Could not open '" + op.output + "': " + LibError());
+  lb_backend* out = OpenBackend(ctx, {op.output, a.out_format, false}, LB_OPEN_RDWR);
+  if (!out) {
     lb_close(in);
     return 1;
   }

@@ -49,14 +49,8 @@ lb_backend* Open(Context& ctx, const IoArgs& a) {
           ": force-share=on can only be used with read-only images");
     return nullptr;
   }
-  lb_open_args args = LB_OPEN_ARGS_INIT;
-  if (a.image_opts) {
-    args.options = a.filename.c_str();
-  } else {
-    args.filename = a.filename.c_str();
-    if (!a.format.empty()) args.format = a.format.c_str();
-  }
-  args.flags = flags;
+  ImageSpec image{a.filename, a.format, a.image_opts};
+  lb_open_args args = ArgsFor(image, flags);
   lb_backend* be = nullptr;
   if (lb_open_ex(ctx.get(), &args, &be) < 0) {
     Error("can't open device " + a.filename + ": " + LibError());

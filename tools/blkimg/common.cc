@@ -56,8 +56,6 @@ uint32_t AioFlags(std::string_view mode) {
   Fatal("Invalid aio option: " + std::string(mode));
 }
 
-namespace {
-
 lb_open_args ArgsFor(const ImageSpec& image, uint32_t flags) {
   lb_open_args args = LB_OPEN_ARGS_INIT;
   if (image.image_opts) {
@@ -69,8 +67,6 @@ lb_open_args ArgsFor(const ImageSpec& image, uint32_t flags) {
   args.flags = flags;
   return args;
 }
-
-}  // namespace
 
 lb_backend* OpenBackend(Context& ctx, const ImageSpec& image, uint32_t flags) {
   lb_open_args args = ArgsFor(image, flags);

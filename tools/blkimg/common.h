@@ -53,6 +53,8 @@ uint32_t CacheFlags(std::string_view mode);
 // qemu-img's -i aio modes as LB_OPEN_AIO_* flags.
 uint32_t AioFlags(std::string_view mode);
 
+// lb_open_args naming `image` (its strings must outlive the result).
+lb_open_args ArgsFor(const ImageSpec& image, uint32_t flags);
 // Opens an image as qemu-img's img_open does. Returns NULL after printing qemu-img's
 // "Could not open 'NAME': ..." message.
 lb_backend* OpenBackend(Context& ctx, const ImageSpec& image, uint32_t flags);
