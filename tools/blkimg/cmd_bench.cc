@@ -24,14 +24,11 @@
 namespace blkimg {
 namespace {
 
+// What the command line says besides the plan.
 struct BenchArgs {
-  std::vector<std::string> objects;
   std::string format;
-  std::string count, depth, flush_interval, offset, pattern, buffer_size, step_size;
-  std::string aio, cache;
-  bool no_drain = false, native = false, quiet = false, write = false, force_share = false;
-  bool image_opts = false;
-  std::vector<std::string> files;
+  bool quiet = false, image_opts = false;
+  std::string filename;
 };
 
 // The validated parameters of a run.
@@ -70,71 +67,86 @@ bool ValidCacheMode(const std::string& mode) {
          mode == "directsync" || mode == "unsafe";
 }
 
-std::optional<BenchPlan> Plan(const BenchArgs& a) {
-  BenchPlan p;
-  auto fail = [](const std::string& message) -> std::optional<BenchPlan> {
+// One option of the command line, applied to the plan as qemu-img applies it (in order, each
+// value checked when it is seen). Prints qemu-img's message and returns false on a bad value.
+bool ApplyOption(int c, const char* arg, BenchArgs* a, BenchPlan* p) {
+  auto fail = [](const std::string& message) {
     Error(message);
-    return std::nullopt;
+    return false;
   };
-  if (!a.count.empty()) {
-    std::optional<int> v = ParseBounded(a.count, INT_MAX);
-    if (!v) return fail("Invalid request count specified");
-    p.count = *v;
-  }
-  if (!a.depth.empty()) {
-    // qemu-img accepts a depth of 0 and then never sends a request; refuse it instead.
-    std::optional<int> v = ParseBounded(a.depth, INT_MAX);
-    if (!v || *v == 0) return fail("Invalid queue depth specified");
-    p.depth = *v;
-  }
-  if (!a.aio.empty()) {
-    if (a.aio != "threads" && a.aio != "native" && a.aio != "io_uring") {
-      return fail("Invalid aio option: " + a.aio);
+  std::string text = arg ? arg : "";
+  switch (c) {
+    case 'c': {
+      std::optional<int> v = ParseBounded(text, INT_MAX);
+      if (!v) return fail("Invalid request count specified");
+      p->count = *v;
+      return true;
     }
-    p.native_aio = a.aio == "native";
-    p.open_flags |= AioFlags(a.aio);
+    case 'd': {
+      // qemu-img accepts a depth of 0 and then never sends a request; refuse it instead.
+      std::optional<int> v = ParseBounded(text, INT_MAX);
+      if (!v || *v == 0) return fail("Invalid queue depth specified");
+      p->depth = *v;
+      return true;
+    }
+    case 'f': a->format = text; return true;
+    case 'n':
+      // -n is qemu-img's shorthand for aio=native.
+      p->native_aio = true;
+      p->open_flags = (p->open_flags & ~LB_OPEN_AIO_MASK) | AioFlags("native");
+      return true;
+    case 'i':
+      if (text != "threads" && text != "native" && text != "io_uring") {
+        return fail("Invalid aio option: " + text);
+      }
+      p->native_aio = text == "native";
+      p->open_flags = (p->open_flags & ~LB_OPEN_AIO_MASK) | AioFlags(text);
+      return true;
+    case 'o': {
+      std::optional<int64_t> v = CvtNum("offset", text);
+      if (!v) return false;
+      p->offset = *v;
+      return true;
+    }
+    case 'q': a->quiet = true; return true;
+    case 's': {
+      std::optional<int64_t> v = CvtNum("buffer size", text, INT_MAX);
+      if (!v) return false;
+      p->buffer_size = static_cast<int>(*v);
+      return true;
+    }
+    case 'S': {
+      std::optional<int64_t> v = CvtNum("step_size", text, INT_MAX);
+      if (!v) return false;
+      p->step_size = static_cast<int>(*v);
+      return true;
+    }
+    case 't':
+      if (!ValidCacheMode(text)) return fail("Invalid cache mode");
+      p->open_flags = (p->open_flags & ~LB_OPEN_CACHE_MASK) | CacheFlags(text);
+      p->direct = text == "none" || text == "off" || text == "directsync";
+      return true;
+    case 'w':
+      p->write = true;
+      p->open_flags |= LB_OPEN_RDWR;
+      return true;
+    case 'U': p->open_flags |= LB_OPEN_FORCE_SHARE; return true;
+    case kOptImageOpts: a->image_opts = true; return true;
+    case kOptPattern: {
+      std::optional<int> v = ParseBounded(text, 0xff);
+      if (!v) return fail("Invalid pattern byte specified");
+      p->pattern = static_cast<uint8_t>(*v);
+      return true;
+    }
+    case kOptFlushInterval: {
+      std::optional<int> v = ParseBounded(text, INT_MAX);
+      if (!v) return fail("Invalid flush interval specified");
+      p->flush_interval = *v;
+      return true;
+    }
+    case kOptNoDrain: p->drain = false; return true;
+    default: return false;
   }
-  if (a.native) {
-    // -n is qemu-img's shorthand for aio=native.
-    p.native_aio = true;
-    p.open_flags = (p.open_flags & ~LB_OPEN_AIO_MASK) | AioFlags("native");
-  }
-  if (!a.offset.empty()) {
-    std::optional<int64_t> v = CvtNum("offset", a.offset);
-    if (!v) return std::nullopt;
-    p.offset = *v;
-  }
-  if (!a.buffer_size.empty()) {
-    std::optional<int64_t> v = CvtNum("buffer size", a.buffer_size, INT_MAX);
-    if (!v) return std::nullopt;
-    p.buffer_size = static_cast<int>(*v);
-  }
-  if (!a.step_size.empty()) {
-    std::optional<int64_t> v = CvtNum("step_size", a.step_size, INT_MAX);
-    if (!v) return std::nullopt;
-    p.step_size = static_cast<int>(*v);
-  }
-  if (!a.cache.empty()) {
-    if (!ValidCacheMode(a.cache)) return fail("Invalid cache mode");
-    p.open_flags |= CacheFlags(a.cache);
-    p.direct = a.cache == "none" || a.cache == "off" || a.cache == "directsync";
-  }
-  if (!a.pattern.empty()) {
-    std::optional<int> v = ParseBounded(a.pattern, 0xff);
-    if (!v) return fail("Invalid pattern byte specified");
-    p.pattern = static_cast<uint8_t>(*v);
-  }
-  if (!a.flush_interval.empty()) {
-    std::optional<int> v = ParseBounded(a.flush_interval, INT_MAX);
-    if (!v) return fail("Invalid flush interval specified");
-    p.flush_interval = *v;
-  }
-  p.drain = !a.no_drain;
-  p.write = a.write;
-  if (p.step_size == 0) p.step_size = p.buffer_size;
-  if (a.write) p.open_flags |= LB_OPEN_RDWR;
-  if (a.force_share) p.open_flags |= LB_OPEN_FORCE_SHARE;
-  return p;
 }
 
 // The run itself: keeps up to `depth` requests in flight, each completion making room for
@@ -251,10 +263,8 @@ double Seconds(const timespec& from, const timespec& to) {
          static_cast<double>(to.tv_nsec - from.tv_nsec) / 1e9;
 }
 
-int Run(const BenchArgs& a) {
-  std::optional<BenchPlan> plan = Plan(a);
-  if (!plan) return 1;
-  if (a.files.size() != 1) return UsageError("Expecting one image file name");
+int Run(Context& ctx, const BenchArgs& a, BenchPlan* plan) {
+  if (plan->step_size == 0) plan->step_size = plan->buffer_size;
   if (plan->flush_interval && !plan->write) {
     Error("--flush-interval is only available in write tests");
     return 1;
@@ -269,14 +279,12 @@ int Run(const BenchArgs& a) {
   }
   if (plan->native_aio && !plan->direct) {
     // libblock has no native AIO engine (it uses io_uring), but keeps QEMU's rule.
-    Error("Could not open '" + a.files[0] +
+    Error("Could not open '" + a.filename +
           "': aio=native was specified, but it requires cache.direct=on, which was not "
           "specified.");
     return 1;
   }
-  Context ctx;
-  ctx.AddObjects(a.objects);
-  lb_backend* be = OpenBackend(ctx, {a.files[0], a.format, a.image_opts}, plan->open_flags);
+  lb_backend* be = OpenBackend(ctx, {a.filename, a.format, a.image_opts}, plan->open_flags);
   if (!be) return 1;
   int64_t size = lb_get_size(be);
   if (size < 0) {
@@ -310,27 +318,31 @@ int Run(const BenchArgs& a) {
 
 }  // namespace
 
-std::function<int()> SetupBench(CLI::App* sub) {
-  auto a = std::make_shared<BenchArgs>();
-  AddObjectOption(sub, &a->objects);
-  AddImageOptsOption(sub, &a->image_opts);
-  AddForceShareOption(sub, &a->force_share);
-  sub->add_option("-c", a->count, "number of requests (default 75000)");
-  sub->add_option("-d", a->depth, "requests in flight (default 64)");
-  sub->add_option("-f", a->format, "image format");
-  sub->add_option("--flush-interval", a->flush_interval, "flush every N requests (writes)");
-  sub->add_flag("--no-drain", a->no_drain, "flush without draining the queue first");
-  sub->add_option("-i", a->aio, "AIO engine: threads, native or io_uring");
-  sub->add_flag("-n", a->native, "native AIO (needs -t none or directsync)");
-  sub->add_option("-o", a->offset, "offset of the first request");
-  sub->add_option("--pattern", a->pattern, "byte written by write tests (default 0)");
-  sub->add_flag("-q", a->quiet, "quiet (qemu-img prints the results anyway)");
-  sub->add_option("-s", a->buffer_size, "bytes per request (default 4k)");
-  sub->add_option("-S", a->step_size, "distance between requests (default: -s)");
-  sub->add_option("-t", a->cache, "cache mode");
-  sub->add_flag("-w", a->write, "write test");
-  sub->add_option("filename", a->files, "image");
-  return [a] { return Run(*a); };
+int RunBench(int argc, char** argv) {
+  static const option kLong[] = {
+      BLKIMG_LONG_HELP,
+      {"flush-interval", required_argument, nullptr, kOptFlushInterval},
+      BLKIMG_LONG_IMAGE_OPTS,
+      {"pattern", required_argument, nullptr, kOptPattern},
+      {"no-drain", no_argument, nullptr, kOptNoDrain},
+      BLKIMG_LONG_FORCE_SHARE,
+      BLKIMG_LONG_END,
+  };
+  Context ctx;
+  BenchArgs a;
+  BenchPlan plan;
+  for (;;) {
+    int c = NextOption(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", kLong);
+    if (c == -1) break;
+    if (c == 'h') {
+      PrintHelp();
+      return 0;
+    }
+    if (c == kOptionError || !ApplyOption(c, optarg, &a, &plan)) return 1;
+  }
+  if (optind != argc - 1) return UsageError("Expecting one image file name");
+  a.filename = argv[optind];
+  return Run(ctx, a, &plan);
 }
 
 }  // namespace blkimg

@@ -23,7 +23,6 @@ constexpr uint64_t kBufBytes = 2 * 1024 * 1024;  // at most this much is read at
 constexpr int kSame = 0, kDiffer = 1, kFailed = 2;
 
 struct CompareArgs {
-  std::vector<std::string> objects;
   bool image_opts = false, force_share = false, progress = false, quiet = false;
   bool strict = false;
   std::string format1, format2, cache = "writeback";
@@ -190,12 +189,7 @@ bool OpenImage(Context& ctx, const CompareArgs& a, size_t i, uint32_t flags, Ima
   return true;
 }
 
-int Run(const CompareArgs& a) {
-  if (a.files.size() != 2) {
-    return UsageError("Expecting two image file names");
-  }
-  Context ctx;
-  ctx.AddObjects(a.objects);
+int Run(Context& ctx, const CompareArgs& a) {
   std::string_view m = a.cache;
   if (m != "writeback" && m != "none" && m != "off" && m != "writethrough" &&
       m != "directsync" && m != "unsafe") {
@@ -215,19 +209,34 @@ int Run(const CompareArgs& a) {
 
 }  // namespace
 
-std::function<int()> SetupCompare(CLI::App* sub) {
-  auto a = std::make_shared<CompareArgs>();
-  AddObjectOption(sub, &a->objects);
-  AddImageOptsOption(sub, &a->image_opts);
-  AddForceShareOption(sub, &a->force_share);
-  sub->add_option("-f", a->format1, "format of the first image");
-  sub->add_option("-F", a->format2, "format of the second image");
-  sub->add_option("-T", a->cache, "cache mode of both images (default writeback)");
-  sub->add_flag("-p", a->progress, "show progress");
-  sub->add_flag("-q", a->quiet, "quiet: the exit code says it all");
-  sub->add_flag("-s", a->strict, "strict: sizes and allocation must match too");
-  sub->add_option("files", a->files, "FILENAME1 FILENAME2");
-  return [a] { return Run(*a); };
+int RunCompare(int argc, char** argv) {
+  static const option kLong[] = {BLKIMG_LONG_HELP, BLKIMG_LONG_OBJECT, BLKIMG_LONG_IMAGE_OPTS,
+                                 BLKIMG_LONG_FORCE_SHARE, BLKIMG_LONG_END};
+  Context ctx;
+  CompareArgs a;
+  for (;;) {
+    int c = NextOption(argc, argv, ":hf:F:T:pqsU", kLong);
+    if (c == -1) break;
+    switch (c) {
+      case 'h': PrintHelp(); return 0;
+      case 'f': a.format1 = optarg; break;
+      case 'F': a.format2 = optarg; break;
+      case 'T': a.cache = optarg; break;
+      case 'p': a.progress = true; break;
+      case 'q': a.quiet = true; break;
+      case 's': a.strict = true; break;
+      case 'U': a.force_share = true; break;
+      case kOptImageOpts: a.image_opts = true; break;
+      case kOptObject:
+        // compare's own exit code for errors, unlike the other subcommands
+        if (!ctx.AddObjects({optarg})) return kFailed;
+        break;
+      default: return 1;
+    }
+  }
+  if (optind != argc - 2) return UsageError("Expecting two image file names");
+  a.files = {argv[optind], argv[optind + 1]};
+  return Run(ctx, a);
 }
 
 }  // namespace blkimg

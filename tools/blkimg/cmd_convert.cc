@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <ctime>
 #include <memory>
 
 #include "common.h"
@@ -30,14 +31,13 @@ constexpr uint64_t kZeroAlignSectors = 8;
 constexpr int64_t kMaxSparse = 16 * 1024 * 1024;
 
 struct ConvertArgs {
-  std::vector<std::string> objects;
   bool image_opts = false, target_image_opts = false, target_is_zero = false;
   bool force_share = false, copy_offload = false, compress = false, progress = false;
   bool quiet = false, no_create = false, out_of_order = false, salvage = false;
-  bool bitmaps = false;
+  bool bitmaps = false, skip_broken_bitmaps = false;
   std::string cache, src_cache = "writeback", format, out_format, backing, backing_format;
   std::vector<std::string> options;
-  std::string snapshot, sparse, coroutines;
+  std::string snapshot;
   std::vector<std::string> files;
 };
 
@@ -45,6 +45,7 @@ struct ConvertArgs {
 struct Settings {
   uint64_t min_sparse_sectors = 8;  // 0: no sparse detection, write everything
   unsigned coroutines = 8;
+  uint64_t rate_limit = 0;  // -r: bytes per second, 0 for no limit
 };
 
 // ---- zero-run detection ---------------------------------------------------------------------
@@ -318,8 +319,33 @@ class Copier {
     }
   }
 
+  // -r: holds the next chunk back until the bytes copied so far fit the rate, measured from
+  // the start of the copy.
+  void Throttle(uint64_t bytes) {
+    if (settings_.rate_limit == 0) return;
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!throttle_started_) {
+      throttle_start_ = now;
+      throttle_started_ = true;
+    }
+    long double due = static_cast<long double>(throttled_bytes_) /
+                      static_cast<long double>(settings_.rate_limit);
+    long double elapsed = static_cast<long double>(now.tv_sec - throttle_start_.tv_sec) +
+                          static_cast<long double>(now.tv_nsec - throttle_start_.tv_nsec) / 1e9L;
+    if (due > elapsed) {
+      long double wait = due - elapsed;
+      timespec ts{static_cast<time_t>(wait),
+                  static_cast<long>((wait - static_cast<long double>(static_cast<time_t>(wait))) * 1e9L)};
+      while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+      }
+    }
+    throttled_bytes_ += bytes;
+  }
+
   void SubmitWrites(Slot* slot) {
     const Chunk& c = slot->chunk;
+    Throttle(c.length);
     slot->stage = Stage::kWriting;
     slot->pending = 0;
     writing_ = true;
@@ -423,36 +449,36 @@ class Copier {
   int inflight_ = 0;
   bool failed_ = false;
   uint64_t total_ = 0, copied_ = 0;
+  bool throttle_started_ = false;
+  timespec throttle_start_{};
+  uint64_t throttled_bytes_ = 0;
 };
 
 // ---- the command ----------------------------------------------------------------------------
 
-bool ParseSettings(const ConvertArgs& a, Settings* s) {
-  if (!a.coroutines.empty()) {
-    char* end = nullptr;
-    errno = 0;
-    long v = strtol(a.coroutines.c_str(), &end, 10);
-    if (errno || *end || end == a.coroutines.c_str() || v < 1 || v > 16) {
-      Error("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
-      return false;
-    }
-    s->coroutines = static_cast<unsigned>(v);
+// -m: qemu_strtol with base 0, the whole text, 1..16.
+bool ParseCoroutines(const char* text, Settings* s) {
+  char* end = nullptr;
+  errno = 0;
+  long v = strtol(text, &end, 0);
+  if (errno || *end || end == text || v < 1 || v > 16) {
+    Error("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
+    return false;
   }
-  if (!a.sparse.empty()) {
-    std::optional<int64_t> v = ParseSize(a.sparse);
-    if (!v) {
-      Error("Invalid buffer size for sparse output specified. You may use k, M, G, T, P or E "
-            "suffixes for");
-      Error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-      return false;
-    }
-    if (*v % kSector || *v > kMaxSparse) {
-      Error("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 "
-            "up to 16777216. Select 0 to disable sparse detection (fully allocates output).");
-      return false;
-    }
-    s->min_sparse_sectors = static_cast<uint64_t>(*v) / kSector;
+  s->coroutines = static_cast<unsigned>(v);
+  return true;
+}
+
+// -S: a size, a multiple of 512 up to 16 MiB (0: no sparse detection).
+bool ParseSparse(const char* text, Settings* s) {
+  std::optional<int64_t> v = CvtNum("buffer size for sparse output", text);
+  if (!v) return false;
+  if (*v % kSector || *v > kMaxSparse) {
+    Error("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 "
+          "up to 16777216. Select 0 to disable sparse detection (fully allocates output).");
+    return false;
   }
+  s->min_sparse_sectors = static_cast<uint64_t>(*v) / kSector;
   return true;
 }
 
@@ -510,9 +536,7 @@ void CloseAll(std::vector<Source>& sources) {
   sources.clear();
 }
 
-int Run(const ConvertArgs& a) {
-  Settings settings;
-  if (!ParseSettings(a, &settings)) return 1;
+int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
   std::string out_format = a.out_format.empty() ? "raw" : a.out_format;
   if (a.target_is_zero && !a.no_create) {
     Error("--target-is-zero requires use of -n flag");
@@ -522,13 +546,16 @@ int Run(const ConvertArgs& a) {
     Error("--target-image-opts requires use of -n flag");
     return 1;
   }
+  if (a.skip_broken_bitmaps && !a.bitmaps) {
+    Error("Use of --skip-broken-bitmaps requires --bitmaps");
+    return 1;
+  }
   std::string opts = JoinOptions(a.options);
   if (!opts.empty() && a.no_create) {
     Error("-o has no effect when skipping image creation");
     return 1;
   }
   size_t nsrc = a.files.empty() ? 0 : a.files.size() - 1;
-  Context ctx;
   if (IsHelpOption(opts)) {
     return PrintCreateOptionsHelp(ctx, out_format, nsrc ? a.files.back().c_str() : nullptr);
   }
@@ -536,7 +563,6 @@ int Run(const ConvertArgs& a) {
     Error("Must specify image file name");
     return 1;
   }
-  ctx.AddObjects(a.objects);
   uint32_t src_flags = 0;
   {
     std::string_view m = a.src_cache;
@@ -635,37 +661,74 @@ int Run(const ConvertArgs& a) {
 
 }  // namespace
 
-std::function<int()> SetupConvert(CLI::App* sub) {
-  auto a = std::make_shared<ConvertArgs>();
-  AddObjectOption(sub, &a->objects);
-  AddImageOptsOption(sub, &a->image_opts);
-  AddForceShareOption(sub, &a->force_share);
-  sub->add_flag("--target-image-opts", a->target_image_opts,
-                "the output name is an option string (needs -n)");
-  sub->add_flag("--target-is-zero", a->target_is_zero,
-                "the target reads as zeroes already: skip zero ranges (needs -n)");
-  sub->add_flag("-C", a->copy_offload, "copy offloading (accepted; a normal copy is done)");
-  sub->add_flag("-c", a->compress, "compress the target");
-  sub->add_flag("-p", a->progress, "show progress");
-  sub->add_flag("-q", a->quiet, "quiet");
-  sub->add_flag("-n", a->no_create, "do not create the target: write into an existing image");
-  sub->add_flag("-W", a->out_of_order, "write the target out of order");
-  sub->add_flag("--salvage", a->salvage, "copy unreadable ranges as zeroes");
-  sub->add_flag("--bitmaps", a->bitmaps, "copy persistent bitmaps");
-  sub->add_option("-t", a->cache, "target cache mode (default unsafe)");
-  sub->add_option("-T", a->src_cache, "source cache mode (default writeback)");
-  sub->add_option("-f", a->format, "source format");
-  sub->add_option("-O", a->out_format, "target format (default raw)");
-  sub->add_option("-B", a->backing, "backing file of the target");
-  sub->add_option("-F", a->backing_format, "backing file format");
-  sub->add_option("-o", a->options, "target creation options ('help' lists them)")
-      ->take_all()
-      ->allow_extra_args(false);
-  sub->add_option("-l", a->snapshot, "internal snapshot to convert");
-  sub->add_option("-S", a->sparse, "minimum zero run to keep sparse (default 4k; 0: none)");
-  sub->add_option("-m", a->coroutines, "requests in flight, 1..16 (default 8)");
-  sub->add_option("files", a->files, "FILENAME [FILENAME2 ...] OUTPUT_FILENAME");
-  return [a] { return Run(*a); };
+int RunConvert(int argc, char** argv) {
+  static const option kLong[] = {
+      BLKIMG_LONG_HELP,
+      BLKIMG_LONG_OBJECT,
+      BLKIMG_LONG_IMAGE_OPTS,
+      BLKIMG_LONG_FORCE_SHARE,
+      {"target-image-opts", no_argument, nullptr, kOptTargetImageOpts},
+      {"salvage", no_argument, nullptr, kOptSalvage},
+      {"target-is-zero", no_argument, nullptr, kOptTargetIsZero},
+      {"bitmaps", no_argument, nullptr, kOptBitmaps},
+      {"skip-broken-bitmaps", no_argument, nullptr, kOptSkipBrokenBitmaps},
+      BLKIMG_LONG_END,
+  };
+  Context ctx;
+  ConvertArgs a;
+  Settings settings;
+  for (;;) {
+    int c = NextOption(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WrU", kLong);
+    if (c == -1) break;
+    switch (c) {
+      case 'h': PrintHelp(); return 0;
+      case 'f': a.format = optarg; break;
+      case 'O': a.out_format = optarg; break;
+      case 'B': a.backing = optarg; break;
+      case 'C': a.copy_offload = true; break;
+      case 'c': a.compress = true; break;
+      case 'F': a.backing_format = optarg; break;
+      case 'o':
+        if (!ValidOptionList(optarg)) {
+          Error(std::string("Invalid option list: ") + optarg);
+          return 1;
+        }
+        a.options.push_back(optarg);
+        break;
+      case 'l': a.snapshot = optarg; break;
+      case 'S':
+        if (!ParseSparse(optarg, &settings)) return 1;
+        break;
+      case 'p': a.progress = true; break;
+      case 't': a.cache = optarg; break;
+      case 'T': a.src_cache = optarg; break;
+      case 'q': a.quiet = true; break;
+      case 'n': a.no_create = true; break;
+      case 'm':
+        if (!ParseCoroutines(optarg, &settings)) return 1;
+        break;
+      case 'W': a.out_of_order = true; break;
+      case 'r': {
+        std::optional<int64_t> v = CvtNum("rate limit", optarg);
+        if (!v) return 1;
+        settings.rate_limit = static_cast<uint64_t>(*v);
+        break;
+      }
+      case 'U': a.force_share = true; break;
+      case kOptObject:
+        if (!ctx.AddObjects({optarg})) return 1;
+        break;
+      case kOptImageOpts: a.image_opts = true; break;
+      case kOptTargetImageOpts: a.target_image_opts = true; break;
+      case kOptSalvage: a.salvage = true; break;
+      case kOptTargetIsZero: a.target_is_zero = true; break;
+      case kOptBitmaps: a.bitmaps = true; break;
+      case kOptSkipBrokenBitmaps: a.skip_broken_bitmaps = true; break;
+      default: return 1;
+    }
+  }
+  a.files.assign(argv + optind, argv + argc);
+  return Run(ctx, a, settings);
 }
 
 }  // namespace blkimg

@@ -11,18 +11,15 @@ namespace blkimg {
 namespace {
 
 struct CreateArgs {
-  std::vector<std::string> objects;
   std::string format = "raw";
   std::vector<std::string> options;
   std::string backing, backing_format;
   bool unsafe = false, quiet = false;
-  std::string filename, size;
-  bool has_size = false;
+  std::string filename;
+  std::optional<uint64_t> size;  // the size operand
 };
 
-int Run(const CreateArgs& a) {
-  Context ctx;
-  ctx.AddObjects(a.objects);
+int Run(Context& ctx, const CreateArgs& a) {
   std::string opts = JoinOptions(a.options);
   if (IsHelpOption(opts)) {
     return PrintCreateOptionsHelp(ctx, a.format, a.filename.empty() ? nullptr : a.filename.c_str());
@@ -37,13 +34,13 @@ int Run(const CreateArgs& a) {
   if (!a.backing.empty()) lb_options_set(o, "backing_file", a.backing.c_str());
   if (!a.backing_format.empty()) lb_options_set(o, "backing_fmt", a.backing_format.c_str());
   uint64_t size = 0;
-  if (a.has_size) {
-    std::optional<int64_t> s = CvtNum("image size", a.size);
-    if (!s) {
+  if (a.size) {
+    if (lb_options_get(o, "size")) {
       lb_options_free(o);
+      Error(a.filename + ": The image size must be specified only once");
       return 1;
     }
-    size = static_cast<uint64_t>(*s);
+    size = *a.size;
     lb_options_set(o, "size", std::to_string(size).c_str());
   } else if (const char* s = lb_options_get(o, "size")) {
     std::optional<int64_t> v = ParseSize(s);
@@ -91,27 +88,45 @@ int Run(const CreateArgs& a) {
 
 }  // namespace
 
-std::function<int()> SetupCreate(CLI::App* sub) {
-  auto a = std::make_shared<CreateArgs>();
-  AddObjectOption(sub, &a->objects);
-  sub->add_flag("-q", a->quiet, "quiet");
-  sub->add_option("-f", a->format, "image format (default raw)");
-  sub->add_option("-b", a->backing, "backing file");
-  sub->add_option("-F", a->backing_format, "backing file format");
-  sub->add_flag("-u", a->unsafe, "do not check the backing file");
-  sub->add_option("-o", a->options, "creation options (key=value,...; 'help' lists them)")
-      ->take_all()
-      ->allow_extra_args(false);
-  sub->add_option("filename", a->filename, "image to create");
-  CLI::Option* size = sub->add_option("size", a->size, "virtual size (k, M, G, T, P, E suffixes)");
-  return [a, size]() -> int {
-    a->has_size = size->count() > 0;  // an empty size argument is a bad size, not no size
-    if (a->filename.empty() && !IsHelpOption(JoinOptions(a->options))) {
-      Error("Expecting image file name");
-      return 1;
+int RunCreate(int argc, char** argv) {
+  Context ctx;
+  static const option kLong[] = {BLKIMG_LONG_HELP, BLKIMG_LONG_OBJECT, BLKIMG_LONG_END};
+  CreateArgs a;
+  for (;;) {
+    int c = NextOption(argc, argv, ":F:b:f:ho:qu", kLong);
+    if (c == -1) break;
+    switch (c) {
+      case 'h': PrintHelp(); return 0;
+      case 'F': a.backing_format = optarg; break;
+      case 'b': a.backing = optarg; break;
+      case 'f': a.format = optarg; break;
+      case 'o':
+        if (!ValidOptionList(optarg)) {
+          Error(std::string("Invalid option list: ") + optarg);
+          return 1;
+        }
+        a.options.push_back(optarg);
+        break;
+      case 'q': a.quiet = true; break;
+      case 'u': a.unsafe = true; break;
+      case kOptObject:
+        if (!ctx.AddObjects({optarg})) return 1;
+        break;
+      default: return 1;
     }
-    return Run(*a);
-  };
+  }
+  if (optind < argc) a.filename = argv[optind++];
+  if (a.filename.empty() && !IsHelpOption(JoinOptions(a.options))) {
+    return UsageError("Expecting image file name");
+  }
+  if (optind < argc) {
+    // An empty size argument is a bad size, not no size.
+    std::optional<int64_t> s = CvtNum("image size", argv[optind++]);
+    if (!s) return 1;
+    a.size = static_cast<uint64_t>(*s);
+  }
+  if (optind < argc) return UsageError(std::string("Unexpected argument: ") + argv[optind]);
+  return Run(ctx, a);
 }
 
 }  // namespace blkimg

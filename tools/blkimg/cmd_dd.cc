@@ -95,10 +95,9 @@ int Copy(lb_backend* in, lb_backend* out, int64_t bs, int64_t in_pos, int64_t en
   return 0;
 }
 
-int Run(const DdArgs& a) {
+int Run(Context& ctx, const DdArgs& a) {
   Operands op;
   if (!ParseOperands(a.operands, &op)) return 1;
-  Context ctx;
   uint32_t flags = a.force_share ? LB_OPEN_FORCE_SHARE : 0;
   lb_backend* in = OpenBackend(ctx, {op.input, a.format, a.image_opts}, flags);
   if (!in) return 1;
@@ -147,14 +146,28 @@ int Run(const DdArgs& a) {
 
 }  // namespace
 
-std::function<int()> SetupDd(CLI::App* sub) {
-  auto a = std::make_shared<DdArgs>();
-  AddImageOptsOption(sub, &a->image_opts);
-  AddForceShareOption(sub, &a->force_share);
-  sub->add_option("-f", a->format, "input format");
-  sub->add_option("-O", a->out_format, "output format (default raw)");
-  sub->add_option("operands", a->operands, "bs=BYTES count=BLOCKS skip=BLOCKS if=IN of=OUT");
-  return [a] { return Run(*a); };
+int RunDd(int argc, char** argv) {
+  static const option kLong[] = {BLKIMG_LONG_HELP, BLKIMG_LONG_OBJECT, BLKIMG_LONG_IMAGE_OPTS,
+                                 BLKIMG_LONG_FORCE_SHARE, BLKIMG_LONG_END};
+  Context ctx;
+  DdArgs a;
+  for (;;) {
+    int c = NextOption(argc, argv, ":hf:O:U", kLong);
+    if (c == -1) break;
+    switch (c) {
+      case 'h': PrintHelp(); return 0;
+      case 'f': a.format = optarg; break;
+      case 'O': a.out_format = optarg; break;
+      case 'U': a.force_share = true; break;
+      case kOptObject:
+        if (!ctx.AddObjects({optarg})) return 1;
+        break;
+      case kOptImageOpts: a.image_opts = true; break;
+      default: return 1;
+    }
+  }
+  a.operands.assign(argv + optind, argv + argc);
+  return Run(ctx, a);
 }
 
 }  // namespace blkimg

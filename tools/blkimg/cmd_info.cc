@@ -12,7 +12,6 @@ namespace blkimg {
 namespace {
 
 struct InfoArgs {
-  std::vector<std::string> objects;
   std::string format;
   std::string output = "human";
   bool chain = false, force_share = false, image_opts = false;
@@ -75,13 +74,11 @@ void PrintHuman(const lb_image_info* info) {
   }
 }
 
-int Run(const InfoArgs& a) {
+int Run(Context& ctx, const InfoArgs& a) {
   if (a.output != "human" && a.output != "json") {
     Error("--output must be used with human or json as argument.");
     return 1;
   }
-  Context ctx;
-  ctx.AddObjects(a.objects);
   uint32_t flags = a.force_share ? LB_OPEN_FORCE_SHARE : 0;
   if (!a.chain) flags |= LB_OPEN_NO_BACKING;
   lb_node* node = OpenNode(ctx, {a.filename, a.format, a.image_opts}, flags);
@@ -115,16 +112,42 @@ int Run(const InfoArgs& a) {
 
 }  // namespace
 
-std::function<int()> SetupInfo(CLI::App* sub) {
-  auto a = std::make_shared<InfoArgs>();
-  AddObjectOption(sub, &a->objects);
-  AddImageOptsOption(sub, &a->image_opts);
-  AddForceShareOption(sub, &a->force_share);
-  sub->add_option("-f", a->format, "image format");
-  sub->add_option("--output", a->output, "human or json");
-  sub->add_flag("--backing-chain", a->chain, "describe the whole backing chain");
-  sub->add_option("filename", a->filename, "image")->required();
-  return [a] { return Run(*a); };
+int RunInfo(int argc, char** argv) {
+  Context ctx;
+  static const option kLong[] = {
+      BLKIMG_LONG_HELP,
+      {"format", required_argument, nullptr, 'f'},
+      {"output", required_argument, nullptr, kOptOutput},
+      {"backing-chain", no_argument, nullptr, kOptBackingChain},
+      BLKIMG_LONG_OBJECT,
+      BLKIMG_LONG_IMAGE_OPTS,
+      BLKIMG_LONG_FORCE_SHARE,
+      BLKIMG_LONG_END,
+  };
+  InfoArgs a;
+  for (;;) {
+    int c = NextOption(argc, argv, ":f:hU", kLong);
+    if (c == -1) break;
+    switch (c) {
+      case 'h': PrintHelp(); return 0;
+      case 'f': a.format = optarg; break;
+      case 'U': a.force_share = true; break;
+      case kOptOutput: a.output = optarg; break;
+      case kOptBackingChain: a.chain = true; break;
+      case kOptObject:
+        if (!ctx.AddObjects({optarg})) return 1;
+        break;
+      case kOptImageOpts: a.image_opts = true; break;
+      default: return 1;
+    }
+  }
+  if (optind != argc - 1) return UsageError("Expecting one image file name");
+  a.filename = argv[optind];
+  if (a.image_opts && !a.format.empty()) {
+    Error("--image-opts and --format are mutually exclusive");
+    return 1;
+  }
+  return Run(ctx, a);
 }
 
 }  // namespace blkimg

@@ -6,6 +6,7 @@
 // exit status is 1 when any command failed. Like qemu-io, blkimg io lets every other user
 // read and write the image alongside it: it is a test tool, not a guest device.
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 
 #include "common.h"
@@ -15,13 +16,21 @@ namespace blkimg {
 namespace {
 
 struct IoArgs {
-  std::vector<std::string> objects;
   std::vector<std::string> commands;
   std::string format, cache, aio, discard;
-  bool image_opts = false, read_only = false, force_share = false, nocache = false;
-  bool native_aio = false, misalign = false;
+  bool image_opts = false, read_only = false, force_share = false, snapshot = false;
+  bool copy_on_read = false, misalign = false;
   std::string filename;
 };
+
+bool ValidDiscard(std::string_view mode) {
+  return mode == "ignore" || mode == "off" || mode == "unmap" || mode == "on";
+}
+
+bool ValidCache(std::string_view mode) {
+  return mode == "writeback" || mode == "none" || mode == "off" || mode == "writethrough" ||
+         mode == "directsync" || mode == "unsafe";
+}
 
 // qemu-io's -d: "unmap"/"on" pass discards down (qemu-io's default, unlike QEMU's),
 // "ignore"/"off" drop them.
@@ -39,9 +48,7 @@ lb_backend* Open(Context& ctx, const IoArgs& a) {
   uint32_t flags = LB_OPEN_SHARE_RW;
   if (!a.read_only) flags |= LB_OPEN_RDWR;
   if (a.force_share) flags |= LB_OPEN_FORCE_SHARE;
-  if (a.nocache) flags |= LB_OPEN_CACHE_NONE;
   if (!a.cache.empty()) flags = (flags & ~LB_OPEN_CACHE_MASK) | CacheFlags(a.cache);
-  if (a.native_aio) flags |= LB_OPEN_AIO_IO_URING;
   if (!a.aio.empty()) flags = (flags & ~LB_OPEN_AIO_MASK) | AioFlags(a.aio);
   if (!DiscardFlags(a.discard, &flags)) return nullptr;
   if (a.force_share && !a.read_only) {
@@ -72,9 +79,13 @@ bool RunInteractive(io::Session& session) {
   return ok;
 }
 
-int Run(const IoArgs& a) {
-  Context ctx;
-  ctx.AddObjects(a.objects);
+int Run(Context& ctx, const IoArgs& a) {
+  if (a.snapshot && !a.filename.empty()) {
+    // snapshot=on puts a temporary qcow2 overlay over the image.
+    Error("can't open device " + a.filename +
+          ": snapshot mode needs the qcow2 driver, which this build of libblock lacks");
+    return 1;
+  }
   lb_backend* be = nullptr;
   if (!a.filename.empty()) {
     be = Open(ctx, a);
@@ -103,26 +114,116 @@ int Run(const IoArgs& a) {
   return ok ? 0 : 1;
 }
 
+void PrintIoUsage() {
+  printf("Usage: blkimg io [OPTIONS]... [-c STRING]... [file]\n"
+         "libblock's disk exerciser (qemu-io's counterpart)\n"
+         "\n"
+         "  --object OBJECTDEF   define an object such as 'secret' for\n"
+         "                       passwords and/or encryption keys\n"
+         "  --image-opts         treat file as option string\n"
+         "  -c, --cmd STRING     execute command with its arguments\n"
+         "                       from the given string\n"
+         "  -f, --format FMT     specifies the block driver to use\n"
+         "  -r, --read-only      export read-only\n"
+         "  -s, --snapshot       use snapshot file (needs qcow2: refused by this build)\n"
+         "  -n, --nocache        disable host cache, short for -t none\n"
+         "  -C, --copy-on-read   enable copy-on-read\n"
+         "  -m, --misalign       misalign allocations for O_DIRECT\n"
+         "  -k, --native-aio     use kernel AIO implementation\n"
+         "                       (Linux only, prefer use of -i)\n"
+         "  -i, --aio=MODE       use AIO mode (threads, native or io_uring)\n"
+         "  -t, --cache=MODE     use the given cache mode for the image\n"
+         "  -d, --discard=MODE   use the given discard mode for the image\n"
+         "  -T, --trace PATTERN  accepted for qemu-io compatibility (no trace points)\n"
+         "  -U, --force-share    force shared permissions\n"
+         "  -h, --help           display this help and exit\n"
+         "  -V, --version        output version information and exit\n"
+         "\n"
+         "See 'blkimg io -c help' for information on available commands.\n");
+}
+
 }  // namespace
 
-std::function<int()> SetupIo(CLI::App* sub) {
-  auto a = std::make_shared<IoArgs>();
-  AddObjectOption(sub, &a->objects);
-  AddImageOptsOption(sub, &a->image_opts);
-  AddForceShareOption(sub, &a->force_share);
-  sub->add_option("-c,--cmd", a->commands, "run a qemu-io command (repeatable)")
-      ->allow_extra_args(false);
-  sub->add_option("-f,--format", a->format, "image format");
-  sub->add_flag("-r,--read-only", a->read_only, "open the image read-only");
-  sub->add_flag("-n,--nocache", a->nocache, "bypass the host page cache (-t none)");
-  sub->add_option("-t,--cache", a->cache, "cache mode");
-  sub->add_option("-i,--aio", a->aio, "AIO mode: threads, native or io_uring");
-  sub->add_flag("-k,--native-aio", a->native_aio, "use the kernel's AIO (-i native)");
-  sub->add_option("-d,--discard", a->discard, "discard mode: ignore or unmap");
-  sub->add_flag("-m,--misalign", a->misalign,
-                "accepted for qemu-io compatibility (libblock aligns buffers itself)");
-  sub->add_option("filename", a->filename, "image (or option string with --image-opts)");
-  return [a] { return Run(*a); };
+int RunIo(int argc, char** argv) {
+  static const option kLong[] = {
+      {"help", no_argument, nullptr, 'h'},
+      {"version", no_argument, nullptr, 'V'},
+      {"cmd", required_argument, nullptr, 'c'},
+      {"format", required_argument, nullptr, 'f'},
+      {"read-only", no_argument, nullptr, 'r'},
+      {"snapshot", no_argument, nullptr, 's'},
+      {"nocache", no_argument, nullptr, 'n'},
+      {"copy-on-read", no_argument, nullptr, 'C'},
+      {"misalign", no_argument, nullptr, 'm'},
+      {"native-aio", no_argument, nullptr, 'k'},
+      {"discard", required_argument, nullptr, 'd'},
+      {"cache", required_argument, nullptr, 't'},
+      {"trace", required_argument, nullptr, 'T'},
+      {"object", required_argument, nullptr, kOptObject},
+      {"image-opts", no_argument, nullptr, kOptImageOpts},
+      {"force-share", no_argument, nullptr, 'U'},
+      {"aio", required_argument, nullptr, 'i'},
+      {nullptr, 0, nullptr, 0},
+  };
+  // qemu-io lets getopt print its own complaints, named after the program.
+  char program[] = "blkimg";
+  argv[0] = program;
+  Context ctx;
+  IoArgs a;
+  for (;;) {
+    int c = getopt_long(argc, argv, "hVc:d:f:rsnCmkt:T:Ui:", kLong, nullptr);
+    if (c == -1) break;
+    switch (c) {
+      case 'h': PrintIoUsage(); return 0;
+      case 'V': printf("blkimg io version %s\n", lb_version()); return 0;
+      case 'c': a.commands.push_back(optarg); break;
+      case 'd':
+        if (!ValidDiscard(optarg)) {
+          Error(std::string("Invalid discard option: ") + optarg);
+          return 1;
+        }
+        a.discard = optarg;
+        break;
+      case 'f': a.format = optarg; break;
+      case 'r': a.read_only = true; break;
+      case 's': a.snapshot = true; break;
+      case 'n':
+        a.cache = "none";
+        break;
+      case 'C': a.copy_on_read = true; break;
+      case 'm': a.misalign = true; break;
+      case 'k': a.aio = "native"; break;
+      case 't':
+        if (!ValidCache(optarg)) {
+          Error(std::string("Invalid cache option: ") + optarg);
+          return 1;
+        }
+        a.cache = optarg;
+        break;
+      case 'T': break;  // no trace points to enable
+      case 'U': a.force_share = true; break;
+      case 'i':
+        if (strcmp(optarg, "threads") && strcmp(optarg, "native") && strcmp(optarg, "io_uring")) {
+          Error(std::string("Invalid aio option: ") + optarg);
+          return 1;
+        }
+        a.aio = optarg;
+        break;
+      case kOptObject:
+        if (!ctx.AddObjects({optarg})) return 1;
+        break;
+      case kOptImageOpts: a.image_opts = true; break;
+      default:
+        PrintIoUsage();
+        return 1;
+    }
+  }
+  if (optind < argc - 1) {
+    PrintIoUsage();
+    return 1;
+  }
+  if (optind == argc - 1) a.filename = argv[optind];
+  return Run(ctx, a);
 }
 
 }  // namespace blkimg

@@ -17,12 +17,12 @@ namespace blkimg {
 namespace {
 
 struct MapArgs {
-  std::vector<std::string> objects;
   std::string format;
   std::string output = "human";
-  std::string start_offset, max_length;
+  uint64_t start_offset = 0;
+  std::optional<uint64_t> max_length;
   bool force_share = false, image_opts = false;
-  std::vector<std::string> files;
+  std::string filename;
 };
 
 // One line of the map: a guest range and where its content comes from.
@@ -110,11 +110,9 @@ class MapPrinter {
   std::string file_;
 };
 
-int Run(const MapArgs& a) {
-  Context ctx;
-  ctx.AddObjects(a.objects);
+int Run(Context& ctx, const MapArgs& a) {
   lb_backend* be =
-      OpenBackend(ctx, {a.files[0], a.format, a.image_opts}, a.force_share ? LB_OPEN_FORCE_SHARE : 0);
+      OpenBackend(ctx, {a.filename, a.format, a.image_opts}, a.force_share ? LB_OPEN_FORCE_SHARE : 0);
   if (!be) return 1;
   int64_t size = lb_get_size(be);
   if (size < 0) {
@@ -122,13 +120,10 @@ int Run(const MapArgs& a) {
     lb_close(be);
     return 1;
   }
-  uint64_t start = a.start_offset.empty() ? 0 : static_cast<uint64_t>(*ParseSize(a.start_offset));
+  uint64_t start = a.start_offset;
   uint64_t end = static_cast<uint64_t>(size);
-  if (!a.max_length.empty()) {
-    uint64_t max_length = static_cast<uint64_t>(*ParseSize(a.max_length));
-    // Both are below 2^63, so the sum cannot wrap.
-    end = std::min(end, start + max_length);
-  }
+  // Both are below 2^63, so the sum cannot wrap.
+  if (a.max_length) end = std::min(end, start + *a.max_length);
   bool json = a.output == "json";
   MapPrinter printer(json, json ? "" : StorageFileName(be));
   MapEntry cur;
@@ -169,31 +164,59 @@ int Run(const MapArgs& a) {
 
 }  // namespace
 
-std::function<int()> SetupMap(CLI::App* sub) {
-  auto a = std::make_shared<MapArgs>();
-  AddObjectOption(sub, &a->objects);
-  AddImageOptsOption(sub, &a->image_opts);
-  AddForceShareOption(sub, &a->force_share);
-  sub->add_option("-f", a->format, "image format");
-  sub->add_option("--start-offset", a->start_offset, "first byte to describe");
-  sub->add_option("--max-length", a->max_length, "bytes to describe at most");
-  sub->add_option("--output", a->output, "human or json");
-  sub->add_option("filename", a->files, "image");
-  return [a]() -> int {
-    // qemu-img's order of checks: option values, operands, then the output format.
-    if (!a->start_offset.empty() && !CvtNum("start offset", a->start_offset)) return 1;
-    if (!a->max_length.empty() && !CvtNum("max length", a->max_length)) return 1;
-    if (a->files.size() != 1) return UsageError("Expecting one image file name");
-    if (a->output != "human" && a->output != "json") {
-      Error("--output must be used with human or json as argument.");
-      return 1;
-    }
-    if (a->image_opts && !a->format.empty()) {
-      Error("--image-opts and --format are mutually exclusive");
-      return 1;
-    }
-    return Run(*a);
+int RunMap(int argc, char** argv) {
+  Context ctx;
+  static const option kLong[] = {
+      BLKIMG_LONG_HELP,
+      {"format", required_argument, nullptr, 'f'},
+      {"output", required_argument, nullptr, kOptOutput},
+      BLKIMG_LONG_OBJECT,
+      BLKIMG_LONG_IMAGE_OPTS,
+      BLKIMG_LONG_FORCE_SHARE,
+      {"start-offset", required_argument, nullptr, kOptStartOffset},
+      {"max-length", required_argument, nullptr, kOptMaxLength},
+      BLKIMG_LONG_END,
   };
+  MapArgs a;
+  // qemu-img's order of checks: option values as they come, operands, then the output format.
+  for (;;) {
+    int c = NextOption(argc, argv, ":f:hU", kLong);
+    if (c == -1) break;
+    switch (c) {
+      case 'h': PrintHelp(); return 0;
+      case 'f': a.format = optarg; break;
+      case 'U': a.force_share = true; break;
+      case kOptOutput: a.output = optarg; break;
+      case kOptObject:
+        if (!ctx.AddObjects({optarg})) return 1;
+        break;
+      case kOptImageOpts: a.image_opts = true; break;
+      case kOptStartOffset: {
+        std::optional<int64_t> v = CvtNum("start offset", optarg);
+        if (!v) return 1;
+        a.start_offset = static_cast<uint64_t>(*v);
+        break;
+      }
+      case kOptMaxLength: {
+        std::optional<int64_t> v = CvtNum("max length", optarg);
+        if (!v) return 1;
+        a.max_length = static_cast<uint64_t>(*v);
+        break;
+      }
+      default: return 1;
+    }
+  }
+  if (optind != argc - 1) return UsageError("Expecting one image file name");
+  a.filename = argv[optind];
+  if (a.output != "human" && a.output != "json") {
+    Error("--output must be used with human or json as argument.");
+    return 1;
+  }
+  if (a.image_opts && !a.format.empty()) {
+    Error("--image-opts and --format are mutually exclusive");
+    return 1;
+  }
+  return Run(ctx, a);
 }
 
 }  // namespace blkimg

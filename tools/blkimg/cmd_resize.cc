@@ -18,11 +18,10 @@ namespace blkimg {
 namespace {
 
 struct ResizeArgs {
-  std::vector<std::string> objects;
   std::string format;
   std::string preallocation;
   bool quiet = false, shrink = false, image_opts = false;
-  std::vector<std::string> files;
+  std::string filename;
 };
 
 // The size argument: an absolute size, or a change of the current one.
@@ -93,10 +92,8 @@ bool ValidPreallocation(const std::string& mode) {
   return mode == "off" || mode == "metadata" || mode == "falloc" || mode == "full";
 }
 
-int Resize(const ResizeArgs& a, const SizeArg& size) {
-  Context ctx;
-  ctx.AddObjects(a.objects);
-  lb_backend* be = OpenBackend(ctx, {a.files[0], a.format, a.image_opts},
+int Resize(Context& ctx, const ResizeArgs& a, const SizeArg& size) {
+  lb_backend* be = OpenBackend(ctx, {a.filename, a.format, a.image_opts},
                                LB_OPEN_RDWR | LB_OPEN_RESIZE);
   if (!be) return 1;
   int64_t current = lb_get_size(be);
@@ -133,61 +130,53 @@ int Resize(const ResizeArgs& a, const SizeArg& size) {
   return ret;
 }
 
-// Parses the arguments that precede the size, as qemu-img's getopt loop does.
-constexpr char kUsage[] =
-    "Usage: blkimg resize [--object OBJ] [--image-opts] [-f FMT] [--preallocation=MODE] [-q] "
-    "[--shrink] FILENAME [+|-]SIZE\n";
+}  // namespace
 
-int Run(std::vector<std::string> argv) {
-  if (argv.size() == 1 && (argv[0] == "-h" || argv[0] == "--help")) {
-    printf("%s", kUsage);
-    return 0;
-  }
-  if (argv.size() < 2) return UsageError("Not enough arguments");
-  std::string size_text = argv.back();
-  argv.pop_back();
-
+int RunResize(int argc, char** argv) {
+  static const option kLong[] = {
+      BLKIMG_LONG_HELP,
+      BLKIMG_LONG_OBJECT,
+      BLKIMG_LONG_IMAGE_OPTS,
+      {"preallocation", required_argument, nullptr, kOptPreallocation},
+      {"shrink", no_argument, nullptr, kOptShrink},
+      BLKIMG_LONG_END,
+  };
+  // The size is taken off the end before getopt sees it, so that "-1M" is not an option.
+  if (argc < 3) return UsageError("Not enough arguments");
+  std::string size_text = argv[--argc];
+  Context ctx;
   ResizeArgs a;
-  CLI::App app{"blkimg resize"};
-  app.set_help_flag();
-  AddObjectOption(&app, &a.objects);
-  AddImageOptsOption(&app, &a.image_opts);
-  app.add_option("-f", a.format);
-  app.add_option("--preallocation", a.preallocation);
-  app.add_flag("-q", a.quiet);
-  app.add_flag("--shrink", a.shrink);
-  app.add_option("filename", a.files);
-  std::reverse(argv.begin(), argv.end());  // CLI11 takes the arguments last first
-  try {
-    app.parse(argv);
-  } catch (const CLI::ExtrasError&) {
-    // getopt stops at the first option it does not know; say it as qemu-img does.
-    std::vector<std::string> extras = app.remaining();
-    return UsageError("unrecognized option '" + (extras.empty() ? "" : extras[0]) + "'");
-  } catch (const CLI::ParseError& e) {
-    return UsageError(e.what());
+  for (;;) {
+    int c = NextOption(argc, argv, ":f:hq", kLong);
+    if (c == -1) break;
+    switch (c) {
+      case 'h': PrintHelp(); return 0;
+      case 'f': a.format = optarg; break;
+      case 'q': a.quiet = true; break;
+      case kOptObject:
+        if (!ctx.AddObjects({optarg})) return 1;
+        break;
+      case kOptImageOpts: a.image_opts = true; break;
+      case kOptPreallocation:
+        if (!ValidPreallocation(optarg)) {
+          Error(std::string("Invalid preallocation mode '") + optarg + "'");
+          return 1;
+        }
+        a.preallocation = optarg;
+        break;
+      case kOptShrink: a.shrink = true; break;
+      default: return 1;
+    }
   }
-  if (!a.preallocation.empty() && !ValidPreallocation(a.preallocation)) {
-    Error("Invalid preallocation mode '" + a.preallocation + "'");
-    return 1;
-  }
-  if (a.files.size() != 1) return UsageError("Expecting image file name and size");
+  if (optind != argc - 1) return UsageError("Expecting image file name and size");
+  a.filename = argv[optind];
   if (a.image_opts && !a.format.empty()) {
     Error("--image-opts and --format are mutually exclusive");
     return 1;
   }
   std::optional<SizeArg> size = ParseSizeArg(size_text);
   if (!size) return 1;
-  return Resize(a, *size);
-}
-
-}  // namespace
-
-std::function<int()> SetupResize(CLI::App* sub) {
-  // Every argument is handed over unparsed: the size must be taken off the end first.
-  sub->prefix_command();
-  sub->set_help_flag();
-  return [sub] { return Run(sub->remaining()); };
+  return Resize(ctx, a, *size);
 }
 
 }  // namespace blkimg

@@ -1,29 +1,60 @@
-// The table of blkimg subcommands. Each lives in cmd_<name>.cc and exports Setup<Name>.
+// The table of blkimg subcommands. Each lives in cmd_<name>.cc and exports Run<Name>.
 #include "common.h"
 
 namespace blkimg {
 
-std::function<int()> SetupCreate(CLI::App* sub);
-std::function<int()> SetupInfo(CLI::App* sub);
-std::function<int()> SetupConvert(CLI::App* sub);
-std::function<int()> SetupCompare(CLI::App* sub);
-std::function<int()> SetupMap(CLI::App* sub);
-std::function<int()> SetupResize(CLI::App* sub);
-std::function<int()> SetupBench(CLI::App* sub);
-std::function<int()> SetupDd(CLI::App* sub);
-std::function<int()> SetupIo(CLI::App* sub);
+int RunCreate(int argc, char** argv);
+int RunInfo(int argc, char** argv);
+int RunConvert(int argc, char** argv);
+int RunCompare(int argc, char** argv);
+int RunMap(int argc, char** argv);
+int RunResize(int argc, char** argv);
+int RunBench(int argc, char** argv);
+int RunDd(int argc, char** argv);
+int RunIo(int argc, char** argv);
 
 const std::vector<Command>& Commands() {
   static const std::vector<Command> commands = {
-      {"create", "create a new disk image", SetupCreate},
-      {"info", "display information about a disk image", SetupInfo},
-      {"convert", "convert an image to another format or copy it", SetupConvert},
-      {"compare", "check whether two images have the same content", SetupCompare},
-      {"map", "dump the allocation metadata of an image", SetupMap},
-      {"resize", "change the virtual size of an image", SetupResize},
-      {"bench", "run a simple I/O benchmark on an image", SetupBench},
-      {"dd", "copy from one image to another, dd style", SetupDd},
-      {"io", "run qemu-io commands on an image", SetupIo},
+      {"bench",
+       "[-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n] "
+       "[--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] "
+       "[-t cache] [-w] [-U] filename",
+       RunBench},
+      {"compare",
+       "[--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] "
+       "[-U] filename1 filename2",
+       RunCompare},
+      {"convert",
+       "[--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] "
+       "[--bitmaps] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] "
+       "[-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] "
+       "[-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W] [--salvage] "
+       "filename [filename2 [...]] output_filename",
+       RunConvert},
+      {"create",
+       "[--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] "
+       "[-o options] filename [size]",
+       RunCreate},
+      {"dd",
+       "[--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] "
+       "[skip=blocks] if=input of=output",
+       RunDd},
+      {"info",
+       "[--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] "
+       "filename",
+       RunInfo},
+      {"io",
+       "[-f fmt] [--image-opts] [-r] [-U] [-n] [-t cache] [-i aio] [-k] [-d discard] "
+       "[--object objectdef] [-m] [-c command]... [filename]",
+       RunIo},
+      {"map",
+       "[--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] "
+       "[--max-length=len] [--output=ofmt] [-U] filename",
+       RunMap},
+      {"resize",
+       "[--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] "
+       "[--shrink] filename [+ | -]size",
+       RunResize},
   };
   return commands;
 }

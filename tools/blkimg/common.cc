@@ -10,7 +10,10 @@
 
 namespace blkimg {
 
-void Error(const std::string& message) { fprintf(stderr, "blkimg: %s\n", message.c_str()); }
+void Error(const std::string& message) {
+  fflush(stdout);  // what was printed before the error comes before it in a shared pipe
+  fprintf(stderr, "blkimg: %s\n", message.c_str());
+}
 
 void Fatal(const std::string& message) {
   Error(message);
@@ -31,14 +34,18 @@ Context::Context() {
 
 Context::~Context() { lb_context_free(ctx_); }
 
-void Context::AddObjects(const std::vector<std::string>& specs) {
+bool Context::AddObjects(const std::vector<std::string>& specs) {
   for (const std::string& spec : specs) {
     if (spec == "help" || spec == "?") {
       printf("List of user creatable objects:\n  secret\n");
       exit(0);
     }
-    if (lb_context_add_object(ctx_, spec.c_str()) < 0) Fatal(LibError());
+    if (lb_context_add_object(ctx_, spec.c_str()) < 0) {
+      Error(LibError());
+      return false;
+    }
   }
+  return true;
 }
 
 uint32_t CacheFlags(std::string_view mode) {
@@ -181,6 +188,13 @@ std::string HumanSize(uint64_t bytes) {
   return buf;
 }
 
+bool ValidOptionList(std::string_view options) {
+  if (options.empty() || options.front() == ',') return false;
+  size_t commas = 0;
+  while (commas < options.size() && options[options.size() - 1 - commas] == ',') ++commas;
+  return commas % 2 == 0;
+}
+
 std::string JoinOptions(const std::vector<std::string>& opts) {
   std::string out;
   for (const std::string& o : opts) {
@@ -191,19 +205,50 @@ std::string JoinOptions(const std::vector<std::string>& opts) {
   return out;
 }
 
-void AddObjectOption(CLI::App* app, std::vector<std::string>* objects) {
-  app->add_option("--object", *objects, "define an object such as 'secret' (QEMU syntax)")
-      ->take_all()
-      ->allow_extra_args(false);
+int NextOption(int argc, char** argv, const char* short_opts, const option* long_opts) {
+  int c = getopt_long(argc, argv, short_opts, long_opts, nullptr);
+  if (c == '?') {
+    // qemu-img names the argument that held the unknown option, as getopt left it.
+    UsageError(std::string("unrecognized option '") + argv[optind - 1] + "'");
+    return kOptionError;
+  }
+  if (c == ':') {
+    UsageError(std::string("missing argument for option '") + argv[optind - 1] + "'");
+    return kOptionError;
+  }
+  return c;
 }
 
-void AddImageOptsOption(CLI::App* app, bool* image_opts) {
-  app->add_flag("--image-opts", *image_opts,
-                "treat image names as option strings (driver=...,file.filename=...)");
-}
-
-void AddForceShareOption(CLI::App* app, bool* force_share) {
-  app->add_flag("-U,--force-share", *force_share, "open images read-only, ignoring locks");
+void PrintHelp() {
+  printf("blkimg version %s\n"
+         "usage: blkimg [standard options] command [command options]\n"
+         "libblock disk image utility (qemu-img's counterpart)\n"
+         "\n"
+         "    '-h', '--help'       display this help and exit\n"
+         "    '-V', '--version'    output version information and exit\n"
+         "    '-T', '--trace'      accepted for qemu-img compatibility (no trace points)\n"
+         "\n"
+         "Command syntax:\n",
+         lb_version());
+  for (const Command& cmd : Commands()) printf("  %s %s\n", cmd.name, cmd.syntax);
+  printf("\n"
+         "Command parameters:\n"
+         "  'filename' is a disk image filename\n"
+         "  'objectdef' is a QEMU user creatable object definition (secret,id=ID,data=...|file=...)\n"
+         "  'fmt' is the disk image format; it is guessed when not given\n"
+         "  'cache' is the cache mode of the image: 'none', 'writeback' (the default, except\n"
+         "    for convert), 'writethrough', 'directsync' or 'unsafe' (convert's default)\n"
+         "  'src_cache' is the cache mode of the source images, as 'cache'\n"
+         "  'size' is the disk image size in bytes; the suffixes k or K (kilobyte, 1024),\n"
+         "    M (megabyte, 1024k), G (gigabyte, 1024M), T, P and E are accepted\n"
+         "  'output_filename' is the destination disk image filename\n"
+         "  'output_fmt' is the destination format\n"
+         "  'options' is a comma separated list of format specific options in name=value\n"
+         "    form; '-o help' lists the options of a format\n"
+         "  '-U' opens images without taking their locks (read-only)\n"
+         "  '--image-opts' treats filenames as option strings (driver=...,file.filename=...)\n"
+         "\n"
+         "'blkimg io' runs qemu-io's commands; 'blkimg io -c help' lists them.\n");
 }
 
 void Progress::Set(float percent) {

@@ -10,7 +10,10 @@
 #include <string_view>
 #include <vector>
 
-#include "CLI/CLI.hpp"
+#include <getopt.h>
+
+#include <functional>
+
 #include "libblock.h"
 
 namespace blkimg {
@@ -33,8 +36,9 @@ class Context {
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
   lb_context* get() const { return ctx_; }
-  // Adds QEMU --object specs ("secret,id=s0,data=...") and --object help. Fatal on error.
-  void AddObjects(const std::vector<std::string>& specs);
+  // Adds QEMU --object specs ("secret,id=s0,data=...") and --object help (which prints the
+  // list and exits). On an error prints it and returns false.
+  [[nodiscard]] bool AddObjects(const std::vector<std::string>& specs);
 
  private:
   lb_context* ctx_ = nullptr;
@@ -74,13 +78,46 @@ std::optional<int64_t> CvtNum(std::string_view what, std::string_view text,
 // qemu-img's human sizes (size_to_str): "64 MiB", "1.5 GiB", "512 B".
 std::string HumanSize(uint64_t bytes);
 
+// qemu-img's check of one -o argument: not empty, no leading comma, no trailing single comma
+// (",," is an escaped comma).
+bool ValidOptionList(std::string_view options);
 // Joins repeated -o arguments with ',' as qemu-img does.
 std::string JoinOptions(const std::vector<std::string>& opts);
 
-// Registers the options most subcommands share, writing into the given variables.
-void AddObjectOption(CLI::App* app, std::vector<std::string>* objects);
-void AddImageOptsOption(CLI::App* app, bool* image_opts);
-void AddForceShareOption(CLI::App* app, bool* force_share);
+// getopt_long as qemu-img calls it (short options starting with ':'): the next option, or -1
+// after the last one (optind then indexes the first operand; GNU getopt moves operands behind
+// the options). An unknown option or a missing argument prints qemu-img's message and hint
+// ("unrecognized option '--bogus'", "missing argument for option '-f'") and returns
+// kOptionError, for which the caller returns 1.
+constexpr int kOptionError = -2;
+int NextOption(int argc, char** argv, const char* short_opts, const option* long_opts);
+// The long options that qemu-img's subcommands share, with the values getopt_long returns.
+enum : int {
+  kOptObject = 256,
+  kOptImageOpts,
+  kOptTargetImageOpts,
+  kOptTargetIsZero,
+  kOptSalvage,
+  kOptBitmaps,
+  kOptSkipBrokenBitmaps,
+  kOptOutput,
+  kOptBackingChain,
+  kOptStartOffset,
+  kOptMaxLength,
+  kOptPreallocation,
+  kOptShrink,
+  kOptFlushInterval,
+  kOptNoDrain,
+  kOptPattern,
+};
+#define BLKIMG_LONG_HELP {"help", no_argument, nullptr, 'h'}
+#define BLKIMG_LONG_OBJECT {"object", required_argument, nullptr, ::blkimg::kOptObject}
+#define BLKIMG_LONG_IMAGE_OPTS {"image-opts", no_argument, nullptr, ::blkimg::kOptImageOpts}
+#define BLKIMG_LONG_FORCE_SHARE {"force-share", no_argument, nullptr, 'U'}
+#define BLKIMG_LONG_END {nullptr, 0, nullptr, 0}
+
+// `blkimg --help` (also what every subcommand's -h/--help prints, as qemu-img does).
+void PrintHelp();
 
 // qemu-img's -p progress line, "    (NN.NN/100%)\r" on stdout: printed when the value moves by
 // more than `min_skip` percent, and always at 0 and 100. Disabled instances print nothing.
@@ -107,12 +144,12 @@ int PrintCreateOptionsHelp(Context& ctx, const std::string& format, const char* 
 // Whether a -o option string asks for help ("help", "?", or a "help" key among others).
 bool IsHelpOption(const std::string& options);
 
-// One subcommand: registers itself on the app and runs when selected. Returns the exit code.
+// One subcommand. `run` takes the command's own argv (argv[0] is its name, getopt reset) and
+// returns the exit code.
 struct Command {
   const char* name;
-  const char* summary;
-  // Sets up options on `sub`; returns the function that runs the command after parsing.
-  std::function<int()> (*setup)(CLI::App* sub);
+  const char* syntax;  // its line in `blkimg --help`
+  int (*run)(int argc, char** argv);
 };
 
 // Every subcommand, in `blkimg --help` order (commands.cc).

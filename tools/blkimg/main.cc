@@ -1,30 +1,52 @@
 // blkimg: the qemu-img counterpart, built on libblock.h alone.
 //
-//   blkimg COMMAND [options] ...     as `qemu-img COMMAND`, with the same flags, exit codes
-//                                    and --output=json keys
-//   blkimg io [-c CMD]... IMAGE      the qemu-io counterpart
+//   blkimg [-h] [-V] COMMAND [options] ...   as `qemu-img COMMAND`, with the same flags, exit
+//                                            codes and --output=json keys
+//   blkimg io [-c CMD]... IMAGE              the qemu-io counterpart
+//
+// Command lines are parsed with getopt_long, as qemu-img parses them: options and operands
+// may mix, a unique prefix of a long option is enough, the last of a repeated option wins, and
+// an empty "--opt=" value is a value.
+#include <getopt.h>
+
 #include <cstdio>
 #include <cstring>
 
 #include "common.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"blkimg: inspect, create, convert and exercise disk images (qemu-img's "
-               "counterpart, built on libblock)"};
-  app.set_version_flag("-V,--version", std::string("blkimg version ") + lb_version());
-  app.require_subcommand(1);
-  app.fallthrough(false);
-  std::function<int()> run;
+  static const option kLong[] = {
+      {"help", no_argument, nullptr, 'h'},
+      {"version", no_argument, nullptr, 'V'},
+      {"trace", required_argument, nullptr, 'T'},
+      {nullptr, 0, nullptr, 0},
+  };
+  // '+': stop at the command name, whose own options follow it.
+  for (;;) {
+    int c = blkimg::NextOption(argc, argv, "+:hVT:", kLong);
+    if (c == -1) break;
+    switch (c) {
+      case 'h':
+        blkimg::PrintHelp();
+        return 0;
+      case 'V':
+        printf("blkimg version %s\n", lb_version());
+        return 0;
+      case 'T':
+        // qemu-img's trace events: libblock has no trace points, so there is nothing to enable.
+        break;
+      default:
+        return 1;
+    }
+  }
+  if (optind >= argc) return blkimg::UsageError("Not enough arguments");
+  const char* name = argv[optind];
   for (const blkimg::Command& cmd : blkimg::Commands()) {
-    CLI::App* sub = app.add_subcommand(cmd.name, cmd.summary);
-    std::function<int()> (*setup)(CLI::App*) = cmd.setup;
-    std::function<int()> runner = setup(sub);
-    sub->callback([&run, runner] { run = runner; });
+    if (strcmp(cmd.name, name) != 0) continue;
+    int sub_argc = argc - optind;
+    char** sub_argv = argv + optind;
+    optind = 0;  // restart getopt for the command's own options
+    return cmd.run(sub_argc, sub_argv);
   }
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) ? 1 : 0;
-  }
-  return run ? run() : 1;
+  return blkimg::UsageError(std::string("Command not found: ") + name);
 }
