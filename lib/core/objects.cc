@@ -1,8 +1,10 @@
 #include "core/objects.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
-#include <fstream>
-#include <sstream>
+#include <cstring>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
@@ -29,6 +31,38 @@ bool WellFormedId(std::string_view id) {
   return true;
 }
 
+// The whole of a secret file, with glib's wording for failures as QEMU reports them.
+absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    return ErrnoError(err, absl::StrFormat("Unable to read %s: Failed to open file \u201c%s\u201d: %s",
+                                           path, path, strerror(err)));
+  }
+  std::string value;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      close(fd);
+      return ErrnoError(err, absl::StrFormat(
+                                 "Unable to read %s: Error reading file \u201c%s\u201d: %s", path,
+                                 path, strerror(err)));
+    }
+    if (n == 0) break;
+    // A secret is small; refuse what would only exhaust memory.
+    if (value.size() + static_cast<size_t>(n) > (64u << 20)) {
+      close(fd);
+      return ErrnoError(EFBIG, absl::StrFormat("Unable to read %s: the file is too large", path));
+    }
+    value.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return value;
+}
+
 }  // namespace
 
 absl::Status Objects::Add(std::string_view spec) {
@@ -36,34 +70,44 @@ absl::Status Objects::Add(std::string_view spec) {
   LB_ASSIGN_OR_RETURN(Options opts, ParseKeyValueOptions(spec, "qom-type"));
   std::optional<std::string> type = opts.GetString("qom-type");
   opts.Erase("qom-type");
-  if (!type) return ErrnoError(EINVAL, "--object: the object type is missing");
+  // Messages are QEMU's (QOM property parsing and the secret object's), which scripts match.
+  if (!type) return ErrnoError(EINVAL, "Parameter 'qom-type' is missing");
   if (*type != "secret") {
-    return ErrnoError(EINVAL, absl::StrFormat("invalid object type: %s", *type));
+    return ErrnoError(EINVAL, absl::StrFormat("Parameter 'qom-type' does not accept value '%s'",
+                                              *type));
+  }
+  for (const auto& [key, value] : opts) {
+    bool known = key == "id";
+    for (const OptionSpec& spec : kSecretSpecs) known |= spec.name == key;
+    if (!known) return ErrnoError(EINVAL, absl::StrFormat("Parameter '%s' is unexpected", key));
+  }
+  if (std::optional<std::string> format = opts.GetString("format")) {
+    if (*format != "raw" && *format != "base64") {
+      return ErrnoError(EINVAL, absl::StrFormat("Parameter 'format' does not accept value '%s'",
+                                                *format));
+    }
   }
   LB_ASSIGN_OR_RETURN(OptionValues v, ConsumeOptions(kSecretSchema, opts));
-  if (!opts.empty()) {
-    return ErrnoError(EINVAL, absl::StrFormat("secret: unknown parameter '%s'", opts.begin()->first));
-  }
   std::optional<std::string> id = v.FindString("id");
   if (!id) return ErrnoError(EINVAL, "Parameter 'id' is missing");
-  if (!WellFormedId(*id)) return ErrnoError(EINVAL, absl::StrFormat("Invalid object id: %s", *id));
+  if (!WellFormedId(*id)) {
+    return ErrnoError(EINVAL, "Parameter 'id' expects an identifier\nIdentifiers consist of "
+                              "letters, digits, '-', '.', '_', starting with a letter.");
+  }
   if (secrets_.count(*id)) {
-    return ErrnoError(EEXIST, absl::StrFormat("attempt to add duplicate property '%s'", *id));
+    return ErrnoError(EEXIST, absl::StrFormat(
+                                  "attempt to add duplicate property '%s' to object (type "
+                                  "'container')", *id));
   }
   std::optional<std::string> data = v.FindString("data");
   std::optional<std::string> file = v.FindString("file");
-  if (data.has_value() == file.has_value()) {
-    return ErrnoError(EINVAL, "secret: exactly one of 'data' and 'file' must be given");
-  }
+  if (data && file) return ErrnoError(EINVAL, "'file' and 'data' are mutually exclusive");
+  if (!data && !file) return ErrnoError(EINVAL, "Either 'file' or 'data' must be provided");
   std::string value;
   if (data) {
     value = *data;
   } else {
-    std::ifstream in(*file, std::ios::binary);
-    if (!in) return ErrnoStatus(errno ? errno : ENOENT, absl::StrFormat("Unable to read %s", *file));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    value = ss.str();
+    LB_ASSIGN_OR_RETURN(value, ReadSecretFile(*file));
   }
   if (v.GetString("format") == "base64") {
     std::string decoded;

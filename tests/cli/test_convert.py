@@ -197,13 +197,20 @@ class ConvertTest(CliTestCase):
                 self.assertEqual(os.path.exists(self.path("x.img")),
                                  os.path.exists(self.path("y.img")))
 
-    def test_bad_target_cache_after_create(self):
-        # qemu-img creates the target before it looks at -t
+    def test_bad_target_cache_checked_before_create(self):
+        # qemu-img creates (truncates) the target before it looks at -t, so an existing
+        # target loses its data; blkimg gives the same error with the target untouched.
         self.make_source(size="1M")
+        for name in ("a.img", "b.img"):
+            self.assertOk(self.qemu_img("create", "-q", "-f", "raw", name, "1M"))
+            self.write_pattern(name, 0, "1M", "0x5a")
         ours = self.blkimg("convert", "-t", "bogus", "src.img", "a.img")
         theirs = self.qemu_img("convert", "-t", "bogus", "src.img", "b.img")
         self.assertSameErrors(ours, theirs)
-        self.assertTrue(os.path.exists(self.path("a.img")))
+        self.assertEqual(self.read("a.img"), b"\x5a" * (1 << 20))
+        ours = self.blkimg("convert", "-t", "bogus", "src.img", "new.img")
+        self.assertEqual(ours.code, 1)
+        self.assertFalse(os.path.exists(self.path("new.img")))
 
 
 if __name__ == "__main__":

@@ -210,6 +210,7 @@ int Run(Context& ctx, const CompareArgs& a) {
 }  // namespace
 
 int RunCompare(int argc, char** argv) {
+  Progress::InstallSignalHandler();
   static const option kLong[] = {BLKIMG_LONG_HELP, BLKIMG_LONG_OBJECT, BLKIMG_LONG_IMAGE_OPTS,
                                  BLKIMG_LONG_FORCE_SHARE, BLKIMG_LONG_END};
   Context ctx;

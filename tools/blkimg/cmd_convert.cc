@@ -220,7 +220,8 @@ class Copier {
 
   int Run() {
     bool sparse = settings_.min_sparse_sectors != 0;
-    if (args_.progress && !args_.quiet) total_ = CountCopiedBytes(sources_, sparse);
+    // Progress is counted even without -p: SIGUSR1 asks for it.
+    total_ = CountCopiedBytes(sources_, sparse);
     progress_.Set(0);
     lb_context_set_max_inflight(ctx_.get(), 1024);
     bool more = true;
@@ -525,7 +526,9 @@ int CreateTarget(Context& ctx, const ConvertArgs& a, const std::string& out_form
   int r = lb_create(ctx.get(), target.c_str(), out_format.c_str(), text, size, 0);
   lb_free(text);
   if (r < 0) {
-    Error(LibError());
+    std::string message = LibError(), prefix = target + ": ";
+    if (message.rfind(prefix, 0) == 0) message.erase(0, prefix.size());
+    Error(prefix + "error while converting " + out_format + ": " + message);
     return 1;
   }
   return 0;
@@ -578,7 +581,8 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
   uint64_t total = 0;
   for (size_t i = 0; i < nsrc; ++i) {
     Source s;
-    s.be = OpenBackend(ctx, {a.files[i], a.format, a.image_opts}, src_flags);
+    // qemu-img keeps others from writing or resizing the sources while it copies them.
+    s.be = OpenBackend(ctx, {a.files[i], a.format, a.image_opts, 0}, src_flags);
     if (!s.be) {
       CloseAll(sources);
       return 1;
@@ -609,13 +613,24 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
   }
   const std::string& target = a.files.back();
   bool target_zero = a.target_is_zero;
+  // Everything that can refuse the target is checked before it is created over.
+  std::string target_cache = a.cache.empty() ? "unsafe" : a.cache;
+  if (target_cache != "writeback" && target_cache != "none" && target_cache != "off" &&
+      target_cache != "writethrough" && target_cache != "directsync" &&
+      target_cache != "unsafe") {
+    Error("Invalid cache option: " + a.cache);
+    CloseAll(sources);
+    return 1;
+  }
+  TargetGuard guard;
   if (!a.no_create) {
     if (lb_create_options(ctx.get(), out_format.c_str(), nullptr, nullptr, 0) == -EINVAL) {
       Error("Unknown file format '" + out_format + "'");
       CloseAll(sources);
       return 1;
     }
-    if (CreateTarget(ctx, a, out_format, target, total) != 0) {
+    if (!guard.Check(ctx, target, CacheFlags(target_cache)) ||
+        CreateTarget(ctx, a, out_format, target, total) != 0) {
       CloseAll(sources);
       return 1;
     }
@@ -624,10 +639,10 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
     CloseAll(sources);
     return 1;
   }
-  uint32_t flags = LB_OPEN_RDWR | LB_OPEN_UNMAP |
-                   CacheFlags(a.cache.empty() ? "unsafe" : a.cache);
+  uint32_t flags = LB_OPEN_RDWR | LB_OPEN_UNMAP | CacheFlags(target_cache);
   ImageSpec spec{target, a.target_image_opts ? "" : out_format, a.target_image_opts};
   lb_backend* out = OpenBackend(ctx, spec, flags);
+  guard.Release();
   if (!out) {
     CloseAll(sources);
     return 1;
@@ -662,6 +677,7 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
 }  // namespace
 
 int RunConvert(int argc, char** argv) {
+  Progress::InstallSignalHandler();
   static const option kLong[] = {
       BLKIMG_LONG_HELP,
       BLKIMG_LONG_OBJECT,
@@ -678,7 +694,7 @@ int RunConvert(int argc, char** argv) {
   ConvertArgs a;
   Settings settings;
   for (;;) {
-    int c = NextOption(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WrU", kLong);
+    int c = NextOption(argc, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:Wr:U", kLong);
     if (c == -1) break;
     switch (c) {
       case 'h': PrintHelp(); return 0;

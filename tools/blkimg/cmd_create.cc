@@ -52,9 +52,10 @@ int Run(Context& ctx, const CreateArgs& a) {
   }
   char* text = lb_options_to_string(o);
   // Like qemu-img, check everything before saying "Formatting".
-  if (lb_create(ctx.get(), a.filename.c_str(), a.format.c_str(), text, size,
-                LB_CREATE_VALIDATE_ONLY) < 0) {
-    Error(LibError());
+  if (int r = lb_create(ctx.get(), a.filename.c_str(), a.format.c_str(), text, size,
+                        LB_CREATE_VALIDATE_ONLY);
+      r < 0) {
+    Error(CreateError(a.filename, a.format, r));
     lb_free(text);
     lb_options_free(o);
     return 1;
@@ -80,7 +81,7 @@ int Run(Context& ctx, const CreateArgs& a) {
   int r = lb_create(ctx.get(), a.filename.c_str(), a.format.c_str(), text, size, 0);
   lb_free(text);
   if (r < 0) {
-    Error(LibError());
+    Error(CreateError(a.filename, a.format, r));
     return 1;
   }
   return 0;

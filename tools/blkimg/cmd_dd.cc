@@ -124,6 +124,11 @@ int Run(Context& ctx, const DdArgs& a) {
       in_pos = *op.skip * op.bs;
     }
   }
+  TargetGuard guard;
+  if (!guard.Check(ctx, op.output, 0)) {
+    lb_close(in);
+    return 1;
+  }
   if (lb_create(ctx.get(), op.output.c_str(), a.out_format.c_str(), nullptr,
                 static_cast<uint64_t>(size - in_pos), 0) < 0) {
     Error(op.output + ": error while creating output image: " + LibError());
@@ -131,6 +136,7 @@ int Run(Context& ctx, const DdArgs& a) {
     return 1;
   }
   lb_backend* out = OpenBackend(ctx, {op.output, a.out_format, false}, LB_OPEN_RDWR);
+  guard.Release();
   if (!out) {
     lb_close(in);
     return 1;

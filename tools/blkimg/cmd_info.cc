@@ -143,10 +143,6 @@ int RunInfo(int argc, char** argv) {
   }
   if (optind != argc - 1) return UsageError("Expecting one image file name");
   a.filename = argv[optind];
-  if (a.image_opts && !a.format.empty()) {
-    Error("--image-opts and --format are mutually exclusive");
-    return 1;
-  }
   return Run(ctx, a);
 }
 

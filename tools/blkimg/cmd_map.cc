@@ -212,10 +212,6 @@ int RunMap(int argc, char** argv) {
     Error("--output must be used with human or json as argument.");
     return 1;
   }
-  if (a.image_opts && !a.format.empty()) {
-    Error("--image-opts and --format are mutually exclusive");
-    return 1;
-  }
   return Run(ctx, a);
 }
 

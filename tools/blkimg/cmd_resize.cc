@@ -170,10 +170,6 @@ int RunResize(int argc, char** argv) {
   }
   if (optind != argc - 1) return UsageError("Expecting image file name and size");
   a.filename = argv[optind];
-  if (a.image_opts && !a.format.empty()) {
-    Error("--image-opts and --format are mutually exclusive");
-    return 1;
-  }
   std::optional<SizeArg> size = ParseSizeArg(size_text);
   if (!size) return 1;
   return Resize(ctx, a, *size);

@@ -4,9 +4,12 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include <sys/stat.h>
 
 namespace blkimg {
 
@@ -28,6 +31,14 @@ int UsageError(const std::string& message) {
 
 std::string LibError() { return lb_get_error(); }
 
+std::string CreateError(const std::string& filename, const std::string& format, int err) {
+  std::string prefix = filename + ": ";
+  if (err == -EFBIG) return prefix + "The image size is too large for file format '" + format + "'";
+  std::string message = LibError();
+  if (message.rfind(prefix, 0) == 0) return message;
+  return prefix + message;
+}
+
 Context::Context() {
   if (lb_context_new(0, &ctx_) < 0) Fatal(LibError());
 }
@@ -38,6 +49,10 @@ bool Context::AddObjects(const std::vector<std::string>& specs) {
   for (const std::string& spec : specs) {
     if (spec == "help" || spec == "?") {
       printf("List of user creatable objects:\n  secret\n");
+      exit(0);
+    }
+    if (spec == "secret,help" || spec == "secret,?") {
+      printf("secret options:\n  data=<string>\n  file=<string>\n  format=<QCryptoSecretFormat>\n");
       exit(0);
     }
     if (lb_context_add_object(ctx_, spec.c_str()) < 0) {
@@ -71,11 +86,23 @@ lb_open_args ArgsFor(const ImageSpec& image, uint32_t flags) {
     args.filename = image.name.c_str();
     if (!image.format.empty()) args.format = image.format.c_str();
   }
-  args.flags = flags;
+  args.flags = flags | (flags & LB_OPEN_FORCE_SHARE ? 0 : image.share);
   return args;
 }
 
+namespace {
+
+// qemu-img's img_open refuses -f with --image-opts (the options name the driver).
+bool FormatAndImageOpts(const ImageSpec& image) {
+  if (!image.image_opts || image.format.empty()) return false;
+  Error("--image-opts and --format are mutually exclusive");
+  return true;
+}
+
+}  // namespace
+
 lb_backend* OpenBackend(Context& ctx, const ImageSpec& image, uint32_t flags) {
+  if (FormatAndImageOpts(image)) return nullptr;
   lb_open_args args = ArgsFor(image, flags);
   lb_backend* be = nullptr;
   if (lb_open_ex(ctx.get(), &args, &be) < 0) {
@@ -86,6 +113,7 @@ lb_backend* OpenBackend(Context& ctx, const ImageSpec& image, uint32_t flags) {
 }
 
 lb_node* OpenNode(Context& ctx, const ImageSpec& image, uint32_t flags) {
+  if (FormatAndImageOpts(image)) return nullptr;
   lb_open_args args = ArgsFor(image, flags);
   lb_node* node = nullptr;
   if (lb_node_open(ctx.get(), &args, &node) < 0) {
@@ -93,6 +121,31 @@ lb_node* OpenNode(Context& ctx, const ImageSpec& image, uint32_t flags) {
     return nullptr;
   }
   return node;
+}
+
+bool TargetGuard::Check(Context& ctx, const std::string& filename, uint32_t cache_flags) {
+  struct stat st;
+  if (stat(filename.c_str(), &st) != 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+    return true;
+  }
+  if (filename.rfind("json:", 0) == 0 || filename.find(':') != std::string::npos) return true;
+  lb_options* o = nullptr;
+  if (lb_options_new(&o) < 0) return true;
+  lb_options_set(o, "driver", S_ISBLK(st.st_mode) ? "host_device" : "file");
+  lb_options_set(o, "filename", filename.c_str());
+  char* text = lb_options_to_string(o);
+  lb_options_free(o);
+  lb_open_args args = LB_OPEN_ARGS_INIT;
+  args.options = text;
+  args.flags = (cache_flags & LB_OPEN_CACHE_MASK) | kToolShare;
+  int r = lb_open_ex(ctx.get(), &args, &be_);
+  lb_free(text);
+  if (r < 0) {
+    Error("Could not open '" + filename + "': " + LibError());
+    be_ = nullptr;
+    return false;
+  }
+  return true;
 }
 
 namespace {
@@ -251,9 +304,39 @@ void PrintHelp() {
          "'blkimg io' runs qemu-io's commands; 'blkimg io -c help' lists them.\n");
 }
 
+namespace {
+
+volatile sig_atomic_t progress_requested = 0;
+
+void OnProgressSignal(int) { progress_requested = 1; }
+
+}  // namespace
+
+void Progress::InstallSignalHandler() {
+  // As qemu-img: SIGUSR1 asks a running convert or compare where it is, and does not kill it.
+  struct sigaction sa = {};
+  sa.sa_handler = OnProgressSignal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
+
+Progress::Progress(bool enabled, float min_skip) : enabled_(enabled), min_skip_(min_skip) {
+  InstallSignalHandler();
+}
+
 void Progress::Set(float percent) {
   current_ = percent;
-  if (!enabled_) return;
+  if (!enabled_) {
+    // Without -p, a SIGUSR1 prints one line on stderr at the next update.
+    if (progress_requested) {
+      progress_requested = 0;
+      fflush(stdout);
+      fprintf(stderr, "    (%3.2f/100%%)\n", static_cast<double>(current_));
+    }
+    return;
+  }
+  progress_requested = 0;
   if (current_ > last_printed_ + min_skip_ || current_ < last_printed_ - min_skip_ ||
       current_ == 0 || current_ == 100) {
     last_printed_ = current_;

@@ -25,6 +25,9 @@ namespace blkimg {
 void Error(const std::string& message);
 // qemu-img's error_exit: "blkimg: MESSAGE" and the "Try 'blkimg --help'" hint. Returns 1.
 int UsageError(const std::string& message);
+// qemu-img's report of a failed image creation (bdrv_img_create): "FILENAME: MESSAGE", and
+// for EFBIG "The image size is too large for file format 'FORMAT'".
+std::string CreateError(const std::string& filename, const std::string& format, int err);
 // lb_get_error() as a std::string.
 std::string LibError();
 
@@ -44,11 +47,18 @@ class Context {
   lb_context* ctx_ = nullptr;
 };
 
+// How blkimg shares the images it opens: as qemu-img, which lets other users do anything
+// (it takes no "unshare" locks). Embedders get the library's safer default.
+constexpr uint32_t kToolShare = LB_OPEN_SHARE_RW;
+
 // How the command line names one image.
 struct ImageSpec {
   std::string name;         // filename, or an option string with --image-opts
   std::string format;       // -f / -F / -O; empty: probe
   bool image_opts = false;  // --image-opts: `name` is "key=value,..." (driver included)
+  // What other users may do meanwhile (LB_OPEN_SHARE_* flags): qemu-img's sharing unless
+  // the subcommand says otherwise.
+  uint32_t share = kToolShare;
 };
 
 // qemu-img's cache modes (-t/-T) as LB_OPEN_CACHE_* flags; Fatal on an unknown mode with
@@ -57,12 +67,36 @@ uint32_t CacheFlags(std::string_view mode);
 // qemu-img's -i aio modes as LB_OPEN_AIO_* flags.
 uint32_t AioFlags(std::string_view mode);
 
-// lb_open_args naming `image` (its strings must outlive the result).
+// lb_open_args naming `image` (with kToolShare) (its strings must outlive the result).
 lb_open_args ArgsFor(const ImageSpec& image, uint32_t flags);
 // Opens an image as qemu-img's img_open does. Returns NULL after printing qemu-img's
 // "Could not open 'NAME': ..." message.
 lb_backend* OpenBackend(Context& ctx, const ImageSpec& image, uint32_t flags);
 lb_node* OpenNode(Context& ctx, const ImageSpec& image, uint32_t flags);
+
+// Guards an existing image file that a command is about to create over (convert, dd): before
+// anything is truncated, the file is opened at the protocol level read-only with the final
+// open's cache mode, sharing everything, so that a lock that would refuse the final open's
+// consistent reads (which image creation does not check) or a cache mode the file system
+// refuses fails before the old contents are lost. Kept open until the final open succeeded,
+// so that nobody takes such a lock in between. Targets that are not existing regular files
+// or block devices (new files, json: and protocol names) are not guarded.
+class TargetGuard {
+ public:
+  TargetGuard() = default;
+  ~TargetGuard() { lb_close(be_); }
+  TargetGuard(const TargetGuard&) = delete;
+  TargetGuard& operator=(const TargetGuard&) = delete;
+  // Prints qemu-img's "Could not open 'NAME': ..." and returns false when the check fails.
+  bool Check(Context& ctx, const std::string& filename, uint32_t cache_flags);
+  void Release() {
+    lb_close(be_);
+    be_ = nullptr;
+  }
+
+ private:
+  lb_backend* be_ = nullptr;
+};
 
 // qemu_strtosz, the size syntax of qemu-img's cvtnum and of qemu-io: DIGITS[.DIGITS][SUFFIX]
 // or 0xHEX[SUFFIX], suffixes b, k/K, M, G, T, P, E (powers of 1024; a fraction needs one).
@@ -120,10 +154,15 @@ enum : int {
 void PrintHelp();
 
 // qemu-img's -p progress line, "    (NN.NN/100%)\r" on stdout: printed when the value moves by
-// more than `min_skip` percent, and always at 0 and 100. Disabled instances print nothing.
+// more than `min_skip` percent, and always at 0 and 100. Disabled instances print only when
+// asked by SIGUSR1.
 class Progress {
  public:
-  Progress(bool enabled, float min_skip) : enabled_(enabled), min_skip_(min_skip) {}
+  // Also installs qemu-img's SIGUSR1 handler: a disabled instance then prints the value once
+  // on stderr at its next update.
+  Progress(bool enabled, float min_skip);
+  // The SIGUSR1 handler alone, for commands to install before their first I/O.
+  static void InstallSignalHandler();
   // Sets the value to `percent` (absolute).
   void Set(float percent);
   // Adds `percent` to the value (computed in float as qemu-img does, so that the printed
