@@ -125,6 +125,26 @@ absl::Status CheckKey(std::string_view key, bool had_comma) {
   }
 }
 
+// Option strings become C strings (file names, driver names, ...), where a NUL would cut them
+// short: "a.img\0.other" would open a.img. QEMU's JSON parser keeps a \u0000 as the bytes
+// C0 80 instead; libblock refuses such strings wherever options come from.
+constexpr std::string_view kNulError = "contains a NUL character";
+
+bool HasNul(std::string_view text) { return text.find('\0') != std::string_view::npos; }
+
+// `text` with its NULs written as JSON writes them, for messages.
+std::string ShowNul(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '\0') {
+      out += "\\u0000";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 nlohmann::json ScalarToJson(const OptionValue& value) {
   return std::visit([](const auto& v) { return nlohmann::json(v); }, value);
 }
@@ -155,6 +175,10 @@ absl::Status FlattenJson(const nlohmann::json& node, const std::string& key, int
         return InvalidArgument(absl::StrFormat("%s: empty key%s", kJsonError,
                                                key.empty() ? "" : " in '" + key + "'"));
       }
+      if (HasNul(item.key())) {
+        return InvalidArgument(absl::StrFormat("%s: key '%s' %s", kJsonError,
+                                               ShowNul(join(item.key())), kNulError));
+      }
       LB_RETURN_IF_ERROR(FlattenJson(item.value(), join(item.key()), depth + 1, out));
     }
     return absl::OkStatus();
@@ -167,7 +191,14 @@ absl::Status FlattenJson(const nlohmann::json& node, const std::string& key, int
   }
   OptionValue value;
   switch (node.type()) {
-    case nlohmann::json::value_t::string: value = node.get<std::string>(); break;
+    case nlohmann::json::value_t::string: {
+      const std::string& text = node.get_ref<const std::string&>();
+      if (HasNul(text)) {
+        return InvalidArgument(absl::StrFormat("%s: '%s' %s", kJsonError, key, kNulError));
+      }
+      value = text;
+      break;
+    }
     case nlohmann::json::value_t::boolean: value = node.get<bool>(); break;
     case nlohmann::json::value_t::number_integer: value = node.get<int64_t>(); break;
     case nlohmann::json::value_t::number_unsigned: {
@@ -265,7 +296,13 @@ absl::StatusOr<TypedValue> ConvertText(std::string_view owner, const OptionSpec&
 
 absl::StatusOr<TypedValue> Convert(std::string_view owner, const OptionSpec& spec,
                                    const OptionValue& value) {
-  if (const auto* text = std::get_if<std::string>(&value)) return ConvertText(owner, spec, *text);
+  if (const auto* text = std::get_if<std::string>(&value)) {
+    // The parsers refuse NULs already; options built in code are checked here.
+    if (HasNul(*text)) {
+      return InvalidArgument(absl::StrFormat("%s: parameter '%s' %s", owner, spec.name, kNulError));
+    }
+    return ConvertText(owner, spec, *text);
+  }
   if (const auto* b = std::get_if<bool>(&value)) {
     if (spec.type == OptionType::kBool) return TypedValue(*b);
   } else if (const auto* i = std::get_if<int64_t>(&value)) {
@@ -435,6 +472,18 @@ absl::StatusOr<Options> ParseKeyValueOptions(std::string_view text, std::string_
     }
     if (element.empty()) {
       return InvalidArgument(absl::StrFormat("empty element in options '%s'", text));
+    }
+    if (size_t nul = element.find('\0'); nul != std::string::npos) {
+      // Named as the JSON form names it: the key, or the key whose value holds the NUL.
+      if (eq != std::string::npos && nul < eq) {
+        return InvalidArgument(absl::StrFormat("key '%s' %s",
+                                               ShowNul(element.substr(0, eq)), kNulError));
+      }
+      std::string name = eq == std::string::npos
+                             ? (first && !implied_key.empty() ? std::string(implied_key)
+                                                              : ShowNul(element))
+                             : element.substr(0, eq);
+      return InvalidArgument(absl::StrFormat("'%s' %s", name, kNulError));
     }
     std::string key;
     std::string value;

@@ -256,6 +256,50 @@ absl::Status ConsumeError(Options opts) {
   return values.status();
 }
 
+TEST_CASE("NUL characters are refused in every string, key and syntax", "[options]") {
+  using namespace std::string_literals;
+  // A NUL in a C string cuts it: "a.img\0.other" would open a.img. Whatever the driver and
+  // whatever the option, no parser lets one through.
+  auto json_error = [](std::string_view filename) {
+    auto parsed = ParseJsonFilename(filename);
+    INFO(filename);
+    REQUIRE_FALSE(parsed.ok());
+    CHECK(StatusErrno(parsed.status()) == EINVAL);
+    return Message(parsed.status());
+  };
+  CHECK(json_error(R"(json:{"driver": "raw", "file": {"filename": "a.img\u0000.other"}})") ==
+        "could not parse the JSON options: 'file.filename' contains a NUL character");
+  CHECK(json_error(R"(json:{"driver": "raw\u0000"})") ==
+        "could not parse the JSON options: 'driver' contains a NUL character");
+  CHECK(json_error(R"(json:{"list": ["x", "\u0000"]})") ==
+        "could not parse the JSON options: 'list.1' contains a NUL character");
+  CHECK(json_error(R"(json:{"file": {"a\u0000b": 1}})") ==
+        "could not parse the JSON options: key 'file.a\\u0000b' contains a NUL character");
+  // Escapes that are not NUL still pass, and so do raw bytes that are not UTF-8's.
+  auto fine = ParseJsonFilename(R"(json:{"filename": "a\u0001\u00e9.img"})");
+  REQUIRE(fine.ok());
+  CHECK(fine->GetString("filename") == "a\x01\xc3\xa9.img");
+
+  auto kv_error = [](std::string_view text, std::string_view implied = {}) {
+    auto parsed = ParseKeyValueOptions(text, implied);
+    REQUIRE_FALSE(parsed.ok());
+    CHECK(StatusErrno(parsed.status()) == EINVAL);
+    return Message(parsed.status());
+  };
+  CHECK(kv_error("driver=raw,file.filename=a.img\0.other"s) ==
+        "'file.filename' contains a NUL character");
+  CHECK(kv_error("raw\0,file=a"s, "driver") == "'driver' contains a NUL character");
+  CHECK(kv_error("a\0b=1"s) == "key 'a\\u0000b' contains a NUL character");
+  CHECK(kv_error("x=1,,\0"s) == "'x' contains a NUL character");
+
+  // Options built in code reach the schema: strings of every type are checked there.
+  for (const char* name : {"filename", "locking", "size", "read-zeroes", "offset"}) {
+    Options o;
+    o.Set(name, "1\0"s);
+    CHECK(Message(ConsumeError(o)) == "file: parameter '"s + name + "' contains a NUL character");
+  }
+}
+
 TEST_CASE("ConsumeOptions takes known keys, converts them and fills defaults", "[options]") {
   Options opts = ParseOk("filename=a.img,size=1.5k,cache.direct=on,cache.no-flush=off,file.x=1");
   auto values = ConsumeOptions(kSchema, opts);
