@@ -128,7 +128,10 @@ libblock::ReqFlags ToReqFlags(uint32_t flags) {
 constexpr uint32_t kReqFlagsAll = LB_REQ_FUA | LB_REQ_MAY_UNMAP | LB_REQ_NO_FALLBACK;
 constexpr uint32_t kOpenFlagsAll = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE |
                                    LB_OPEN_FORCE_SHARE | LB_OPEN_NO_BACKING | LB_OPEN_UNMAP |
-                                   LB_OPEN_CACHE_MASK | LB_OPEN_AIO_MASK;
+                                   LB_OPEN_SHARE_ALL | LB_OPEN_CACHE_MASK | LB_OPEN_AIO_MASK;
+// What a backend's permissions are made of: lb_backend_new and lb_reopen take these.
+constexpr uint32_t kBackendPermFlags = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE |
+                                       LB_OPEN_SHARE_ALL;
 
 int RangeCheck(uint64_t offset, uint64_t count) {
   if (offset > static_cast<uint64_t>(libblock::kMaxLength) ||
@@ -219,6 +222,7 @@ absl::StatusOr<OpenPlan> PlanOpen(const lb_open_args* args) {
   if (flags & LB_OPEN_FORCE_SHARE) plan.options.SetDefault("force-share", true);
   plan.backend.read_only = !(flags & LB_OPEN_RDWR);
   plan.backend.share_rw = flags & LB_OPEN_SHARE_RW;
+  plan.backend.share_all = flags & LB_OPEN_SHARE_ALL;
   plan.backend.resize = flags & LB_OPEN_RESIZE;
   if (has_name && args->name) plan.backend.name = args->name;
   return plan;
@@ -633,12 +637,12 @@ LB_API int lb_backend_new(lb_node* node, uint32_t flags, lb_backend** out) {
   if (out) *out = nullptr;
   return Guard([&]() -> int {
     if (!node || !out) return NullArgument("lb_backend_new");
-    constexpr uint32_t kAllowed = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE |
-                                  LB_OPEN_CACHE_WRITETHROUGH;
+    constexpr uint32_t kAllowed = kBackendPermFlags | LB_OPEN_CACHE_WRITETHROUGH;
     if (flags & ~kAllowed) return UnknownFlags();
     libblock::BackendOptions bo;
     bo.read_only = !(flags & LB_OPEN_RDWR);
     bo.share_rw = flags & LB_OPEN_SHARE_RW;
+    bo.share_all = flags & LB_OPEN_SHARE_ALL;
     bo.resize = flags & LB_OPEN_RESIZE;
     bo.writethrough = (flags & LB_OPEN_CACHE_MASK) == LB_OPEN_CACHE_WRITETHROUGH;
     auto be = libblock::Backend::Attach(*node->ctx->graph, *node->node, bo);
@@ -665,9 +669,9 @@ LB_API int64_t lb_get_length(lb_backend* be) { return lb_get_size(be); }
 LB_API int lb_reopen(lb_backend* be, uint32_t flags) {
   return Guard([&]() -> int {
     if (!ValidBackend(be)) return BadHandle();
-    if (flags & ~(LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE)) return UnknownFlags();
+    if (flags & ~kBackendPermFlags) return UnknownFlags();
     return Check(be->be->Reconfigure(!(flags & LB_OPEN_RDWR), flags & LB_OPEN_SHARE_RW,
-                                     flags & LB_OPEN_RESIZE));
+                                     flags & LB_OPEN_RESIZE, flags & LB_OPEN_SHARE_ALL));
   });
 }
 

@@ -170,6 +170,15 @@ LB_API int lb_create(lb_context *ctx, const char *filename, const char *format,
 #define LB_OPEN_FORCE_SHARE 0x8u /* read-only, ignoring other users' locks (qemu-img -U) */
 #define LB_OPEN_NO_BACKING 0x10u /* do not open backing files (qemu-img info's default) */
 #define LB_OPEN_UNMAP 0x20u      /* honour discards and may-unmap zeroing (discard=unmap) */
+/* Share every permission with other users, write and resize included, as qemu-img and
+ * qemu-io do (QEMU's blk_new_open): other processes, QEMU's tools included, may write to
+ * and resize the image while this backend holds it, and the backend takes no "unshare"
+ * lock bytes (2xx) of its own. Nodes may still unshare what they need themselves (raw
+ * with offset/size keeps its file from being resized, as in QEMU). What the backend takes
+ * is unchanged: read, + write with LB_OPEN_RDWR, + resize with LB_OPEN_RESIZE. Implies
+ * LB_OPEN_SHARE_RW. Meant for tools that work as qemu-img does; a backend whose user
+ * caches data or metadata (a guest) should not use it. Since 0.1. */
+#define LB_OPEN_SHARE_ALL 0x40u
 /* Cache mode (QEMU's cache=): one of */
 #define LB_OPEN_CACHE_WRITEBACK 0x000u /* default */
 #define LB_OPEN_CACHE_NONE 0x100u
@@ -187,7 +196,7 @@ LB_API int lb_create(lb_context *ctx, const char *filename, const char *format,
  * NULL): the image's format is probed unless "driver=" is given. A "cache=" option takes
  * QEMU's modes: writeback (default), none, writethrough, directsync, unsafe.
  * Like QEMU's guest devices, a backend lets others read but not write unless
- * LB_OPEN_SHARE_RW. Lock conflicts with other processes (QEMU included) fail with -EAGAIN
+ * LB_OPEN_SHARE_RW, and never resize unless LB_OPEN_SHARE_ALL. Lock conflicts with other processes (QEMU included) fail with -EAGAIN
  * and QEMU's message ("Failed to get "write" lock ... Is another process using the
  * image [path]?"). Errors: -EINVAL, -ENOENT, -EACCES, -EPERM, -EAGAIN, -ENOTSUP, ...
  * Since 0.1. */
@@ -222,7 +231,7 @@ LB_API void lb_node_close(lb_node *node);
 LB_API int lb_backend_get_node(lb_backend *be, lb_node **out);
 
 /* Attaches a backend to an open node. `flags`: LB_OPEN_RDWR, LB_OPEN_SHARE_RW,
- * LB_OPEN_RESIZE, LB_OPEN_CACHE_WRITETHROUGH (durable writes). Writing needs the node to
+ * LB_OPEN_SHARE_ALL, LB_OPEN_RESIZE, LB_OPEN_CACHE_WRITETHROUGH (durable writes). Writing needs the node to
  * be read-write. Errors: -EPERM (a permission conflict, with QEMU's message), -EAGAIN
  * (locks). Since 0.1. */
 LB_API int lb_backend_new(lb_node *node, uint32_t flags, lb_backend **out);
@@ -239,8 +248,9 @@ LB_API int64_t lb_get_length(lb_backend *be);
 
 /* Sets a backend's mode as one transaction (on failure nothing changed): read-only (no
  * LB_OPEN_RDWR) or read-write (LB_OPEN_RDWR) for the backend and the nodes below it, and its
- * LB_OPEN_SHARE_RW and LB_OPEN_RESIZE permissions (QEMU's blk_set_perm), e.g. to take the
- * resize permission only around an lb_truncate.
+ * LB_OPEN_SHARE_RW, LB_OPEN_SHARE_ALL and LB_OPEN_RESIZE permissions (QEMU's blk_set_perm),
+ * e.g. to take the resize permission only around an lb_truncate. Sharing less than before
+ * fails with -EPERM/-EAGAIN while another user holds what is no longer shared.
  * Errors: -EPERM (e.g. "Cannot make block node read-only, there is a writer on it"),
  * -EAGAIN (locks), -EACCES. Since 0.1. */
 LB_API int lb_reopen(lb_backend *be, uint32_t flags);

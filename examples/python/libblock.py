@@ -107,6 +107,7 @@ OPEN_RESIZE = 0x4
 OPEN_FORCE_SHARE = 0x8
 OPEN_NO_BACKING = 0x10
 OPEN_UNMAP = 0x20
+OPEN_SHARE_ALL = 0x40
 _CACHE_MODES = {'writeback': 0x000, 'none': 0x100, 'writethrough': 0x200,
                 'directsync': 0x300, 'unsafe': 0x400}
 _AIO_MODES = {None: 0x0000, 'default': 0x0000, 'threads': 0x1000, 'io_uring': 0x2000}
@@ -377,10 +378,11 @@ class Context:
 
     def open(self, filename=None, format=None, options=None, readonly=True, force_share=False,
              cache=None, aio=None, share_rw=False, resize=False, unmap=False,
-             no_backing=False, name=None):
+             no_backing=False, name=None, share_all=False):
         """Opens an image and returns an Image (a backend). `format` None probes;
         `options` as "k=v,..." / "json:{...}" text or a dict; `cache` one of writeback, none,
-        writethrough, directsync, unsafe; `aio` 'threads' or 'io_uring'."""
+        writethrough, directsync, unsafe; `aio` 'threads' or 'io_uring'. `share_all` lets
+        other users write and resize meanwhile, as next to qemu-img or qemu-io."""
         if cache is not None and cache not in _CACHE_MODES:
             raise ValueError('unknown cache mode %r' % (cache,))
         if aio not in _AIO_MODES:
@@ -388,6 +390,7 @@ class Context:
         flags = ((0 if readonly else OPEN_RDWR) | (OPEN_FORCE_SHARE if force_share else 0) |
                  (OPEN_SHARE_RW if share_rw else 0) | (OPEN_RESIZE if resize else 0) |
                  (OPEN_UNMAP if unmap else 0) | (OPEN_NO_BACKING if no_backing else 0) |
+                 (OPEN_SHARE_ALL if share_all else 0) |
                  _CACHE_MODES.get(cache or 'writeback') | _AIO_MODES[aio])
         args = _OpenArgs(ctypes.sizeof(_OpenArgs), _enc(filename), _enc(format),
                          _enc(_options_text(options)), None, flags, _enc(name))

@@ -451,6 +451,14 @@ class LockingTest(Base):
         rc, out = qemu_io(path, 'write 0 4k')
         self.assertEqual(rc, 0, out)
 
+    @needs_qemu
+    def test_share_all_lets_qemu_write(self):
+        path = self.new_image()
+        with self.ctx.open(path, format='raw', readonly=False, share_all=True) as img:
+            rc, out = qemu_io(path, 'write -P 0x33 0 4k')
+            self.assertEqual(rc, 0, out)
+            self.assertEqual(img.read(0, 4096), b'\x33' * 4096)
+
 
 class AsyncTest(Base):
     def run_loop(self, expected):

@@ -22,6 +22,7 @@ Perm BackendDefaultPerm(const BackendOptions& opts) {
 
 Perm BackendDefaultShared(const BackendOptions& opts) {
   if (opts.shared_override) return *opts.shared_override;
+  if (opts.share_all) return kPermAll;
   Perm s = kPermConsistentRead | kPermWriteUnchanged;
   if (opts.share_rw) s |= kPermWrite;
   return s;
@@ -224,15 +225,16 @@ absl::Status Backend::SetPerm(Perm perm, Perm shared) {
 }
 
 absl::Status Backend::Reopen(bool read_only) {
-  return Reconfigure(read_only, opts_.share_rw, opts_.resize);
+  return Reconfigure(read_only, opts_.share_rw, opts_.resize, opts_.share_all);
 }
 
-absl::Status Backend::Reconfigure(bool read_only, bool share_rw, bool resize) {
+absl::Status Backend::Reconfigure(bool read_only, bool share_rw, bool resize, bool share_all) {
   if (!root_) return ErrnoError(ENOMEDIUM, "the block device is closed");
   BackendOptions next = opts_;
   next.read_only = read_only;
   next.share_rw = share_rw;
   next.resize = resize;
+  next.share_all = share_all;
   if (read_only == opts_.read_only) {
     LB_RETURN_IF_ERROR(graph_.SetEdgePerm(root_, BackendDefaultPerm(next),
                                           BackendDefaultShared(next)));

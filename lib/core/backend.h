@@ -2,7 +2,8 @@
 //
 // A Backend is a parent of its root node with its own perm/shared masks, chosen as QEMU
 // chooses them for a guest device: consistent-read always, write unless read-only, resize on
-// request; other users may read and do unchanged writes, and write too with share-rw.
+// request; other users may read and do unchanged writes, and write too with share-rw. With
+// share-all they may do everything, as next to qemu-img or qemu-io (blk_new_open).
 // Requests through a Backend are bounds-checked against the root's size (QEMU's
 // blk_check_byte_request), get FUA in writethrough mode, and pass a gate that queues them while
 // the backend is drained and cancels them once it is closed.
@@ -24,6 +25,7 @@ struct BackendOptions {
   std::string name;          // named in permission conflicts; empty: "an unnamed block device"
   bool read_only = false;
   bool share_rw = false;     // let other users write (QEMU's share-rw)
+  bool share_all = false;    // let other users do anything, as qemu-img/qemu-io do
   bool resize = false;       // take the resize permission (needed for Truncate)
   bool writethrough = false; // every write is durable on completion (FUA)
   bool allow_write_beyond_eof = false;
@@ -76,9 +78,9 @@ class Backend final : public ChildParent {
   absl::Status SetPerm(Perm perm, Perm shared);
   // Read-only <-> read-write for the backend and the nodes below it, as one transaction.
   absl::Status Reopen(bool read_only);
-  // Changes read-only, share-rw and resize together as one transaction (QEMU's blk_set_perm
-  // plus a reopen when read-only changes); on failure nothing changed.
-  absl::Status Reconfigure(bool read_only, bool share_rw, bool resize);
+  // Changes read-only, share-rw, share-all and resize together as one transaction (QEMU's
+  // blk_set_perm plus a reopen when read-only changes); on failure nothing changed.
+  absl::Status Reconfigure(bool read_only, bool share_rw, bool resize, bool share_all);
   // Quiesce: new requests wait until DrainEnd; returns once nothing is in flight.
   void DrainBegin();
   void DrainEnd();

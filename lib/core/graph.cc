@@ -327,7 +327,12 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
       options.Erase("filename");
     }
   }
-  if (!drv && filename.empty()) co_return ErrnoError(EINVAL, "Must specify either driver or file");
+  // Without a driver, the format is probed from a protocol layer that comes from the
+  // filename or, as in QEMU, from the "file" child's options or a reference to a node.
+  bool file_from_options = options.Has("file") || options.HasPrefix("file");
+  if (!drv && filename.empty() && (params.protocol_only || !file_from_options)) {
+    co_return ErrnoError(EINVAL, "Must specify either driver or file");
+  }
   if (!drv && params.protocol_only) {
     absl::StatusOr<const Driver*> proto = registry_.ProtocolForFilename(filename);
     if (!proto.ok()) co_return proto.status();
@@ -339,7 +344,9 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
   Driver placeholder{};
   std::string owner_name;
   if (!drv) {
-    owner_name = absl::StrFormat("image '%s'", filename);
+    std::string shown = filename;
+    if (shown.empty()) shown = options.GetString("file.filename").value_or("");
+    owner_name = shown.empty() ? "image" : absl::StrFormat("image '%s'", shown);
     placeholder.name = owner_name;
   }
   absl::StatusOr<GenericOptions> generic =
@@ -354,7 +361,25 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
     const NodeFlags& gf = generic->flags;
     fp.inherit = InheritFrom(gf);
     fp.inherit.unmap = true;
-    absl::StatusOr<Node*> file = co_await OpenCo(filename, options.ExtractPrefix("file"), fp);
+    absl::StatusOr<Node*> file;
+    if (std::optional<OptionValue> reference = options.Take("file")) {
+      // "file": "node-name" names the node to probe, as a format's file child may.
+      const std::string* ref = std::get_if<std::string>(&*reference);
+      if (!ref) co_return ErrnoError(EINVAL, "Must specify either driver or file");  // as QEMU
+      if (options.HasPrefix("file") || !filename.empty()) {
+        co_return ErrnoError(EINVAL, "Cannot reference an existing block device with additional "
+                                     "options or a new filename");
+      }
+      Node* existing = FindNode(*ref);
+      if (!existing) {
+        co_return ErrnoError(ENOENT, absl::StrFormat("Cannot find device='%s' nor node-name='%s'",
+                                                     *ref, *ref));
+      }
+      Ref(existing);
+      file = existing;
+    } else {
+      file = co_await OpenCo(filename, options.ExtractPrefix("file"), fp);
+    }
     if (!file.ok()) co_return file.status();
     probed_file = *file;
     absl::StatusOr<const Driver*> fmt = co_await ProbeFormat(*probed_file, filename);

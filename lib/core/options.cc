@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -32,7 +33,8 @@ using TypedValue = std::variant<std::string, bool, int64_t, uint64_t>;
 constexpr int kMaxJsonDepth = 64;
 
 constexpr std::string_view kJsonPrefix = "json:";
-constexpr std::string_view kJsonError = "could not parse the JSON options";
+// QEMU's wording, which scripts match.
+constexpr std::string_view kJsonError = "Could not parse the JSON options";
 
 absl::Status InvalidArgument(std::string_view message) { return ErrnoError(EINVAL, message); }
 
@@ -125,6 +127,26 @@ absl::Status CheckKey(std::string_view key, bool had_comma) {
   }
 }
 
+// Option strings become C strings (file names, driver names, ...), where a NUL would cut them
+// short: "a.img\0.other" would open a.img. QEMU's JSON parser keeps a \u0000 as the bytes
+// C0 80 instead; libblock refuses such strings wherever options come from.
+constexpr std::string_view kNulError = "contains a NUL character";
+
+bool HasNul(std::string_view text) { return text.find('\0') != std::string_view::npos; }
+
+// `text` with its NULs written as JSON writes them, for messages.
+std::string ShowNul(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '\0') {
+      out += "\\u0000";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 nlohmann::json ScalarToJson(const OptionValue& value) {
   return std::visit([](const auto& v) { return nlohmann::json(v); }, value);
 }
@@ -155,6 +177,10 @@ absl::Status FlattenJson(const nlohmann::json& node, const std::string& key, int
         return InvalidArgument(absl::StrFormat("%s: empty key%s", kJsonError,
                                                key.empty() ? "" : " in '" + key + "'"));
       }
+      if (HasNul(item.key())) {
+        return InvalidArgument(absl::StrFormat("%s: key '%s' %s", kJsonError,
+                                               ShowNul(join(item.key())), kNulError));
+      }
       LB_RETURN_IF_ERROR(FlattenJson(item.value(), join(item.key()), depth + 1, out));
     }
     return absl::OkStatus();
@@ -167,7 +193,14 @@ absl::Status FlattenJson(const nlohmann::json& node, const std::string& key, int
   }
   OptionValue value;
   switch (node.type()) {
-    case nlohmann::json::value_t::string: value = node.get<std::string>(); break;
+    case nlohmann::json::value_t::string: {
+      const std::string& text = node.get_ref<const std::string&>();
+      if (HasNul(text)) {
+        return InvalidArgument(absl::StrFormat("%s: '%s' %s", kJsonError, key, kNulError));
+      }
+      value = text;
+      break;
+    }
     case nlohmann::json::value_t::boolean: value = node.get<bool>(); break;
     case nlohmann::json::value_t::number_integer: value = node.get<int64_t>(); break;
     case nlohmann::json::value_t::number_unsigned: {
@@ -265,7 +298,13 @@ absl::StatusOr<TypedValue> ConvertText(std::string_view owner, const OptionSpec&
 
 absl::StatusOr<TypedValue> Convert(std::string_view owner, const OptionSpec& spec,
                                    const OptionValue& value) {
-  if (const auto* text = std::get_if<std::string>(&value)) return ConvertText(owner, spec, *text);
+  if (const auto* text = std::get_if<std::string>(&value)) {
+    // The parsers refuse NULs already; options built in code are checked here.
+    if (HasNul(*text)) {
+      return InvalidArgument(absl::StrFormat("%s: parameter '%s' %s", owner, spec.name, kNulError));
+    }
+    return ConvertText(owner, spec, *text);
+  }
   if (const auto* b = std::get_if<bool>(&value)) {
     if (spec.type == OptionType::kBool) return TypedValue(*b);
   } else if (const auto* i = std::get_if<int64_t>(&value)) {
@@ -436,6 +475,18 @@ absl::StatusOr<Options> ParseKeyValueOptions(std::string_view text, std::string_
     if (element.empty()) {
       return InvalidArgument(absl::StrFormat("empty element in options '%s'", text));
     }
+    if (size_t nul = element.find('\0'); nul != std::string::npos) {
+      // Named as the JSON form names it: the key, or the key whose value holds the NUL.
+      if (eq != std::string::npos && nul < eq) {
+        return InvalidArgument(absl::StrFormat("key '%s' %s",
+                                               ShowNul(element.substr(0, eq)), kNulError));
+      }
+      std::string name = eq == std::string::npos
+                             ? (first && !implied_key.empty() ? std::string(implied_key)
+                                                              : ShowNul(element))
+                             : element.substr(0, eq);
+      return InvalidArgument(absl::StrFormat("'%s' %s", name, kNulError));
+    }
     std::string key;
     std::string value;
     if (eq == std::string::npos) {
@@ -450,12 +501,11 @@ absl::StatusOr<Options> ParseKeyValueOptions(std::string_view text, std::string_
       value = element.substr(eq + 1);
       LB_RETURN_IF_ERROR(CheckKey(key, comma_in_key));
     }
-    if (opts.Has(key)) {
-      return InvalidArgument(absl::StrFormat("parameter '%s' given twice", key));
-    }
+    // As QemuOpts (qemu-img's -o, --image-opts and --object): a repeated key's last value wins.
     opts.Set(std::move(key), std::move(value));
     if (pos == text.size()) return opts;
-    ++pos;  // the separating comma; a trailing one leaves an empty element behind
+    ++pos;  // the separating comma
+    if (pos == text.size()) return opts;  // one trailing comma is accepted, as by QemuOpts
   }
 }
 
@@ -466,7 +516,33 @@ absl::StatusOr<Options> ParseJsonFilename(std::string_view filename) {
     return InvalidArgument(absl::StrFormat("%s: filename does not start with 'json:'", kJsonError));
   }
   std::string_view body = filename.substr(kJsonPrefix.size());
-  nlohmann::json tree = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+  // QEMU's JSON parser refuses a key repeated within one object; nlohmann would keep the last.
+  std::vector<std::set<std::string>> open_objects;
+  bool duplicate = false;
+  nlohmann::json::parser_callback_t watch_keys = [&](int, nlohmann::json::parse_event_t event,
+                                                     nlohmann::json& parsed) {
+    switch (event) {
+      case nlohmann::json::parse_event_t::object_start:
+        open_objects.emplace_back();
+        break;
+      case nlohmann::json::parse_event_t::object_end:
+        if (!open_objects.empty()) open_objects.pop_back();
+        break;
+      case nlohmann::json::parse_event_t::key:
+        if (!open_objects.empty() && parsed.is_string() &&
+            !open_objects.back().insert(parsed.get<std::string>()).second) {
+          duplicate = true;
+        }
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
+  nlohmann::json tree = nlohmann::json::parse(body, watch_keys, /*allow_exceptions=*/false);
+  if (duplicate && !tree.is_discarded()) {
+    return InvalidArgument(absl::StrFormat("%s: JSON parse error, duplicate key", kJsonError));
+  }
   if (tree.is_discarded()) {
     JsonErrorLocator locator;
     nlohmann::json::sax_parse(body, &locator);

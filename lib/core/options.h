@@ -80,8 +80,8 @@ class Options {
 };
 
 // Parses QEMU's "key=value,key2=value2" syntax. ",," is a literal comma in a value (and an error
-// in a key); keys may be dotted but have no empty components; empty elements and repeated keys
-// are errors; values may be empty. If `implied_key` is non-empty, a first element without '=' is
+// in a key); keys may be dotted but have no empty components; empty elements are errors, except
+// for one trailing comma; a repeated key's last value wins (QemuOpts); values may be empty. If `implied_key` is non-empty, a first element without '=' is
 // the value of `implied_key` ("qcow2,file=a.img" with implied key "driver"). All values are
 // strings. Empty text gives empty options.
 absl::StatusOr<Options> ParseKeyValueOptions(std::string_view text,
@@ -92,7 +92,8 @@ bool IsJsonFilename(std::string_view filename);
 // Parses a "json:{...}" pseudo-filename (prefix included). Nested objects flatten to dotted keys,
 // arrays to "key.0", "key.1", ...; empty objects and arrays vanish. Strings become std::string,
 // booleans bool, integers int64_t (uint64_t above INT64_MAX), other numbers double. Invalid JSON,
-// a non-object top level, null values, empty keys, keys repeated after flattening and nesting
+// a non-object top level, null values, empty keys, keys repeated within an object or after
+// flattening, and nesting
 // deeper than 64 levels are InvalidArgument errors.
 absl::StatusOr<Options> ParseJsonFilename(std::string_view filename);
 

@@ -95,7 +95,7 @@ static void test_null_and_messages(void) {
   CHECK_FAILS(lb_options_new(NULL), EINVAL);
   lb_options_new(&o);
   CHECK_FAILS(lb_options_set(o, "", "x"), EINVAL);
-  CHECK_FAILS(lb_options_parse(o, "a=1,,,"), EINVAL);
+  CHECK_FAILS(lb_options_parse(o, ",a=1"), EINVAL);
   CHECK_FAILS(lb_options_parse(o, "json:{nope"), EINVAL);
   lb_options_free(o);
   CHECK_FAILS(lb_context_set_max_inflight(g_ctx, 0), EINVAL);
@@ -132,7 +132,7 @@ static void test_options_and_drivers(void) {
   CHECK(s && strstr(s, "file.filename=a,,b.img") && strstr(s, "file.locking=off"));
   lb_free(s);
   /* a failed parse leaves the object unchanged */
-  CHECK(lb_options_parse(o, "x=1,,,") < 0);
+  CHECK(lb_options_parse(o, "x=1,,y,,,z") < 0);
   CHECK(lb_options_get(o, "x") == NULL);
   lb_options_free(o);
 

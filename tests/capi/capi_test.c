@@ -20,6 +20,34 @@ static int failures = 0;
     }                                                                              \
   } while (0)
 
+/* Whether some open file description other than `fd`'s holds a lock on byte `offset` of
+ * the file (QEMU's lock bytes: 100 + permission bit taken, 200 + bit unshared). */
+static int byte_locked(int fd, off_t offset) {
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = offset;
+  fl.l_len = 1;
+  if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return -1;
+  return fl.l_type != F_UNLCK;
+}
+
+/* The lock bytes 100..103 and 200..203 held on `path`, as a bit mask: bit i for 100 + i,
+ * bit 4 + i for 200 + i. */
+static int lock_bytes(const char *path) {
+  int fd = open(path, O_RDONLY), mask = 0, i;
+  if (fd < 0) return -1;
+  for (i = 0; i < 4; i++) {
+    if (byte_locked(fd, 100 + i) == 1) mask |= 1 << i;
+    if (byte_locked(fd, 200 + i) == 1) mask |= 1 << (4 + i);
+  }
+  close(fd);
+  return mask;
+}
+#define TAKES(bits) (bits)         /* consistent-read 0x1, write 0x2, write-unchanged 0x4, resize 0x8 */
+#define UNSHARES(bits) ((bits) << 4)
+
 static int warnings = 0;
 static void on_warning(const char *msg, void *data) {
   (void)msg;
@@ -120,6 +148,48 @@ int main(void) {
   CHECK(lb_reopen(a, LB_OPEN_RDWR | 0x80) == -EINVAL);
   CHECK(lb_pwrite(a, buf, 512, 0, 0) == 0);
   CHECK(lb_close(a) == 0);
+
+  /* LB_OPEN_SHARE_ALL shares as qemu-img does: it takes the same permissions and unshares
+   * nothing, so two writers coexist, and a default writer (which unshares write) does not
+   * fit next to them */
+  CHECK(lock_bytes(path) == 0);
+  CHECK(lb_open(ctx, NULL, opts, LB_OPEN_RDWR | LB_OPEN_SHARE_ALL, &a) == 0);
+  CHECK(lock_bytes(path) == TAKES(0x1 | 0x2));
+  CHECK(lb_open(ctx, NULL, opts, LB_OPEN_RDWR | LB_OPEN_SHARE_ALL | LB_OPEN_RESIZE, &b) == 0);
+  CHECK(lock_bytes(path) == TAKES(0x1 | 0x2 | 0x8));
+  CHECK(lb_pwrite(b, buf, 512, 0, 0) == 0);
+  CHECK(lb_truncate(b, 4 << 20, NULL, 0) == 0 && lb_get_size(b) == 4 << 20);
+  CHECK(lb_close(b) == 0);
+  {
+    lb_backend *plain = NULL;
+    CHECK(lb_open(ctx, NULL, opts, LB_OPEN_RDWR, &plain) == -EAGAIN && plain == NULL);
+    CHECK(strstr(lb_get_error(), "Failed to get shared \"write\" lock") != NULL);
+  }
+  /* lb_reopen: sharing less while another writer holds the image is refused, and changes
+   * nothing; read-only with SHARE_ALL holds only the read byte */
+  CHECK(lb_open(ctx, NULL, opts, LB_OPEN_RDWR | LB_OPEN_SHARE_ALL, &b) == 0);
+  CHECK(lb_reopen(a, LB_OPEN_RDWR) == -EAGAIN);
+  CHECK(lock_bytes(path) == TAKES(0x1 | 0x2));
+  CHECK(lb_close(b) == 0);
+  CHECK(lb_reopen(a, LB_OPEN_SHARE_ALL) == 0);
+  CHECK(lock_bytes(path) == TAKES(0x1));
+  CHECK(lb_reopen(a, LB_OPEN_RDWR) == 0); /* device-style again */
+  CHECK(lock_bytes(path) == (TAKES(0x1 | 0x2) | UNSHARES(0x2 | 0x8)));
+  CHECK(lb_reopen(a, LB_OPEN_RDWR | LB_OPEN_SHARE_ALL | 0x80) == -EINVAL);
+  CHECK(lb_close(a) == 0);
+  {
+    /* lb_backend_new takes the flag too: a read-only SHARE_ALL backend takes only byte 100 */
+    lb_open_args args = LB_OPEN_ARGS_INIT;
+    lb_node *node = NULL;
+    args.options = opts;
+    CHECK(lb_node_open(ctx, &args, &node) == 0);
+    CHECK(lb_backend_new(node, LB_OPEN_SHARE_ALL, &a) == 0);
+    CHECK(lock_bytes(path) == TAKES(0x1));
+    CHECK(lb_backend_new(node, LB_OPEN_SHARE_ALL | LB_OPEN_FORCE_SHARE, &b) == -EINVAL);
+    CHECK(lb_close(a) == 0);
+    lb_node_close(node);
+  }
+  CHECK(lock_bytes(path) == 0);
 
   /* probing an image without a driver guesses raw and warns (read-write only) */
   CHECK(lb_open(ctx, path, NULL, LB_OPEN_RDWR, &a) == 0);

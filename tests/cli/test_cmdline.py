@@ -131,6 +131,25 @@ bench --bogus a.img
 bench a.img b.img
 bench --object foo a.img
 bench -d
+info nonexist.img
+map nonexist.img
+compare nonexist.img a.img
+compare a.img nonexist.img
+convert nonexist.img c.img
+convert -n a.img nonexist.img
+resize nonexist.img 1M
+bench nonexist.img
+dd if=nonexist.img of=c.img
+info -f raw,, a.img
+info --image-opts driver=raw,file.filename=a.img,
+info --image-opts driver=raw,file.filename=a.img,,
+info --image-opts driver=qcow2,driver=raw,file.filename=a.img
+info --image-opts driver=raw,file.filename=nonexist.img,file.filename=a.img
+info 'json:{"driver":"raw","driver":"raw","file":{"filename":"a.img"}}'
+info --object secret,id=s0,data=x,data=y a.img
+create -f raw -o size=1M,size=2M c.img
+create -f raw -o size=1M -o size=2M c.img
+convert -O raw -o preallocation=off,preallocation=falloc a.img c.img
 """
 
 # Cases where qemu-img destroys or creates a file before it finds the error, and blkimg checks

@@ -340,6 +340,25 @@ TEST_CASE("opening understands QEMU's option syntax and reports bad options", "[
     f.graph.Unref(r);
     f.graph.Unref(p);
   }
+  SECTION("without a driver, the file child's options or a node reference are probed") {
+    // QEMU's bdrv_open: "file.*" options (or "file": "node-name") instead of a filename.
+    Node* n = f.MustOpenNode("read-only=on,file.driver=test-proto,file.size=4k");
+    REQUIRE(n->driver().name == "raw");
+    REQUIRE(n->flags().probed);
+    REQUIRE(n->primary_child()->node()->driver().name == "test-proto");
+    REQUIRE(n->size() == 4096);
+    Node* p = f.MustOpenNode("driver=test-proto,node-name=p1,size=8k");
+    Node* r = f.MustOpenNode("read-only=on,file=p1");
+    REQUIRE(r->driver().name == "raw");
+    REQUIRE(r->primary_child()->node() == p);
+    REQUIRE(Message(f.OpenNode("file=nosuch").status()) ==
+            "Cannot find device='nosuch' nor node-name='nosuch'");
+    REQUIRE(Message(f.OpenNode("file=p1,file.size=4k").status()) ==
+            "Cannot reference an existing block device with additional options or a new filename");
+    f.graph.Unref(r);
+    f.graph.Unref(p);
+    f.graph.Unref(n);
+  }
   SECTION("unknown and mistyped options name the driver") {
     REQUIRE(Message(f.OpenNode("driver=raw,file.driver=test-proto,bogus=1").status()) ==
             "Block format 'raw' does not support the option 'bogus'");

@@ -45,7 +45,7 @@ bool DiscardFlags(const std::string& mode, uint32_t* flags) {
 }
 
 lb_backend* Open(Context& ctx, const IoArgs& a) {
-  uint32_t flags = LB_OPEN_SHARE_RW;
+  uint32_t flags = kToolShare;
   if (!a.read_only) flags |= LB_OPEN_RDWR;
   if (a.force_share) flags |= LB_OPEN_FORCE_SHARE;
   if (!a.cache.empty()) flags = (flags & ~LB_OPEN_CACHE_MASK) | CacheFlags(a.cache);
@@ -93,7 +93,7 @@ int Run(Context& ctx, const IoArgs& a) {
   }
   bool ok = true;
   {
-    uint32_t backend_flags = LB_OPEN_SHARE_RW | (a.read_only ? 0 : LB_OPEN_RDWR);
+    uint32_t backend_flags = kToolShare | (a.read_only ? 0 : LB_OPEN_RDWR);
     io::Session session(ctx.get(), be, backend_flags);
     if (a.commands.empty()) {
       ok = RunInteractive(session);

@@ -49,7 +49,7 @@ class Context {
 
 // How blkimg shares the images it opens: as qemu-img, which lets other users do anything
 // (it takes no "unshare" locks). Embedders get the library's safer default.
-constexpr uint32_t kToolShare = LB_OPEN_SHARE_RW;
+constexpr uint32_t kToolShare = LB_OPEN_SHARE_ALL;
 
 // How the command line names one image.
 struct ImageSpec {

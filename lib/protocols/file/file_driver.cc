@@ -121,6 +121,9 @@ class FileNode final : public NodeDriver {
   Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode, ReqFlags flags) override;
 
  private:
+  // Grows the file from `cur` to `size` bytes with falloc or full preallocation. On failure
+  // the file may be longer than `cur`; the caller cuts it back.
+  Task<absl::Status> Preallocate(PreallocMode mode, int64_t cur, int64_t size);
   int OpenFlags(bool read_only) const;
   void ProbeAlignment();
   absl::Status ApplyLocks(int fd, Perm held, Perm unshared, bool unlock);
@@ -600,58 +603,79 @@ Task<absl::Status> FileNode::Truncate(int64_t size, bool exact, PreallocMode mod
       if (cur == 0 && size > 0) AllocateFirstBlock(fd_, size);
       co_return absl::OkStatus();
     }
-    case PreallocMode::kFalloc: {
-      if (size < cur) co_return ErrnoError(ENOTSUP, "Cannot use preallocation for shrinking files");
-      if (size == cur) co_return absl::OkStatus();
-      int64_t r = co_await Fallocate(0, cur, size - cur);
-      if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Could not preallocate new data");
-      co_return absl::OkStatus();
-    }
+    case PreallocMode::kFalloc:
     case PreallocMode::kFull: {
       if (size < cur) co_return ErrnoError(ENOTSUP, "Cannot use preallocation for shrinking files");
-      // Set the final size first so the file system can allocate in one go, then write zeroes.
-      int64_t r = co_await Ftruncate(size);
-      if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Failed to resize the file");
-      constexpr int64_t kChunk = 1 << 20;
-      AlignedBuffer zeroes(kChunk, 4096, true);
-      int64_t pos = cur;
-      if (direct_ && pos < size && pos % request_align_ != 0) {
-        // O_DIRECT writes whole blocks, and the block holding the old end still has data:
-        // rewrite it as read (the file is already longer, so its tail reads as zeroes).
-        int64_t start = AlignDown(pos, request_align_);
-        AlignedBuffer block(request_align_, std::max<uint32_t>(buf_align_, 4096));
-        IoVec b(block.data(), request_align_);
-        LB_CO_RETURN_IF_ERROR(co_await TransferAll(false, start, b, 0));
-        LB_CO_RETURN_IF_ERROR(co_await TransferAll(true, start, b, 0));
-        pos = start + request_align_;
-      }
-      for (; pos < size;) {
-        int64_t len = std::min(kChunk, size - pos);
-        int64_t start = pos;
-        int64_t wlen = len;
-        if (direct_) {  // O_DIRECT: write whole aligned blocks (all past the old end)
-          start = AlignDown(pos, request_align_);
-          wlen = AlignUp(pos + len, request_align_) - start;
-          if (wlen > kChunk) wlen = kChunk;
-          len = start + wlen - pos;
+      if (size == cur && mode == PreallocMode::kFalloc) co_return absl::OkStatus();
+      absl::Status st = co_await Preallocate(mode, cur, size);
+      if (!st.ok()) {
+        // As in QEMU, a failed preallocation leaves the file as it was: at its old length,
+        // without the space it got so far (on a full file system, that space is all there was).
+        int64_t r = co_await Ftruncate(cur);
+        if (r < 0) {
+          node().graph().Warn(absl::StrFormat("%s: failed to restore the old file length %d: %s",
+                                              Who(), cur, std::strerror(static_cast<int>(-r))));
         }
-        IoVec v(zeroes.data(), static_cast<size_t>(wlen));
-        LB_CO_RETURN_IF_ERROR(co_await TransferAll(true, start, v, 0));
-        pos += len;
       }
-      if (direct_) {
-        int64_t fix = co_await Ftruncate(size);
-        if (fix < 0) co_return ErrnoStatus(static_cast<int>(-fix), "Failed to resize the file");
-      }
-      int64_t s = co_await Fdatasync();
-      if (s < 0) co_return ErrnoStatus(static_cast<int>(-s), "Could not flush file to disk");
-      co_return absl::OkStatus();
+      co_return st;
     }
     case PreallocMode::kMetadata:
       break;
   }
   co_return ErrnoError(ENOTSUP, absl::StrFormat("Unsupported preallocation mode: %s",
                                                 PreallocModeName(mode)));
+}
+
+Task<absl::Status> FileNode::Preallocate(PreallocMode mode, int64_t cur, int64_t size) {
+  if (mode == PreallocMode::kFalloc) {
+    int64_t r = co_await Fallocate(0, cur, size - cur);
+    if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Could not preallocate new data");
+    co_return absl::OkStatus();
+  }
+  // Full: set the final size first so the file system can allocate in one go, then write
+  // zeroes.
+  int64_t r = co_await Ftruncate(size);
+  if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Failed to resize the file");
+  // Write failures are reported as QEMU reports them, with the syscall's errno.
+  auto zero_error = [](const absl::Status& st) {
+    return ErrnoStatus(StatusErrno(st), "Could not write zeros for preallocation");
+  };
+  constexpr int64_t kChunk = 1 << 20;
+  AlignedBuffer zeroes(kChunk, 4096, true);
+  int64_t pos = cur;
+  if (direct_ && pos < size && pos % request_align_ != 0) {
+    // O_DIRECT writes whole blocks, and the block holding the old end still has data:
+    // rewrite it as read (the file is already longer, so its tail reads as zeroes).
+    int64_t start = AlignDown(pos, request_align_);
+    AlignedBuffer block(request_align_, std::max<uint32_t>(buf_align_, 4096));
+    IoVec b(block.data(), request_align_);
+    absl::Status st = co_await TransferAll(false, start, b, 0);
+    if (st.ok()) st = co_await TransferAll(true, start, b, 0);
+    if (!st.ok()) co_return zero_error(st);
+    pos = start + request_align_;
+  }
+  for (; pos < size;) {
+    int64_t len = std::min(kChunk, size - pos);
+    int64_t start = pos;
+    int64_t wlen = len;
+    if (direct_) {  // O_DIRECT: write whole aligned blocks (all past the old end)
+      start = AlignDown(pos, request_align_);
+      wlen = AlignUp(pos + len, request_align_) - start;
+      if (wlen > kChunk) wlen = kChunk;
+      len = start + wlen - pos;
+    }
+    IoVec v(zeroes.data(), static_cast<size_t>(wlen));
+    absl::Status st = co_await TransferAll(true, start, v, 0);
+    if (!st.ok()) co_return zero_error(st);
+    pos += len;
+  }
+  if (direct_) {
+    int64_t fix = co_await Ftruncate(size);
+    if (fix < 0) co_return ErrnoStatus(static_cast<int>(-fix), "Failed to resize the file");
+  }
+  int64_t s = co_await Fdatasync();
+  if (s < 0) co_return ErrnoStatus(static_cast<int>(-s), "Could not flush file to disk");
+  co_return absl::OkStatus();
 }
 
 // ---- create ------------------------------------------------------------------------------------
@@ -734,7 +758,7 @@ Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
         break;
       case PreallocMode::kFalloc:
         if (target > 0 && fallocate(fd, 0, 0, target) != 0) {
-          status = ErrnoStatus(errno, "Could not preallocate data for the new file");
+          status = ErrnoStatus(errno, "Could not preallocate new data");
         }
         break;
       case PreallocMode::kFull: {
@@ -757,11 +781,18 @@ Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
         status = ErrnoError(ENOTSUP, "Unsupported preallocation mode: metadata");
         break;
     }
+    // A failed preallocation leaves the file empty, as qemu-img leaves it (it was cleared
+    // above), not holding whatever space it got before the file system filled up.
+    if (!status.ok() && ftruncate(fd, 0) != 0) {
+      int err = errno;
+      status = ErrnoError(StatusErrno(status),
+                          absl::StrFormat("%s (emptying the file again failed: %s)",
+                                          status.message(), std::strerror(err)));
+    }
   }
   (void)ApplyLockBytes(fd, kind, 0, 0, true);
   close(fd);
-  if (!status.ok()) co_return Prepend(status, absl::StrFormat("Could not create '%s': ", filename));
-  co_return absl::OkStatus();
+  co_return status;
 }
 
 Task<absl::Status> CreateRegular(CreateContext& ctx) { return CreateFile(ctx, false); }
