@@ -194,6 +194,35 @@ class CommandLineTest(unittest.TestCase):
                     self.assertEqual(self.files(ours_dir), self.files(theirs_dir))
 
 
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("losetup"), "needs root and losetup")
+class DeviceTest(CliTestCase):
+    """Commands on a block device (a loop device over an 8 MiB file): the same answers."""
+
+    def setUp(self):
+        super().setUp()
+        backing = self.path("backing.img")
+        with open(backing, "wb") as f:
+            f.truncate(8 << 20)
+        r = subprocess.run(["losetup", "-f", "--show", backing], capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest(f"losetup failed: {r.stderr.strip()}")
+        self.dev = r.stdout.strip()
+        self.addCleanup(subprocess.run, ["losetup", "-d", self.dev])
+
+    def test_device_answers_match(self):
+        for line in ["resize -f raw DEV 16M", "resize -f raw DEV 4M", "resize --shrink -f raw DEV 4M",
+                     "resize -f raw --preallocation=falloc DEV 16M", "resize -f raw DEV 8M",
+                     "create -f raw DEV 4M", "create -f raw DEV 16M",
+                     "create -f raw -o preallocation=full DEV 4M",
+                     "create -f raw -o preallocation=falloc DEV 4M",
+                     "info -f raw DEV", "map -f raw DEV", "map -f raw --output=json DEV"]:
+            args = [a.replace("DEV", self.dev) for a in shlex.split(line)]
+            with self.subTest(cmdline=line):
+                ours, theirs = self.blkimg(*args), self.qemu_img(*args)
+                self.assertSameErrors(ours, theirs)
+                self.assertEqual(ours.out, theirs.out)
+
+
 class HelpAndUsageTest(CliTestCase):
     def test_every_subcommand_help_is_the_one_help(self):
         main = self.blkimg("--help")

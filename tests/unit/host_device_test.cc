@@ -246,10 +246,10 @@ TEST_CASE("host_device: devices cannot grow, and create only checks the size", "
     REQUIRE(be->size() == 16 * kMiB);
   }
   absl::Status st = env.Create(disk.path(), "host_device", "size=32M");
-  REQUIRE_THAT(Message(st), Catch::Contains("is too small"));
+  REQUIRE_THAT(Message(st), Catch::Contains("Cannot grow device files"));
   REQUIRE(env.Create(disk.path(), "host_device", "size=16M").ok());
   REQUIRE(env.Create(disk.path(), "raw", "size=8M").ok());  // raw over a device: host_device
-  REQUIRE_THAT(Message(env.Create(disk.path(), "raw", "size=1G")), Catch::Contains("is too small"));
+  REQUIRE_THAT(Message(env.Create(disk.path(), "raw", "size=1G")), Catch::Contains("Cannot grow device files"));
   REQUIRE_THAT(Message(env.Create(disk.backing, "host_device", "size=1M")),
                Catch::Contains("is not a device"));
   // Creating on a device never touches its data.

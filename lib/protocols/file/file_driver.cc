@@ -700,14 +700,15 @@ Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
   fstat(fd, &st);
   absl::Status status;
   if (host_device || IsDevice(st)) {
-    // A device cannot be created, only checked: it must hold the requested size.
+    // A device cannot be created, only checked: it must hold the requested size. The
+    // messages are QEMU's for creating on a device.
     if (*mode != PreallocMode::kOff) {
-      status = ErrnoError(ENOTSUP, absl::StrFormat("Preallocation mode '%s' unsupported for this "
-                                                   "non-regular file", PreallocModeName(*mode)));
+      status = ErrnoError(ENOTSUP, absl::StrFormat("Unsupported preallocation mode '%s'",
+                                                   PreallocModeName(*mode)));
     } else if (!IsDevice(st)) {
       status = ErrnoError(EINVAL, absl::StrFormat("'%s' is not a device", filename));
     } else if (DeviceLength(fd) < static_cast<int64_t>(*size)) {
-      status = ErrnoError(ENOSPC, absl::StrFormat("Device %s is too small", filename));
+      status = ErrnoError(ENOSPC, "Cannot grow device files");
     }
     close(fd);
     co_return status;
