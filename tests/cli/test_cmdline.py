@@ -131,6 +131,12 @@ bench --bogus a.img
 bench a.img b.img
 bench --object foo a.img
 bench -d
+-T foo info a.img
+-T enable=foo,file=trace.log info a.img
+-T 'nosuch_*' info a.img
+-T bogus=1 info a.img
+-T foo,bar info a.img
+-T events=nonexist info a.img
 info nonexist.img
 map nonexist.img
 compare nonexist.img a.img
@@ -185,7 +191,10 @@ class CommandLineTest(unittest.TestCase):
                 ours = run([BLKIMG, *args], cwd=ours_dir)
                 theirs = run(["qemu-img", *args], cwd=theirs_dir)
                 self.assertEqual(ours.code, theirs.code, f"ours: {ours!r}\ntheirs: {theirs!r}")
-                self.assertEqual(errors(ours, "blkimg: "), errors(theirs, "qemu-img: "))
+                # Messages that QEMU prefixes without a space ("qemu-img:FILE:LINE: ...").
+                self.assertEqual([l.replace("blkimg:", "qemu-img:", 1)
+                                  for l in errors(ours, "blkimg: ")],
+                                 errors(theirs, "qemu-img: "))
                 if args and args[0] in TIMED:
                     self.assertEqual(ours.out.splitlines()[:1], theirs.out.splitlines()[:1])
                 elif not args or args[0] != "--help":
@@ -221,6 +230,45 @@ class DeviceTest(CliTestCase):
                 ours, theirs = self.blkimg(*args), self.qemu_img(*args)
                 self.assertSameErrors(ours, theirs)
                 self.assertEqual(ours.out, theirs.out)
+
+
+# qemu-io's own options: the same exit code and messages (stdout holds timings and the usage
+# text, which names each tool).
+IO_CASES = """
+--bogus
+-f
+-Z a.img
+a.img b.img
+-d bad a.img
+-t bad a.img
+-i bad a.img
+-c 'read 0 1' -f raw -U a.img
+-r -U -f raw -c 'read 0 1' a.img
+-f raw -c 'read 0 1' nonexist.img
+--cm='read 0 1' -f raw a.img
+-C -f raw -c 'read 0 1' a.img
+-k -f raw -c 'read 0 1' a.img
+-k -t none -f raw -c 'read 0 1' a.img
+-i native -f raw -c 'read 0 1' a.img
+-i native -n -f raw -c 'read 0 1' a.img
+--image-opts -f raw a.img
+--object foo a.img
+-T foo -f raw -c 'read 0 1' a.img
+-d unmap -d bad a.img
+-f qcow2 -f raw -c 'read 0 1' a.img
+"""
+
+
+class IoCommandLineTest(unittest.TestCase):
+    def test_io_options_match_qemu_io(self):
+        for line in IO_CASES.strip().splitlines():
+            args = shlex.split(line)
+            with self.subTest(cmdline=line):
+                d = CommandLineTest.make_dir(self)
+                ours = run([BLKIMG, "io", *args], cwd=d)
+                theirs = run(["qemu-io", *args], cwd=d)
+                self.assertEqual(ours.code, theirs.code, f"ours: {ours!r}\ntheirs: {theirs!r}")
+                self.assertEqual(errors(ours, "blkimg: "), errors(theirs, "qemu-io: "))
 
 
 class HelpAndUsageTest(CliTestCase):

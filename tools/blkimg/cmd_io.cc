@@ -51,6 +51,14 @@ lb_backend* Open(Context& ctx, const IoArgs& a) {
   if (!a.cache.empty()) flags = (flags & ~LB_OPEN_CACHE_MASK) | CacheFlags(a.cache);
   if (!a.aio.empty()) flags = (flags & ~LB_OPEN_AIO_MASK) | AioFlags(a.aio);
   if (!DiscardFlags(a.discard, &flags)) return nullptr;
+  // libblock has no native AIO engine (it uses io_uring), but keeps QEMU's rule.
+  uint32_t cache = flags & LB_OPEN_CACHE_MASK;
+  if (a.aio == "native" && cache != LB_OPEN_CACHE_NONE && cache != LB_OPEN_CACHE_DIRECTSYNC) {
+    Error("can't open device " + a.filename +
+          ": aio=native was specified, but it requires cache.direct=on, which was not "
+          "specified.");
+    return nullptr;
+  }
   if (a.force_share && !a.read_only) {
     Error("can't open device " + a.filename +
           ": force-share=on can only be used with read-only images");
@@ -200,7 +208,9 @@ int RunIo(int argc, char** argv) {
         }
         a.cache = optarg;
         break;
-      case 'T': break;  // no trace points to enable
+      case 'T':
+        if (!TraceOption(optarg)) return 1;
+        break;
       case 'U': a.force_share = true; break;
       case 'i':
         if (strcmp(optarg, "threads") && strcmp(optarg, "native") && strcmp(optarg, "io_uring")) {
@@ -223,6 +233,10 @@ int RunIo(int argc, char** argv) {
     return 1;
   }
   if (optind == argc - 1) a.filename = argv[optind];
+  if (a.image_opts && !a.format.empty()) {
+    Error("--image-opts and -f are mutually exclusive");
+    return 1;
+  }
   return Run(ctx, a);
 }
 

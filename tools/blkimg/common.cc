@@ -272,6 +272,72 @@ int NextOption(int argc, char** argv, const char* short_opts, const option* long
   return c;
 }
 
+bool TraceOption(const char* spec) {
+  // key=value elements separated by single commas (",," is a comma); the first element may be
+  // the pattern alone.
+  std::vector<std::string> elements(1);
+  for (const char* p = spec; *p; ++p) {
+    if (*p == ',' && p[1] == ',') {
+      elements.back() += ',';
+      ++p;
+    } else if (*p == ',') {
+      elements.emplace_back();
+    } else {
+      elements.back() += *p;
+    }
+  }
+  std::optional<std::string> pattern;  // the last "enable" wins
+  for (size_t i = 0; i < elements.size(); ++i) {
+    const std::string& e = elements[i];
+    if (e.empty() && i + 1 == elements.size() && i > 0) break;  // a trailing comma
+    size_t eq = e.find('=');
+    std::string key = eq == std::string::npos ? (i == 0 ? "enable" : e) : e.substr(0, eq);
+    std::string value = eq == std::string::npos ? e : e.substr(eq + 1);
+    if (eq == std::string::npos && i > 0) {
+      Error("warning: short-form boolean option '" + key + "' deprecated");
+      fprintf(stderr, "Please use %s=on instead\n", key.c_str());
+    }
+    if (key == "enable") {
+      pattern = value;
+    } else if (key == "events") {
+      FILE* f = fopen(value.c_str(), "r");
+      if (!f) {
+        fflush(stdout);
+        fprintf(stderr, "blkimg:%s: %s\n", value.c_str(), strerror(errno));
+        return false;
+      }
+      char line[1024];
+      for (int number = 1; fgets(line, sizeof line, f); ++number) {
+        std::string p = line;
+        while (!p.empty() && isspace(static_cast<unsigned char>(p.back()))) p.pop_back();
+        if (p.empty() || p[0] == '#') continue;
+        if (p[0] == '-') p.erase(0, 1);
+        if (p.find_first_of("*?") == std::string::npos) {
+          // QEMU names the file and line of an unknown event.
+          fflush(stdout);
+          fprintf(stderr, "blkimg:%s:%d: warning: trace event '%s' does not exist\n",
+                  value.c_str(), number, p.c_str());
+        }
+      }
+      fclose(f);
+    } else if (key == "file") {
+      // The trace log is created as QEMU creates it, and stays empty.
+      if (FILE* f = fopen(value.c_str(), "w")) fclose(f);
+    } else {
+      Error("Invalid parameter '" + key + "'");
+      return false;
+    }
+  }
+  if (pattern) {
+    std::string p = *pattern;
+    if (!p.empty() && p[0] == '-') p.erase(0, 1);
+    if (p.find_first_of("*?") == std::string::npos) {
+      Error("warning: trace event '" + p + "' does not exist");
+    }
+  }
+  return true;
+}
+
 void PrintHelp() {
   printf("blkimg version %s\n"
          "usage: blkimg [standard options] command [command options]\n"

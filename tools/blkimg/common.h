@@ -150,6 +150,12 @@ enum : int {
 #define BLKIMG_LONG_FORCE_SHARE {"force-share", no_argument, nullptr, 'U'}
 #define BLKIMG_LONG_END {nullptr, 0, nullptr, 0}
 
+// qemu-img's and qemu-io's -T/--trace [[enable=]PATTERN][,events=FILE][,file=FILE]. libblock
+// has no trace points, so nothing is ever traced; as in QEMU, a pattern without wildcards that
+// names no event gets "warning: trace event 'X' does not exist", and a bad parameter is an
+// error (printed; returns false).
+bool TraceOption(const char* spec);
+
 // `blkimg --help` (also what every subcommand's -h/--help prints, as qemu-img does).
 void PrintHelp();
 

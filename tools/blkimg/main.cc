@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
         printf("blkimg version %s\n", lb_version());
         return 0;
       case 'T':
-        // qemu-img's trace events: libblock has no trace points, so there is nothing to enable.
+        if (!blkimg::TraceOption(optarg)) return 1;
         break;
       default:
         return 1;
