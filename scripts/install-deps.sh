@@ -9,6 +9,8 @@ packages=(
   clang libclang-rt-14-dev
   # test peers and oracles: qemu-img/qemu-io, loop devices, file systems for nocow tests
   qemu-utils util-linux btrfs-progs e2fsprogs cryptsetup-bin fio
+  # read errors on demand: a FUSE file system (tests/cli/faultyfs.py)
+  python3-fusepy libfuse2
   # scripts
   python3
 )

@@ -20,7 +20,9 @@ namespace {
 constexpr uint64_t kSector = 512;
 constexpr uint64_t kBufBytes = 2 * 1024 * 1024;  // at most this much is read at once
 
-constexpr int kSame = 0, kDiffer = 1, kFailed = 2;
+// qemu-img compare's exit codes: same, different, an image that cannot be opened (and usage
+// of --object / -T), a failed allocation query, a failed read.
+constexpr int kSame = 0, kDiffer = 1, kFailed = 2, kStatusFailed = 3, kReadFailed = 4;
 
 struct CompareArgs {
   bool image_opts = false, force_share = false, progress = false, quiet = false;
@@ -82,7 +84,7 @@ class Comparer {
     }
     for (uint64_t offset = 0; offset < common;) {
       lb_extent e1 = LB_EXTENT_INIT, e2 = LB_EXTENT_INIT;
-      if (!Status(one_, offset, &e1) || !Status(two_, offset, &e2)) return kFailed;
+      if (!Status(one_, offset, &e1) || !Status(two_, offset, &e2)) return kStatusFailed;
       uint64_t chunk = std::min({e1.length, e2.length, common - offset});
       if (args_.strict && StrictStatus(e1) != StrictStatus(e2)) {
         Say(args_, "Strict mode: Offset " + std::to_string(offset) + " block status mismatch!");
@@ -96,7 +98,7 @@ class Comparer {
         if (alloc1) {
           chunk = std::min(chunk, kBufBytes);
           if (!Read(one_, offset, chunk, buf1_.data()) || !Read(two_, offset, chunk, buf2_.data())) {
-            return kFailed;
+            return kReadFailed;
           }
           uint64_t at = FirstDifferentSector(buf1_.data(), buf2_.data(), chunk);
           if (at < chunk) return Mismatch(offset + at);
@@ -114,7 +116,7 @@ class Comparer {
     Image& larger = one_.size > two_.size ? one_ : two_;
     for (uint64_t offset = common; offset < larger.size;) {
       lb_extent e = LB_EXTENT_INIT;
-      if (!Status(larger, offset, &e)) return kFailed;
+      if (!Status(larger, offset, &e)) return kStatusFailed;
       uint64_t chunk = std::min(e.length, larger.size - offset);
       if ((e.flags & LB_STATUS_ALLOCATED) && !(e.flags & LB_STATUS_ZERO)) {
         chunk = std::min(chunk, kBufBytes);
@@ -145,7 +147,7 @@ class Comparer {
   }
 
   int CheckZero(Image& image, uint64_t offset, uint64_t len) {
-    if (!Read(image, offset, len, buf1_.data())) return kFailed;
+    if (!Read(image, offset, len, buf1_.data())) return kReadFailed;
     uint64_t at = FirstNonZeroSector(buf1_.data(), len);
     return at < len ? Mismatch(offset + at) : kSame;
   }

@@ -294,9 +294,20 @@ class Copier {
     std::string msg = "error while reading at byte " + std::to_string(slot->chunk.target_offset) +
                       ": " + strerror(-err);
     if (args_.salvage) {
-      // Salvage: what cannot be read is copied as zeroes.
-      Error(msg);
-      std::fill(slot->buf.begin(), slot->buf.end(), 0);
+      // Salvage, as qemu-img: the chunk is read again sector by sector, and only the sectors
+      // that cannot be read are copied as zeroes, each with a warning.
+      const Chunk& c = slot->chunk;
+      const Source& src = sources_[c.source];
+      uint64_t readable = std::min(c.length, src.size - std::min(src.size, c.source_offset));
+      for (uint64_t off = 0; off < readable; off += kSector) {
+        uint64_t n = std::min(kSector, readable - off);
+        int r = lb_pread(src.be, slot->buf.data() + off, n, c.source_offset + off, 0);
+        if (r < 0) {
+          Error("warning: error while reading offset " + std::to_string(c.source_offset + off) +
+                ": " + strerror(-r));
+          std::fill_n(slot->buf.begin() + static_cast<ptrdiff_t>(off), n, 0);
+        }
+      }
       slot->stage = Stage::kReadDone;
       return;
     }
