@@ -15,7 +15,9 @@
  *             until the next failing call on the same thread. Constructors write *out on
  *             success and set it to NULL on failure. Every failure sets a message.
  *   Strings   UTF-8, NUL-terminated, borrowed for the duration of the call unless stated.
- *             Strings the library returns as `char *` are freed with lb_free().
+ *             Strings the library returns as `char *` are freed with lb_free(). File
+ *             names are bytes: any byte but NUL, returned as given; JSON texts the library
+ *             makes escape them as QEMU does (\uFFFD for bytes that are not UTF-8).
  *   Options   QEMU's syntax: "key=value,key2=value2" with ",," for a literal comma, dotted
  *             keys for child nodes ("file.locking=off"), or a "json:{...}" pseudo-filename;
  *             or an lb_options object built key by key.
@@ -260,7 +262,8 @@ LB_API int lb_reopen(lb_backend *be, uint32_t flags);
 /* What qemu-img info shows about one image, allocated by the library. */
 typedef struct lb_image_info {
   size_t struct_size;
-  const char *filename;              /* the image's file name as libblock names it */
+  const char *filename;              /* the image's name as qemu-img names it: the file
+                                        name's bytes, or a json:{...} of its options */
   const char *format;                /* driver name of the format node: "raw", "qcow2", ... */
   uint64_t virtual_size;             /* guest-visible size in bytes */
   int64_t actual_size;               /* bytes used on the host, -1 if unknown */
@@ -272,7 +275,8 @@ typedef struct lb_image_info {
   const char *backing_format;        /* as stored; NULL if none */
   const char *format_specific;       /* qemu-img's "format-specific" object as JSON; NULL */
   const struct lb_image_info *backing; /* next image of the chain (LB_INFO_BACKING_CHAIN) */
-  const char *json;                  /* this image as one qemu-img info --output=json object */
+  const char *json;                  /* this image as one qemu-img info --output=json
+                                        object, byte for byte (ASCII) */
 } lb_image_info;
 
 /* lb_node_get_info flags */

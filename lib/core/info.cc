@@ -3,6 +3,7 @@
 #include <cerrno>
 
 #include "core/graph.h"
+#include "core/json_text.h"
 #include "util/status.h"
 
 namespace libblock {
@@ -57,7 +58,8 @@ std::string DisplayFilename(const Node& node) {
   for (const Child* c : node.children()) {
     if (c->role() & kRoleCow) tree.erase(c->name());
   }
-  return "json:" + tree.dump();
+  // QEMU's text (and never nlohmann's dump, which throws on names that are not UTF-8).
+  return "json:" + QemuJsonText(tree, /*pretty=*/false);
 }
 
 namespace {
