@@ -50,6 +50,7 @@ struct lb_context {
 struct lb_backend {
   lb_context* ctx;
   std::unique_ptr<libblock::Backend> be;
+  std::string extent_filename;  // backing store of the last lb_extent.filename
 };
 
 struct lb_node {
@@ -803,6 +804,10 @@ LB_API int lb_block_status(lb_backend* be, uint64_t offset, uint64_t count, uint
     full.has_host_offset = (st->flags & libblock::kStatusOffsetValid) != 0;
     full.host_offset = full.has_host_offset ? static_cast<uint64_t>(st->map) : 0;
     full.depth = static_cast<uint32_t>(st->depth);
+    if (st->file) {
+      be->extent_filename = libblock::DisplayFilename(*st->file);
+      full.filename = be->extent_filename.c_str();
+    }
     // Callers built against an older, shorter lb_extent get only the fields they know.
     size_t keep = out->struct_size;
     std::memcpy(out, &full, std::min(keep, sizeof(full)));

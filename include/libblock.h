@@ -342,8 +342,12 @@ typedef struct lb_extent {
   uint64_t host_offset; /* where the data lives in the storage file, if has_host_offset */
   uint32_t depth;       /* backing-chain depth that provides it: 0 = the image itself
                            (qemu-img map's "depth"); for unallocated ranges, the chain length */
+  const char *filename; /* the name of the file that holds the data, as qemu-img map's File
+                           column shows it (bytes as given); NULL when no file holds it.
+                           Valid until the next lb_block_status on the backend or until it
+                           closes. Since 0.1. */
 } lb_extent;
-#define LB_EXTENT_INIT {sizeof(lb_extent), 0, 0, false, 0, 0}
+#define LB_EXTENT_INIT {sizeof(lb_extent), 0, 0, false, 0, 0, NULL}
 
 /* Describes the extent starting at `offset` (at most `count` bytes) through the whole
  * backing chain, as qemu-img map does. `flags` must be 0. Since 0.1. */

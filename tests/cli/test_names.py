@@ -90,6 +90,23 @@ class NamesTest(CliTestCase):
                 self.assertIn(b'"filename": ' + escaped, ours.stdout)
                 self.assertEqual(ours.stdout.split(b"\n")[1:], theirs.stdout.split(b"\n")[1:])
 
+    def test_map_file_column(self):
+        # the File column names the file holding the data by its bytes, however the image
+        # itself is named
+        for raw in (b"\xff\xfe", b"\xc3\xa9\xf0\x9f\x98\x80", b"\xe2\x82x\x01"):
+            name = b"n" + raw + b".img"
+            with self.subTest(name=name):
+                self.make(name, 1024 * 1024 + 512)
+                for args in ([b"-f", b"raw", name], [name],
+                             [b"--image-opts", b"driver=raw,offset=512,file.filename=" + name],
+                             [b"--image-opts", b"driver=preallocate,file.filename=" + name],
+                             [b"--output=json", b"-f", b"raw", name]):
+                    ours, theirs = self.run_both("map", *args)
+                    self.assertEqual(ours.returncode, 0, ours.stderr)
+                    self.assertSameBytes(ours, theirs, "qemu-img")
+                    if b"--output=json" not in args:
+                        self.assertIn(b" " + name + b"\n", ours.stdout)
+
     def test_messages_and_warnings_carry_the_bytes(self):
         name = b"n\xff\xfe\xc3\xa9.img"
         ours, theirs = self.run_both("info", b"nosuch-" + name)
