@@ -100,12 +100,42 @@ class NamesTest(CliTestCase):
                 for args in ([b"-f", b"raw", name], [name],
                              [b"--image-opts", b"driver=raw,offset=512,file.filename=" + name],
                              [b"--image-opts", b"driver=preallocate,file.filename=" + name],
+                             [b"--image-opts",
+                              b"driver=raw,file.filename=" + name + b",file.locking=off"],
                              [b"--output=json", b"-f", b"raw", name]):
                     ours, theirs = self.run_both("map", *args)
                     self.assertEqual(ours.returncode, 0, ours.stderr)
                     self.assertSameBytes(ours, theirs, "qemu-img")
                     if b"--output=json" not in args:
                         self.assertIn(b" " + name + b"\n", ours.stdout)
+
+    def test_names_of_option_trees(self):
+        # Only the options that change the data name an image (QEMU's strong options): a
+        # file's locking or aio, generic node options and null-co's latency leave the plain
+        # name; raw's offset and size, null-co's size and read-zeroes, and any filter make a
+        # json: tree (compared as trees).
+        self.make(b"x.img")
+        for opts in [b"driver=raw,file.filename=x.img,file.locking=off,file.aio=threads",
+                     b"driver=file,filename=x.img,aio=io_uring",
+                     b"driver=raw,file.filename=x.img,node-name=n1,file.node-name=f1,"
+                     b"read-only=on,detect-zeroes=on,discard=unmap,cache.direct=off",
+                     b"file.filename=x.img,file.locking=off",
+                     b"driver=raw,offset=512,file.filename=x.img,file.locking=off",
+                     b"file.filename=x.img,offset=0,file.aio=threads",
+                     b"driver=raw,size=1048576,file.filename=x.img",
+                     b"driver=raw,file.driver=null-co,file.latency-ns=5",
+                     b"driver=null-co,size=1M,read-zeroes=on,latency-ns=3",
+                     b"driver=preallocate,prealloc-align=4k,file.filename=x.img",
+                     b"driver=raw,file.driver=preallocate,file.file.filename=x.img,"
+                     b"file.prealloc-size=1M"]:
+            with self.subTest(opts=opts):
+                ours, theirs = self.run_both("info", b"--output=json", b"--image-opts", opts)
+                self.assertEqual(ours.returncode, 0, ours.stderr)
+                o, t = json.loads(ours.stdout), json.loads(theirs.stdout)
+                for j in (o, t):
+                    if j["filename"].startswith("json:"):
+                        j["filename"] = json.loads(j["filename"][5:])
+                self.assertEqual(o, t)
 
     def test_messages_and_warnings_carry_the_bytes(self):
         name = b"n\xff\xfe\xc3\xa9.img"
