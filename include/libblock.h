@@ -158,7 +158,11 @@ LB_API char *lb_driver_list(lb_context *ctx, uint32_t flags);
 /* Creates an image of `size` bytes with `format` ("raw", or a protocol such as "file").
  * `options` (may be NULL) are creation options in key=value form, e.g.
  * "preallocation=falloc,nocow=on"; a "size" there overrides `size`. `flags`: 0 or
- * LB_CREATE_VALIDATE_ONLY. Unknown options fail with "FILENAME: Invalid parameter 'x'".
+ * LB_CREATE_VALIDATE_ONLY. Unknown options fail with "FILENAME: Invalid parameter 'x'";
+ * failures while creating carry the block layer's own message, as qemu-img dd and convert
+ * quote it ("Could not create 'F': ...", "Could not write zeros for preallocation: No space
+ * left on device"; qemu-img create puts "FILENAME: " in front). A failed preallocation
+ * leaves the file empty, as qemu-img leaves it.
  * Creating over an image that another process has open fails with -EAGAIN ("Failed to get
  * "write" lock"). Errors: -EINVAL (bad option), -ENOTSUP, -EAGAIN, or the errno of the
  * failing syscall. Since 0.1. */
@@ -324,7 +328,9 @@ LB_API int lb_discard(lb_backend *be, uint64_t offset, uint64_t count, uint32_t 
 LB_API int lb_flush(lb_backend *be, uint32_t flags);
 
 /* Resizes the device (needs LB_OPEN_RESIZE). `prealloc` is "off" (or NULL), "falloc",
- * "full" or "metadata" as the format supports. `flags` must be 0. Since 0.1. */
+ * "full" or "metadata" as the format supports. A preallocation that fails (e.g. -ENOSPC)
+ * leaves the device at its old size, without the space it took, as in QEMU. `flags` must
+ * be 0. Since 0.1. */
 LB_API int lb_truncate(lb_backend *be, uint64_t size, const char *prealloc, uint32_t flags);
 
 /* ---- allocation status -------------------------------------------------------------------- */
