@@ -24,6 +24,7 @@
 #include "core/event_loop.h"
 #include "core/graph.h"
 #include "core/info.h"
+#include "core/json_text.h"
 #include "core/options.h"
 #include "libblock.h"
 #include "libblock_config.h"
@@ -49,6 +50,7 @@ struct lb_context {
 struct lb_backend {
   lb_context* ctx;
   std::unique_ptr<libblock::Backend> be;
+  std::string extent_filename;  // backing store of the last lb_extent.filename
 };
 
 struct lb_node {
@@ -271,7 +273,8 @@ static_assert(std::is_standard_layout_v<InfoHolder>);
 const char* Keep(InfoStorage& s, const nlohmann::ordered_json& j, const char* key) {
   auto it = j.find(key);
   if (it == j.end()) return nullptr;
-  s.strings.push_back(it->is_string() ? it->get<std::string>() : it->dump());
+  s.strings.push_back(it->is_string() ? it->get<std::string>()
+                                      : libblock::QemuJsonText(*it, /*pretty=*/false));
   return s.strings.back().c_str();
 }
 
@@ -289,7 +292,9 @@ lb_image_info FromJson(InfoStorage& s, const nlohmann::ordered_json& j) {
   info.full_backing_filename = Keep(s, j, "full-backing-filename");
   info.backing_format = Keep(s, j, "backing-filename-format");
   info.format_specific = Keep(s, j, "format-specific");
-  s.strings.push_back(j.dump(4));
+  // qemu-img's text: names are bytes, escaped as QEMU escapes them (nlohmann's dump would
+  // throw on a name that is not UTF-8).
+  s.strings.push_back(libblock::QemuJsonText(j, /*pretty=*/true));
   info.json = s.strings.back().c_str();
   return info;
 }
@@ -799,6 +804,10 @@ LB_API int lb_block_status(lb_backend* be, uint64_t offset, uint64_t count, uint
     full.has_host_offset = (st->flags & libblock::kStatusOffsetValid) != 0;
     full.host_offset = full.has_host_offset ? static_cast<uint64_t>(st->map) : 0;
     full.depth = static_cast<uint32_t>(st->depth);
+    if (st->file) {
+      be->extent_filename = libblock::DisplayFilename(*st->file);
+      full.filename = be->extent_filename.c_str();
+    }
     // Callers built against an older, shorter lb_extent get only the fields they know.
     size_t keep = out->struct_size;
     std::memcpy(out, &full, std::min(keep, sizeof(full)));

@@ -15,7 +15,9 @@
  *             until the next failing call on the same thread. Constructors write *out on
  *             success and set it to NULL on failure. Every failure sets a message.
  *   Strings   UTF-8, NUL-terminated, borrowed for the duration of the call unless stated.
- *             Strings the library returns as `char *` are freed with lb_free().
+ *             Strings the library returns as `char *` are freed with lb_free(). File
+ *             names are bytes: any byte but NUL, returned as given; JSON texts the library
+ *             makes escape them as QEMU does (\uFFFD for bytes that are not UTF-8).
  *   Options   QEMU's syntax: "key=value,key2=value2" with ",," for a literal comma, dotted
  *             keys for child nodes ("file.locking=off"), or a "json:{...}" pseudo-filename;
  *             or an lb_options object built key by key.
@@ -156,7 +158,11 @@ LB_API char *lb_driver_list(lb_context *ctx, uint32_t flags);
 /* Creates an image of `size` bytes with `format` ("raw", or a protocol such as "file").
  * `options` (may be NULL) are creation options in key=value form, e.g.
  * "preallocation=falloc,nocow=on"; a "size" there overrides `size`. `flags`: 0 or
- * LB_CREATE_VALIDATE_ONLY. Unknown options fail with "FILENAME: Invalid parameter 'x'".
+ * LB_CREATE_VALIDATE_ONLY. Unknown options fail with "FILENAME: Invalid parameter 'x'";
+ * failures while creating carry the block layer's own message, as qemu-img dd and convert
+ * quote it ("Could not create 'F': ...", "Could not write zeros for preallocation: No space
+ * left on device"; qemu-img create puts "FILENAME: " in front). A failed preallocation
+ * leaves the file empty, as qemu-img leaves it.
  * Creating over an image that another process has open fails with -EAGAIN ("Failed to get
  * "write" lock"). Errors: -EINVAL (bad option), -ENOTSUP, -EAGAIN, or the errno of the
  * failing syscall. Since 0.1. */
@@ -260,7 +266,8 @@ LB_API int lb_reopen(lb_backend *be, uint32_t flags);
 /* What qemu-img info shows about one image, allocated by the library. */
 typedef struct lb_image_info {
   size_t struct_size;
-  const char *filename;              /* the image's file name as libblock names it */
+  const char *filename;              /* the image's name as qemu-img names it: the file
+                                        name's bytes, or a json:{...} of its options */
   const char *format;                /* driver name of the format node: "raw", "qcow2", ... */
   uint64_t virtual_size;             /* guest-visible size in bytes */
   int64_t actual_size;               /* bytes used on the host, -1 if unknown */
@@ -272,7 +279,8 @@ typedef struct lb_image_info {
   const char *backing_format;        /* as stored; NULL if none */
   const char *format_specific;       /* qemu-img's "format-specific" object as JSON; NULL */
   const struct lb_image_info *backing; /* next image of the chain (LB_INFO_BACKING_CHAIN) */
-  const char *json;                  /* this image as one qemu-img info --output=json object */
+  const char *json;                  /* this image as one qemu-img info --output=json
+                                        object, byte for byte (ASCII) */
 } lb_image_info;
 
 /* lb_node_get_info flags */
@@ -320,7 +328,9 @@ LB_API int lb_discard(lb_backend *be, uint64_t offset, uint64_t count, uint32_t 
 LB_API int lb_flush(lb_backend *be, uint32_t flags);
 
 /* Resizes the device (needs LB_OPEN_RESIZE). `prealloc` is "off" (or NULL), "falloc",
- * "full" or "metadata" as the format supports. `flags` must be 0. Since 0.1. */
+ * "full" or "metadata" as the format supports. A preallocation that fails (e.g. -ENOSPC)
+ * leaves the device at its old size, without the space it took, as in QEMU. `flags` must
+ * be 0. Since 0.1. */
 LB_API int lb_truncate(lb_backend *be, uint64_t size, const char *prealloc, uint32_t flags);
 
 /* ---- allocation status -------------------------------------------------------------------- */
@@ -338,8 +348,12 @@ typedef struct lb_extent {
   uint64_t host_offset; /* where the data lives in the storage file, if has_host_offset */
   uint32_t depth;       /* backing-chain depth that provides it: 0 = the image itself
                            (qemu-img map's "depth"); for unallocated ranges, the chain length */
+  const char *filename; /* the name of the file that holds the data, as qemu-img map's File
+                           column shows it (bytes as given); NULL when no file holds it.
+                           Valid until the next lb_block_status on the backend or until it
+                           closes. Since 0.1. */
 } lb_extent;
-#define LB_EXTENT_INIT {sizeof(lb_extent), 0, 0, false, 0, 0}
+#define LB_EXTENT_INIT {sizeof(lb_extent), 0, 0, false, 0, 0, NULL}
 
 /* Describes the extent starting at `offset` (at most `count` bytes) through the whole
  * backing chain, as qemu-img map does. `flags` must be 0. Since 0.1. */

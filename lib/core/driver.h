@@ -238,6 +238,11 @@ struct Driver {
   Task<absl::Status> (*create)(CreateContext& ctx) = nullptr;
   // Protocols: rewrites a filename into options (strips "proto:"); nullptr: filename as is.
   absl::Status (*parse_filename)(std::string_view filename, Options& options) = nullptr;
+  // The runtime options that change what the node's data is (QEMU's strong runtime options,
+  // as qemu-img's names show them): only they appear in json: names, and a node with none
+  // of them set can be named by its file's name. A protocol's "filename" is always strong.
+  // Filters are always named by their option tree, as in QEMU.
+  absl::Span<const std::string_view> strong_options = {};
 };
 
 // What drivers see while they create an image.

@@ -167,8 +167,13 @@ Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, Child
     // QEMU's bdrv_inherited_options: cache mode and force-share come from the parent; backing
     // files default to read-only, other children share the parent's mode; lower layers
     // default to discard=unmap because the top layer already applies the discard policy.
+    // Children of formats (but backing files), metadata children and the file under a
+    // filter are never format-probed: a filter passes its file through as it is (QEMU 7.2
+    // opens preallocate's or blkdebug's file without probing), so no raw node whose guards
+    // belong to probed images is slipped in under it.
     OpenParams params;
-    params.protocol_only = (parent_is_format && !(role & kRoleCow)) || (role & kRoleMetadata);
+    params.protocol_only = (parent_is_format && !(role & kRoleCow)) || (role & kRoleMetadata) ||
+                           (role & kRoleFiltered);
     params.inherit = InheritFrom(pf);
     if (role & kRoleCow) {
       params.inherit.read_only = true;

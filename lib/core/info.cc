@@ -3,6 +3,7 @@
 #include <cerrno>
 
 #include "core/graph.h"
+#include "core/json_text.h"
 #include "util/status.h"
 
 namespace libblock {
@@ -14,13 +15,28 @@ Child* BackingChild(const Node& node) {
   return nullptr;
 }
 
+namespace {
+
+// Whether `key`, one of the node's own options, changes what its data is (see
+// Driver::strong_options); the others (locking, aio, node-name, cache, ...) are left out of
+// names, as QEMU leaves them out.
+bool IsStrong(const Node& node, std::string_view key) {
+  if (key == "filename" && node.driver().kind == DriverKind::kProtocol) return true;
+  for (std::string_view strong : node.driver().strong_options) {
+    if (strong == key) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 nlohmann::ordered_json OptionsTree(const Node& node) {
   nlohmann::ordered_json tree = nlohmann::ordered_json::object();
   tree["driver"] = std::string(node.driver().name);
-  // The node's own explicit options: keys without a dot that are not children.
+  // The node's own explicit options that matter: keys without a dot that are not children.
   nlohmann::json own = node.open_options().ToJson();
   for (auto& [key, value] : own.items()) {
-    if (value.is_object() || node.FindChild(key)) continue;
+    if (value.is_object() || node.FindChild(key) || !IsStrong(node, key)) continue;
     tree[key] = value;
   }
   for (const Child* c : node.children()) tree[c->name()] = OptionsTree(*c->node());
@@ -29,12 +45,14 @@ nlohmann::ordered_json OptionsTree(const Node& node) {
 
 namespace {
 
-// True when the tree under `node` holds nothing but drivers and one protocol filename: then
-// that filename names the image, as in QEMU.
+// True when the tree under `node` holds nothing but drivers and one protocol filename (or a
+// protocol's own name, like null-co://), and no filter: then that name names the image, as
+// in QEMU.
 bool PlainTree(const Node& node) {
+  if (node.driver().kind == DriverKind::kFilter) return false;
   nlohmann::json own = node.open_options().ToJson();
   for (auto& [key, value] : own.items()) {
-    if (value.is_object() || node.FindChild(key)) continue;
+    if (value.is_object() || node.FindChild(key) || !IsStrong(node, key)) continue;
     if (key == "filename" && node.driver().kind == DriverKind::kProtocol) continue;
     return false;
   }
@@ -57,7 +75,8 @@ std::string DisplayFilename(const Node& node) {
   for (const Child* c : node.children()) {
     if (c->role() & kRoleCow) tree.erase(c->name());
   }
-  return "json:" + tree.dump();
+  // QEMU's text (and never nlohmann's dump, which throws on names that are not UTF-8).
+  return "json:" + QemuJsonText(tree, /*pretty=*/false);
 }
 
 namespace {

@@ -118,6 +118,8 @@ int main(void) {
   CHECK((ext.flags & LB_STATUS_ZERO) && ext.length == 4096);
   CHECK(lb_block_status(a, 8192, 4096, 0, &ext) == 0);
   CHECK((ext.flags & LB_STATUS_DATA) && !(ext.flags & LB_STATUS_ZERO));
+  /* the file holding the data, by its name (raw passes the range to it) */
+  CHECK(ext.filename != NULL && strcmp(ext.filename, path) == 0);
   ext.struct_size = 1;
   CHECK(lb_block_status(a, 0, 1, 0, &ext) == -EINVAL);
   ext.struct_size = sizeof ext;

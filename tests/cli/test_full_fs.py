@@ -120,6 +120,21 @@ class FullFileSystemTest(CliTestCase):
                     self.assertEqual((size, blocks), (0, 0))
                     self.assertEqual(free * os.statvfs(self.mounts["ours"]).f_frsize, FS_SIZE)
 
+    def test_convert_onto_a_full_file_system(self):
+        # creating the target fails and leaves it empty; a copy that runs out of space
+        # leaves what it wrote, as qemu-img leaves it
+        source = os.path.join(self.dir, "source.img")
+        with open(source, "wb") as f:
+            f.write(os.urandom(FS_SIZE + IMAGE))
+        for opts in (["-o", "preallocation=full"], ["-o", "preallocation=falloc"], []):
+            with self.subTest(opts=opts):
+                for side in self.mounts:
+                    if os.path.exists(self.image(side)):
+                        os.remove(self.image(side))
+                ours = self.compare("convert", "-O", "raw", *opts, source, "IMG")
+                self.assertEqual(ours.code, 1)
+                self.assertIn("No space left on device", ours.err)
+
     def test_create_errors_are_the_block_layers(self):
         # metadata is refused after the file was cleared, as by qemu-img
         self.fill()

@@ -358,6 +358,21 @@ TEST_CASE("truncate concurrent with writes keeps every write issued after it", "
   }
 }
 
+TEST_CASE("the file under the filter is opened as a protocol, never format-probed", "[preallocate]") {
+  // As QEMU 7.2 opens it: no raw node (with the probed-image guards and warning) is slipped
+  // in between the filter and its file when the file's driver is not given.
+  Fixture f;
+  WriteFile(f.path, std::string("QFI\xfb\0\0\0\3", 8) + std::string(4096 - 8, '\0'));
+  auto be = f.MustOpen("driver=preallocate,file.filename=" + f.path);
+  Node* file = be->root()->FindChild("file")->node();
+  REQUIRE(file->driver().name == "file");
+  REQUIRE(f.warnings.empty());
+  std::string header = RandomBytes(512, 7);
+  header.replace(0, 8, std::string("QFI\xfb\0\0\0\3", 8));  // sector 0 may say qcow2
+  f.Write(*be, 0, header);
+  REQUIRE_BYTES(ReadFile(f.path).substr(0, 512), header);
+}
+
 TEST_CASE("preallocate option errors", "[preallocate]") {
   Fixture f;
   auto message = [&](const std::string& opts) {

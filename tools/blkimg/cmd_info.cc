@@ -91,11 +91,17 @@ int Run(Context& ctx, const InfoArgs& a) {
   }
   if (a.output == "json") {
     if (a.chain) {
-      nlohmann::ordered_json list = nlohmann::ordered_json::array();
+      // The library's texts, one level deeper, as qemu-img prints the list (re-encoding
+      // them would lose QEMU's escapes).
+      std::string list = "[";
       for (const lb_image_info* i = info; i; i = i->backing) {
-        list.push_back(nlohmann::ordered_json::parse(i->json));
+        list += i == info ? "\n    " : ",\n    ";
+        for (const char* c = i->json; *c; ++c) {
+          list += *c;
+          if (*c == '\n') list += "    ";
+        }
       }
-      printf("%s\n", list.dump(4).c_str());
+      printf("%s\n]\n", list.c_str());
     } else {
       printf("%s\n", info->json);
     }

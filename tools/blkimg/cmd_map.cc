@@ -11,7 +11,6 @@
 #include <cstring>
 
 #include "common.h"
-#include "nlohmann/json.hpp"
 
 namespace blkimg {
 namespace {
@@ -32,44 +31,22 @@ struct MapEntry {
   uint32_t depth = 0;
   bool present = false, zero = false, data = false;
   std::optional<uint64_t> offset;  // in the storage file
+  std::string file;                // the storage file's name (bytes), for the File column
 };
 
 bool Mergeable(const MapEntry& cur, const MapEntry& next) {
   if (cur.length == 0) return false;
   if (cur.depth != next.depth || cur.present != next.present || cur.zero != next.zero ||
-      cur.data != next.data || cur.offset.has_value() != next.offset.has_value()) {
+      cur.data != next.data || cur.offset.has_value() != next.offset.has_value() ||
+      cur.file != next.file) {
     return false;
   }
   return !cur.offset || *cur.offset + cur.length == *next.offset;
 }
 
-// The storage file's name as qemu-img prints it in the File column: the protocol node's
-// filename. libblock names a format node with options by a json: tree; its "file" branch
-// then names the storage file.
-std::string StorageFileName(lb_backend* be) {
-  lb_node* node = nullptr;
-  if (lb_backend_get_node(be, &node) < 0) return "";
-  lb_image_info* info = nullptr;
-  std::string name;
-  if (lb_node_get_info(node, 0, &info) == 0) {
-    name = info->filename;
-    lb_image_info_free(info);
-  }
-  lb_node_close(node);
-  if (name.rfind("json:", 0) != 0) return name;
-  auto tree = nlohmann::json::parse(name.substr(5), nullptr, false);
-  while (tree.is_object() && tree.contains("file") && tree["file"].is_object()) {
-    tree = nlohmann::json(tree["file"]);
-  }
-  if (tree.is_object() && tree.contains("filename") && tree["filename"].is_string()) {
-    return tree["filename"].get<std::string>();
-  }
-  return name;
-}
-
 class MapPrinter {
  public:
-  MapPrinter(bool json, std::string file) : json_(json), file_(std::move(file)) {
+  explicit MapPrinter(bool json) : json_(json) {
     if (!json_) printf("Offset          Length          Mapped to       File\n");
   }
 
@@ -93,7 +70,7 @@ class MapPrinter {
     if (e.data && !e.zero) {
       // "%#-16x": hex with 0x except for 0, left-aligned in 16 columns.
       printf("%s%s%s%s\n", Hex(e.start).c_str(), Hex(e.length).c_str(), Hex(*e.offset).c_str(),
-             file_.c_str());
+             e.file.c_str());
     }
     return true;
   }
@@ -107,7 +84,6 @@ class MapPrinter {
 
   bool json_;
   bool first_ = true;
-  std::string file_;
 };
 
 int Run(Context& ctx, const MapArgs& a) {
@@ -125,7 +101,7 @@ int Run(Context& ctx, const MapArgs& a) {
   // Both are below 2^63, so the sum cannot wrap.
   if (a.max_length) end = std::min(end, start + *a.max_length);
   bool json = a.output == "json";
-  MapPrinter printer(json, json ? "" : StorageFileName(be));
+  MapPrinter printer(json);
   MapEntry cur;
   cur.start = start;
   int ret = 0;
@@ -147,6 +123,9 @@ int Run(Context& ctx, const MapArgs& a) {
     // libblock reports null-co's identity mapping even where nothing is allocated; qemu-img
     // shows no offset for ranges no image of the chain provides.
     if (ext.has_host_offset && next.present) next.offset = ext.host_offset;
+    // The file holding the data, by the name qemu-img prints (the library's bytes: a name
+    // taken out of a json: text would have lost what is not UTF-8).
+    if (ext.filename) next.file = ext.filename;
     if (Mergeable(cur, next)) {
       cur.length += next.length;
       continue;

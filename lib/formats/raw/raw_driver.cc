@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/graph.h"
+#include "core/info.h"
 #include "core/node.h"
 #include "core/registry.h"
 #include "util/checked_math.h"
@@ -78,7 +79,7 @@ class RawNode final : public NodeDriver {
           "         Automatically detecting the format is dangerous for raw images, write "
           "operations on block 0 will be restricted.\n"
           "         Specify the 'raw' format explicitly to remove the restrictions.",
-          file_->node()->filename()));
+          DisplayFilename(*file_->node())));  // as QEMU names it: json: over a filter
     }
     co_return absl::OkStatus();
   }
@@ -194,6 +195,9 @@ Task<absl::Status> Create(CreateContext& ctx) {
 
 int Probe(const uint8_t*, size_t, std::string_view) { return 1; }
 
+// Options that change the data, as qemu-img's json: names show them (see Driver).
+constexpr std::string_view kStrongOptions[] = {"offset", "size"};
+
 const Driver kDriver = {
     .name = "raw",
     .kind = DriverKind::kFormat,
@@ -202,6 +206,7 @@ const Driver kDriver = {
     .probe = Probe,
     .instantiate = Instantiate,
     .create = Create,
+    .strong_options = kStrongOptions,
 };
 
 }  // namespace libblock::raw

@@ -823,6 +823,9 @@ int ProbeHostDevice(std::string_view filename) {
 
 }  // namespace
 
+// Options that change the data, as qemu-img's json: names show them (see Driver).
+constexpr std::string_view kStrongOptions[] = {"filename"};
+
 const Driver kFileDriver = {
     .name = "file",
     .kind = DriverKind::kProtocol,
@@ -832,6 +835,7 @@ const Driver kFileDriver = {
     .instantiate = InstantiateFile,
     .create = CreateRegular,
     .parse_filename = ParseFilenameWithPrefix<kFilePrefix>,
+    .strong_options = kStrongOptions,
 };
 
 const Driver kHostDeviceDriver = {
@@ -844,6 +848,7 @@ const Driver kHostDeviceDriver = {
     .instantiate = InstantiateHostDevice,
     .create = CreateDevice,
     .parse_filename = ParseFilenameWithPrefix<kHostDevicePrefix>,
+    .strong_options = kStrongOptions,
 };
 
 }  // namespace libblock::file

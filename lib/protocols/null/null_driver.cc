@@ -104,6 +104,9 @@ absl::Status ParseFilename(std::string_view filename, Options& options) {
 
 }  // namespace
 
+// Options that change the data, as qemu-img's json: names show them (see Driver).
+constexpr std::string_view kStrongOptions[] = {"filename", "size", "read-zeroes"};
+
 const Driver kNullCoDriver = {
     .name = "null-co",
     .kind = DriverKind::kProtocol,
@@ -111,6 +114,7 @@ const Driver kNullCoDriver = {
     .options = &kNullCoSchema,
     .instantiate = InstantiateCo,
     .parse_filename = ParseFilename,
+    .strong_options = kStrongOptions,
 };
 
 const Driver kNullAioDriver = {
@@ -120,6 +124,7 @@ const Driver kNullAioDriver = {
     .options = &kNullAioSchema,
     .instantiate = InstantiateAio,
     .parse_filename = ParseFilename,
+    .strong_options = kStrongOptions,
 };
 
 }  // namespace libblock::null
