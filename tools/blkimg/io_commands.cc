@@ -391,7 +391,8 @@ const std::vector<Session::Command>& Session::Table() {
      nullptr, &S::Length},
     {"map", nullptr, 0, 0, true, false, true, "", "prints the allocated areas of a file",
      nullptr, &S::Map},
-    {"quit", "q", 0, 0, false, false, false, nullptr, "exit the program", nullptr, &S::Quit},
+    // quit takes (and ignores) any arguments, as in qemu-io
+    {"quit", "q", 0, -1, false, false, false, nullptr, "exit the program", nullptr, &S::Quit},
     {"read", "r", 2, -1, true, false, true, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset", kReadHelp, &S::Read},
     {"readv", nullptr, 2, -1, true, false, true, "[-Cqv] [-P pattern] off len [len..]",
@@ -421,8 +422,10 @@ const Session::Command* FindCommand(const std::string& name) {
 const Session::Command& CommandNamed(const char* name) { return *FindCommand(name); }
 
 // "NAME ARGS -- ONELINE", qemu-io's usage and help line (no ARGS part when args is NULL).
-void PrintCommandLine(const Session::Command& cmd) {
-  printf("%s%s%s -- %s\n", cmd.name, cmd.args ? " " : "", cmd.args ? cmd.args : "", cmd.oneline);
+// `name` is the command's own unless help was asked for it by its other name ("help r").
+void PrintCommandLine(const Session::Command& cmd, const char* name = nullptr) {
+  printf("%s%s%s -- %s\n", name ? name : cmd.name, cmd.args ? " " : "", cmd.args ? cmd.args : "",
+         cmd.oneline);
 }
 
 int Usage(const char* name) {
@@ -524,7 +527,9 @@ void Session::Complete(AioRequest* req, int ret) {
     if (req->pattern) {
       VerifyPattern(req->vec.buf.data(), req->vec.buf.size(), *req->pattern, req->vec.offset);
     }
-    if (req->verbose) DumpBuffer(req->vec.buf.data(), req->vec.offset, req->vec.buf.size());
+    if (req->verbose && !req->style.quiet) {
+      DumpBuffer(req->vec.buf.data(), req->vec.offset, req->vec.buf.size());
+    }
   }
   Report(req->is_write ? "wrote" : "read", req->vec.offset, req->bytes, req->start, req->style);
 }
@@ -547,17 +552,19 @@ int Session::Dispatch(const Command& cmd, std::vector<std::string>& argv) {
     fprintf(stderr, "no file open, try 'help open'\n");
     return -EINVAL;
   }
+  // Named as typed ("r", "w", "q" for their commands), as qemu-io does.
+  const char* name = argv[0].c_str();
   int argc = static_cast<int>(argv.size()) - 1;
   if (argc < cmd.argmin || (cmd.argmax >= 0 && argc > cmd.argmax)) {
     if (cmd.argmax < 0) {
       fprintf(stderr, "bad argument count %d to %s, expected at least %d arguments\n", argc,
-              cmd.name, cmd.argmin);
+              name, cmd.argmin);
     } else if (cmd.argmin == cmd.argmax) {
-      fprintf(stderr, "bad argument count %d to %s, expected %d arguments\n", argc, cmd.name,
+      fprintf(stderr, "bad argument count %d to %s, expected %d arguments\n", argc, name,
               cmd.argmin);
     } else {
       fprintf(stderr, "bad argument count %d to %s, expected between %d and %d arguments\n",
-              argc, cmd.name, cmd.argmin, cmd.argmax);
+              argc, name, cmd.argmin, cmd.argmax);
     }
     return -EINVAL;
   }
@@ -575,18 +582,17 @@ int Session::Dispatch(const Command& cmd, std::vector<std::string>& argv) {
 
 namespace {
 
-// qemu-io only does VM-state I/O on formats that have a VM state area; none of ours do.
-int VmStateUnsupported(const char* verb, int64_t offset, int64_t count) {
+// VM state and compressed requests must be sector-aligned; prints qemu-io's message if not.
+bool SectorAligned(int64_t offset, int64_t count) {
   if (offset & 511) {
     printf("%" PRId64 " is not a sector-aligned value for 'offset'\n", offset);
-    return -EINVAL;
+    return false;
   }
   if (count & 511) {
     printf("%" PRId64 " is not a sector-aligned value for 'count'\n", count);
-    return -EINVAL;
+    return false;
   }
-  printf("%s failed: %s\n", verb, strerror(ENOTSUP));
-  return -ENOTSUP;
+  return true;
 }
 
 }  // namespace
@@ -634,7 +640,12 @@ int Session::Read(std::vector<std::string>& argv) {
     printf("pattern verification range exceeds end of read data\n");
     return -EINVAL;
   }
-  if (vmstate) return VmStateUnsupported("read", offset, count);
+  if (vmstate) {
+    // qemu-io only does VM-state I/O on formats that have a VM state area; none of ours do.
+    if (!SectorAligned(offset, count)) return -EINVAL;
+    printf("read failed: %s\n", strerror(ENOTSUP));
+    return -ENOTSUP;
+  }
 
   std::vector<uint8_t> buf(static_cast<size_t>(count), 0xab);
   Clock::time_point start = Clock::now();
@@ -648,7 +659,8 @@ int Session::Read(std::vector<std::string>& argv) {
                                 *pattern, offset + pattern_start)) {
     ret = -EINVAL;
   }
-  if (verbose) DumpBuffer(buf.data(), offset, buf.size());
+  // As qemu-io's: -q suppresses the dump as well as the statistics.
+  if (verbose && !style.quiet) DumpBuffer(buf.data(), offset, buf.size());
   Report("read", offset, count, start, style);
   return ret;
 }
@@ -704,13 +716,22 @@ int Session::Write(std::vector<std::string>& argv) {
       case 'z': zeroes = true; break;
     }
   }
+  // The checks in qemu-io's order: which message wins when several apply is observable.
   if (a.operands.size() != 2) return Usage("write");
-  if (unmap && !zeroes) {
-    printf("-u requires -z to be specified\n");
+  if (vmstate && zeroes) {
+    printf("-b and -z cannot be specified at the same time\n");
+    return -EINVAL;
+  }
+  if ((flags & LB_REQ_FUA) && (vmstate || compressed)) {
+    printf("-f and -b or -c cannot be specified at the same time\n");
     return -EINVAL;
   }
   if (no_fallback && !zeroes) {
     printf("-n requires -z to be specified\n");
+    return -EINVAL;
+  }
+  if (unmap && !zeroes) {
+    printf("-u requires -z to be specified\n");
     return -EINVAL;
   }
   if (zeroes + has_pattern + !source_file.empty() > 1) {
@@ -728,18 +749,28 @@ int Session::Write(std::vector<std::string>& argv) {
            a.operands[1].c_str());
     return -EINVAL;
   }
-  if (vmstate && !zeroes) return VmStateUnsupported("write", offset, count);
+  // VM state and compressed writes work on whole sectors (checked even with -z).
+  if ((vmstate || compressed) && !SectorAligned(offset, count)) return -EINVAL;
+  std::vector<uint8_t> buf;
+  if (!zeroes) {
+    buf.assign(static_cast<size_t>(count), static_cast<uint8_t>(pattern));
+    if (!source_file.empty() && !FillFromFile(source_file, &buf)) return -EINVAL;
+  }
 
   Clock::time_point start = Clock::now();
   int ret;
   if (zeroes) {
     ret = lb_pwrite_zeroes(be_, static_cast<uint64_t>(offset), static_cast<uint64_t>(count),
                            flags);
+  } else if (vmstate) {
+    ret = -ENOTSUP;  // no libblock format has a VM state area
   } else if (compressed) {
-    ret = -ENOTSUP;  // libblock's formats have no compressed clusters
+    // No libblock format writes compressed clusters (raw cannot in QEMU either). The request
+    // is still bounds-checked first, as QEMU's block layer does before asking the driver.
+    int64_t length = lb_get_length(be_);
+    ret = length < 0 ? static_cast<int>(length)
+                     : (offset > length || count > length - offset) ? -EIO : -ENOTSUP;
   } else {
-    std::vector<uint8_t> buf(static_cast<size_t>(count), static_cast<uint8_t>(pattern));
-    if (!source_file.empty() && !FillFromFile(source_file, &buf)) return -EINVAL;
     ret = lb_pwrite(be_, buf.data(), buf.size(), static_cast<uint64_t>(offset), flags);
   }
   if (ret < 0) {
@@ -780,7 +811,7 @@ int Session::ReadV(std::vector<std::string>& argv) {
   if (pattern && !VerifyPattern(vec.buf.data(), vec.buf.size(), *pattern, vec.offset)) {
     ret = -EINVAL;
   }
-  if (verbose) DumpBuffer(vec.buf.data(), vec.offset, vec.buf.size());
+  if (verbose && !style.quiet) DumpBuffer(vec.buf.data(), vec.offset, vec.buf.size());
   Report("read", vec.offset, static_cast<int64_t>(vec.buf.size()), start, style);
   return ret;
 }
@@ -882,6 +913,11 @@ int Session::AioWrite(std::vector<std::string>& argv) {
     }
   }
   if (a.operands.size() < 2) return Usage("aio_write");
+  if (invalid) {
+    // qemu-io's -i only feeds its accounting statistics, before any other check.
+    printf("injecting invalid write request\n");
+    return 0;
+  }
   if (unmap && !zeroes) {
     printf("-u requires -z to be specified\n");
     return -EINVAL;
@@ -889,10 +925,6 @@ int Session::AioWrite(std::vector<std::string>& argv) {
   if (zeroes && a.operands.size() != 2) {
     printf("-z supports only a single length parameter\n");
     return -EINVAL;
-  }
-  if (invalid) {
-    printf("injecting invalid write request\n");
-    return 0;
   }
   if (unmap) flags |= LB_REQ_MAY_UNMAP;
   AioRequest* raw = req.get();
@@ -986,7 +1018,9 @@ int Session::Truncate(std::vector<std::string>& argv) {
     Error("Invalid preallocation mode '" + prealloc + "'");
     return -EINVAL;
   }
-  if (a.operands.size() != 1) return Usage("truncate");
+  // qemu-io truncates to the first operand and ignores the others (up to argmax). Without
+  // one it crashes (7.2 reads argv past the end); blkimg prints the usage instead.
+  if (a.operands.empty()) return Usage("truncate");
   int64_t size = Cvtnum(a.operands[0]);
   if (size < 0) return static_cast<int>(size);
   // qemu-io takes the resize permission only for the truncation, so that other users may
@@ -1120,7 +1154,7 @@ int Session::Help(std::vector<std::string>& argv) {
       printf("command %s not found\n", argv[1].c_str());
       return -EINVAL;
     }
-    PrintCommandLine(*cmd);
+    PrintCommandLine(*cmd, argv[1].c_str());
     if (cmd->help) fputs(cmd->help, stdout);
     return 0;
   }
