@@ -5,6 +5,7 @@
 // stdin behind a "blkimg> " prompt. As qemu-io, the image is read-write unless -r, and the
 // exit status is 1 when any command failed. Like qemu-io, blkimg io lets every other user
 // read and write the image alongside it: it is a test tool, not a guest device.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -142,6 +143,18 @@ void PrintIoUsage() {
          "See 'blkimg io -c help' for information on available commands.\n");
 }
 
+// qemu-io's signal dispositions, so that sigraise (and signals from outside) end blkimg io
+// or leave it running exactly as they do qemu-io: its main loop blocks SIGBUS, SIGUSR1,
+// SIGALRM and SIGIO (it reads them from a signalfd) and it ignores SIGPIPE. Set before the
+// context starts any thread, which inherits the mask.
+void SetUpSignals() {
+  sigset_t blocked;
+  sigemptyset(&blocked);
+  for (int sig : {SIGBUS, SIGUSR1, SIGALRM, SIGIO}) sigaddset(&blocked, sig);
+  pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
 }  // namespace
 
 int RunIo(int argc, char** argv) {
@@ -168,6 +181,7 @@ int RunIo(int argc, char** argv) {
   // qemu-io lets getopt print its own complaints, named after the program.
   char program[] = "blkimg";
   argv[0] = program;
+  SetUpSignals();
   Context ctx;
   IoArgs a;
   for (;;) {

@@ -10,6 +10,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cinttypes>
 #include <climits>
 #include <cmath>
@@ -366,11 +367,24 @@ constexpr const char* kAioWriteHelp =
     " -z, -- write zeroes using blk_aio_pwrite_zeroes\n"
     "\n";
 
+constexpr const char* kSigraiseHelp =
+    "\n"
+    " raises the given signal\n"
+    "\n"
+    " Example:\n"
+    " 'sigraise 15' - raises SIGTERM\n"
+    "\n"
+    " Invokes raise(signal), where \"signal\" is the mandatory integer argument\n"
+    " given to sigraise.\n"
+    "\n";
+
 }  // namespace
 
 const std::vector<Session::Command>& Session::Table() {
   using S = Session;
   static const std::vector<Command> commands = {
+    {"abort", nullptr, 0, 0, false, false, false, nullptr,
+     "simulate a program crash using abort(3)", nullptr, &S::Abort},
     {"aio_flush", nullptr, 0, 0, true, false, true, nullptr,
      "completes all outstanding aio requests", nullptr, &S::AioFlush},
     {"aio_read", nullptr, 2, -1, true, false, false, "[-Ciqv] [-P pattern] off len [len..]",
@@ -397,6 +411,8 @@ const std::vector<Session::Command>& Session::Table() {
      "reads a number of bytes at a specified offset", kReadHelp, &S::Read},
     {"readv", nullptr, 2, -1, true, false, true, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", kReadvHelp, &S::ReadV},
+    {"sigraise", nullptr, 1, 1, false, false, false, "signal", "raises a signal", kSigraiseHelp,
+     &S::Sigraise},
     {"sleep", nullptr, 1, 1, false, false, true, nullptr,
      "waits for the given value in milliseconds", nullptr, &S::Sleep},
     {"truncate", nullptr, 1, 3, true, true, true, "[-m prealloc_mode] off",
@@ -573,9 +589,9 @@ int Session::Dispatch(const Command& cmd, std::vector<std::string>& argv) {
     return -EPERM;
   }
   if (cmd.runs_loop) DrainAio();
-  int ret = (this->*cmd.run)(argv);
-  fflush(stdout);
-  return ret;
+  // stdout is not flushed after each command: like qemu-io's, what a command printed to a
+  // pipe is lost if a later one aborts.
+  return (this->*cmd.run)(argv);
 }
 
 // ---- synchronous I/O ---------------------------------------------------------------------
@@ -1160,6 +1176,25 @@ int Session::Help(std::vector<std::string>& argv) {
   }
   for (const Command& cmd : Table()) PrintCommandLine(cmd);
   printf("\nUse 'help commandname' for extended help.\n");
+  return 0;
+}
+
+int Session::Abort(std::vector<std::string>&) {
+  abort();  // without flushing stdout, as qemu-io
+}
+
+int Session::Sigraise(std::vector<std::string>& argv) {
+  int64_t sig = Cvtnum(argv[1]);
+  if (sig < 0) return static_cast<int>(sig);
+  if (sig > NSIG) {
+    printf("signal argument '%s' is too large to be a valid signal\n", argv[1].c_str());
+    return -EINVAL;
+  }
+  // The signal may end the process: what was printed so far goes out first, as in qemu-io.
+  // raise() fails for NSIG itself and for the signals the C library reserves; qemu-io
+  // ignores that too.
+  fflush(stdout);
+  raise(static_cast<int>(sig));
   return 0;
 }
 

@@ -48,6 +48,8 @@ class Session {
   int Dispatch(const Command& cmd, std::vector<std::string>& argv);
   void Complete(AioRequest* req, int ret);
 
+  int Abort(std::vector<std::string>& argv);
+  int Sigraise(std::vector<std::string>& argv);
   int Read(std::vector<std::string>& argv);
   int Write(std::vector<std::string>& argv);
   int ReadV(std::vector<std::string>& argv);
