@@ -5,6 +5,7 @@ close and reopen. Same command lists on twin raw images: same exit status, same 
 import os
 import signal
 import subprocess
+import time
 import unittest
 
 from clitest import BLKIMG
@@ -57,6 +58,58 @@ class ProcessEndTest(IoTestCase):
         for topic in ("abort", "sigraise"):
             with self.subTest(topic=topic):
                 self.compare([f"help {topic}"])
+
+
+class BreakpointTest(IoTestCase):
+    """libblock has no blkdebug filter: every image is one without blkdebug, on which qemu-io's
+    breakpoint commands fail with ENOTSUP and wait_break waits forever."""
+
+    def test_not_supported(self):
+        self.compare(["break write_aio A", "break bogus_event B", "remove_break A", "resume A",
+                      "write -P 0x31 0 512", "help quit"])
+
+    def test_argument_counts_and_no_file(self):
+        for case in (["break"], ["break write_aio"], ["break a b c"], ["break -x a b"],
+                     ["remove_break"], ["resume"], ["wait_break"], ["wait_break a b"],
+                     ["resume a b"]):
+            with self.subTest(case=case):
+                self.compare(case + ["help quit"])
+        ours = self.blkimg("io", "-c", "break a b", "-c", "remove_break a", "-c", "resume a",
+                           "-c", "wait_break a", "-c", "help quit")
+        theirs = self.qemu_io("-c", "break a b", "-c", "remove_break a", "-c", "resume a",
+                              "-c", "wait_break a", "-c", "help quit")
+        self.assertSame(ours, theirs)
+
+    def test_help(self):
+        for topic in ("break", "remove_break", "resume", "wait_break"):
+            with self.subTest(topic=topic):
+                self.compare([f"help {topic}"])
+
+    def test_wait_break_waits_forever(self):
+        # the aio write submitted before still completes (the loop runs), then nothing ends
+        # the wait but a signal; the output still buffered for the pipe dies with it
+        procs = []
+        for tool, name in (([BLKIMG, "io"], "ours.img"), (["qemu-io"], "theirs.img")):
+            procs.append(subprocess.Popen(
+                tool + ["-f", "raw", "-c", "aio_write -P 0x77 64k 4k", "-c", "wait_break A",
+                        "-c", "write -P 0x78 64k 4k", self.path(name)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        try:
+            deadline = time.monotonic() + 30
+            for name in ("ours.img", "theirs.img"):
+                while self.read(name)[64 * 1024:68 * 1024] != b"\x77" * 4096:
+                    self.assertLess(time.monotonic(), deadline, f"the aio write to {name}")
+                    time.sleep(0.05)
+            time.sleep(0.5)
+            for p in procs:
+                self.assertIsNone(p.poll())
+        finally:
+            for p in procs:
+                p.terminate()
+        outs = [p.communicate(timeout=30) for p in procs]
+        self.assertEqual([p.returncode for p in procs], [-signal.SIGTERM] * 2)
+        self.assertEqual(outs[0], outs[1])
+        self.assertSameImages()
 
 
 if __name__ == "__main__":

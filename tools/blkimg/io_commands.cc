@@ -393,6 +393,8 @@ const std::vector<Session::Command>& Session::Table() {
      "asynchronously writes a number of bytes", kAioWriteHelp, &S::AioWrite},
     {"alloc", nullptr, 1, 2, true, false, true, "offset [count]",
      "checks if offset is allocated in the file", nullptr, &S::Alloc},
+    {"break", nullptr, 2, 2, true, false, false, "event tag",
+     "sets a breakpoint on event and tags the stopped request as tag", nullptr, &S::Break},
     {"discard", nullptr, 2, -1, true, true, true, "[-Cq] off len",
      "discards a number of bytes at a specified offset", kDiscardHelp, &S::Discard},
     {"flush", nullptr, 0, 0, true, false, true, nullptr, "flush all in-core file state to disk",
@@ -411,12 +413,18 @@ const std::vector<Session::Command>& Session::Table() {
      "reads a number of bytes at a specified offset", kReadHelp, &S::Read},
     {"readv", nullptr, 2, -1, true, false, true, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", kReadvHelp, &S::ReadV},
+    {"remove_break", nullptr, 1, 1, true, false, false, "tag", "remove a breakpoint by tag",
+     nullptr, &S::RemoveBreak},
+    {"resume", nullptr, 1, 1, true, false, false, "tag", "resumes the request tagged as tag",
+     nullptr, &S::Resume},
     {"sigraise", nullptr, 1, 1, false, false, false, "signal", "raises a signal", kSigraiseHelp,
      &S::Sigraise},
     {"sleep", nullptr, 1, 1, false, false, true, nullptr,
      "waits for the given value in milliseconds", nullptr, &S::Sleep},
     {"truncate", nullptr, 1, 3, true, true, true, "[-m prealloc_mode] off",
      "truncates the current file at the given offset", nullptr, &S::Truncate},
+    {"wait_break", nullptr, 1, 1, true, false, false, "tag",
+     "waits for the suspension of a request", nullptr, &S::WaitBreak},
     {"write", "w", 2, -1, true, true, true,
      "[-bcCfnquz] [-P pattern | -s source_file] off len",
      "writes a number of bytes at a specified offset", kWriteHelp, &S::Write},
@@ -1177,6 +1185,39 @@ int Session::Help(std::vector<std::string>& argv) {
   for (const Command& cmd : Table()) PrintCommandLine(cmd);
   printf("\nUse 'help commandname' for extended help.\n");
   return 0;
+}
+
+// ---- blkdebug breakpoints ----------------------------------------------------------------
+//
+// qemu-io's break, remove_break, resume and wait_break drive a blkdebug node of the image's
+// graph. libblock has no blkdebug filter yet, so every image is one without blkdebug, and
+// these commands answer as qemu-io's do there: the first three fail with ENOTSUP, and
+// wait_break waits for a suspension that cannot come, running the loop (so that earlier aio
+// requests complete) until the process is killed.
+
+int Session::Break(std::vector<std::string>&) {
+  printf("Could not set breakpoint: %s\n", strerror(ENOTSUP));
+  return -ENOTSUP;
+}
+
+int Session::RemoveBreak(std::vector<std::string>& argv) {
+  printf("Could not remove breakpoint %s: %s\n", argv[1].c_str(), strerror(ENOTSUP));
+  return -ENOTSUP;
+}
+
+int Session::Resume(std::vector<std::string>&) {
+  printf("Could not resume request: %s\n", strerror(ENOTSUP));
+  return -ENOTSUP;
+}
+
+int Session::WaitBreak(std::vector<std::string>&) {
+  for (;;) {
+    if (lb_context_get_inflight(ctx_) > 0) {
+      DrainAio();
+    } else {
+      pause();  // nothing can ever be suspended: only a signal ends this
+    }
+  }
 }
 
 int Session::Abort(std::vector<std::string>&) {

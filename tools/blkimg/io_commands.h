@@ -49,6 +49,10 @@ class Session {
   void Complete(AioRequest* req, int ret);
 
   int Abort(std::vector<std::string>& argv);
+  int Break(std::vector<std::string>& argv);
+  int RemoveBreak(std::vector<std::string>& argv);
+  int Resume(std::vector<std::string>& argv);
+  int WaitBreak(std::vector<std::string>& argv);
   int Sigraise(std::vector<std::string>& argv);
   int Read(std::vector<std::string>& argv);
   int Write(std::vector<std::string>& argv);
