@@ -3,6 +3,8 @@
 close and reopen. Same command lists on twin raw images: same exit status, same stdout
 (timings aside), same stderr (tool prefix aside), same bytes on disk."""
 import os
+import select
+import shutil
 import signal
 import subprocess
 import time
@@ -12,7 +14,60 @@ from clitest import BLKIMG
 from test_io import IoTestCase
 
 
-class ProcessEndTest(IoTestCase):
+class SessionTestCase(IoTestCase):
+    def compare_session(self, commands, opts=(), image=False):
+        """Runs `commands` (IMG standing for the tool's own image) in both tools, with the
+        image as the operand only if `image`; compares as compare() does."""
+        def run(tool, name):
+            argv = list(opts)
+            for c in commands:
+                argv += ["-c", c.replace("IMG", name)]
+            if image:
+                argv.append(name)
+            result = tool(*argv)
+            result.out = result.out.replace(name, "IMG")
+            result.err = result.err.replace(name, "IMG")
+            return result
+        ours = run(lambda *a: self.blkimg("io", *a), "ours.img")
+        theirs = run(self.qemu_io, "theirs.img")
+        self.assertSame(ours, theirs)
+        self.assertSameImages()
+        return ours, theirs
+
+    def fd_flags(self, argv, commands=()):
+        """The open(2) flags of the descriptor an interactive `argv` holds on ours.img, once it
+        ran `commands` and shows its prompt."""
+        proc = subprocess.Popen(argv, cwd=self.dir, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            proc.stdin.write("".join(c + "\n" for c in commands).encode())
+            proc.stdin.flush()
+            seen, deadline = b"", time.monotonic() + 60
+            while seen.count(b"> ") < len(commands) + 1:
+                ready, _, _ = select.select([proc.stdout], [], [], 1)
+                chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+                self.assertLess(time.monotonic(), deadline, seen)
+                seen += chunk
+            image = os.path.realpath(self.path("ours.img"))
+            flags = []
+            for fd in os.listdir(f"/proc/{proc.pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{proc.pid}/fd/{fd}") != image:
+                        continue
+                    with open(f"/proc/{proc.pid}/fdinfo/{fd}") as f:
+                        info = dict(line.split(":", 1) for line in f if ":" in line)
+                except FileNotFoundError:
+                    continue
+                flags.append(int(info["flags"].strip(), 8))
+            self.assertEqual(len(flags), 1, flags)
+            return flags[0]
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=60)
+            proc.stdout.close()
+
+
+class ProcessEndTest(SessionTestCase):
     def test_abort(self):
         # qemu-io calls abort(3): SIGABRT, and stdout still buffered for the pipe is lost;
         # the write before it reached the file
@@ -60,7 +115,7 @@ class ProcessEndTest(IoTestCase):
                 self.compare([f"help {topic}"])
 
 
-class BreakpointTest(IoTestCase):
+class BreakpointTest(SessionTestCase):
     """libblock has no blkdebug filter: every image is one without blkdebug, on which qemu-io's
     breakpoint commands fail with ENOTSUP and wait_break waits forever."""
 
@@ -110,6 +165,95 @@ class BreakpointTest(IoTestCase):
         self.assertEqual([p.returncode for p in procs], [-signal.SIGTERM] * 2)
         self.assertEqual(outs[0], outs[1])
         self.assertSameImages()
+
+
+class OpenCloseTest(SessionTestCase):
+    def test_session_without_image_operand(self):
+        self.compare_session([
+            "open -o driver=raw IMG", "info", "write -P 0x51 0 4k", "close", "length", "close",
+            "read 0 1", "open -r -o driver=raw IMG", "write 0 1", "read -P 0x51 0 4k", "close",
+            "open -o driver=raw,file.filename=IMG", "write -P 0x52 4k 4k", "length",
+            "close x", "aio_write -P 0x53 8k 4k", "close", "map"])
+
+    def test_open_probes_the_format(self):
+        self.compare_session(["open IMG", "length", "write -P 0x54 4k 512"])
+
+    def test_open_when_open(self):
+        # option and operand errors come first, then "file open already"
+        for case in ("open IMG", "open -r IMG", "open -U IMG", "open -o bogus=1 IMG",
+                     "open nosuch.img", "open -s IMG", "open -x IMG", "open -t bogus IMG",
+                     "open -d bogus IMG", "open -i bogus IMG", "open IMG IMG", "open"):
+            with self.subTest(case=case):
+                self.compare_session([case, "write -P 0x55 0 512"], opts=("-f", "raw"),
+                                     image=True)
+
+    def test_open_errors(self):
+        for case in ("open nosuch.img", "open -o driver=raw", "open -r",
+                     "open -o driver=raw,file.driver=file,file.filename=nosuch", "open -U IMG",
+                     "open -o bogus=1 IMG", "open -o driver=raw -o bogus=1 IMG",
+                     "open -o driver=raw -o file.bogus=1 IMG", "open -o force-share=off -U -r IMG",
+                     "open -o driver=raw,offset=2M IMG"):
+            with self.subTest(case=case):
+                self.compare_session([case, "length"])
+
+    def test_open_flags(self):
+        for flags in ("-r", "-n", "-t writeback", "-t unsafe", "-t directsync", "-d ignore",
+                      "-d unmap", "-i threads", "-C", "-U -r", "-rU", "-k -n", "-i native -n",
+                      "-- "):
+            with self.subTest(flags=flags):
+                self.compare_session([f"open {flags} -o driver=raw IMG", "write -P 0x56 0 64k",
+                                      "discard 0 4k", "read -P 0x56 60k 4k", "flush",
+                                      "aio_write -z -u 64k 4k", "aio_flush", "length"])
+
+    def test_close_leaves_no_file(self):
+        cmds = ["close"] + [c for c in ("read 0 1", "write 0 1", "readv 0 1", "writev 0 1",
+                                        "aio_read 0 1", "aio_write 0 1", "aio_flush", "flush",
+                                        "discard 0 1", "info", "length", "map", "alloc 0",
+                                        "truncate 0", "close", "break a b")]
+        self.compare_session(cmds + ["help quit"], opts=("-f", "raw"), image=True)
+
+    def test_image_opts_messages(self):
+        # with --image-opts no filename is named: "can't open: ..."
+        for spec in ("driver=raw,file.filename=nosuch.img",
+                     "driver=raw,file.filename=IMG,force-share=on",
+                     "driver=raw,file.filename=IMG,bogus=1"):
+            with self.subTest(spec=spec):
+                ours = self.blkimg("io", "--image-opts", "-c", "length",
+                                   spec.replace("IMG", "ours.img"))
+                theirs = self.qemu_io("--image-opts", "-c", "length",
+                                      spec.replace("IMG", "theirs.img"))
+                self.assertEqual(ours.code, 1)
+                self.assertSame(ours, theirs)
+        self.compare_session(["length"], opts=("-f", "raw", "--image-opts",
+                                               "driver=raw,file.filename=IMG"))
+        self.compare_session(["length"], opts=("-f", "raw", "--image-opts"))
+
+    def test_default_cache_mode_is_writethrough(self):
+        # qemu-io flushes after every write unless -t/-n say otherwise (it is qemu-io's default
+        # cache mode, not qemu-img's writeback); libblock's writethrough opens O_DSYNC
+        if shutil.which("strace"):
+            def syncs(*opts):
+                trace = self.path("trace")
+                subprocess.run(["strace", "-f", "-e", "trace=fdatasync", "-o", trace, "qemu-io",
+                                *opts, "-c", "write 0 4k", "-c", "write 4k 4k",
+                                "-c", "write 8k 4k", self.path("theirs.img")],
+                               check=True, capture_output=True)
+                with open(trace) as f:
+                    return sum("fdatasync(" in line for line in f)
+            self.assertGreaterEqual(syncs("-f", "raw"), 3)
+            self.assertLessEqual(syncs("-f", "raw", "-t", "writeback"), 1)
+        for argv, commands, dsync in (
+                ([BLKIMG, "io", "-f", "raw", "ours.img"], (), True),
+                ([BLKIMG, "io", "-f", "raw", "-t", "writeback", "ours.img"], (), False),
+                ([BLKIMG, "io"], ("open -o driver=raw ours.img",), True),
+                ([BLKIMG, "io"], ("open -t writeback -o driver=raw ours.img",), False)):
+            with self.subTest(argv=argv, commands=commands):
+                self.assertEqual(bool(self.fd_flags(argv, commands) & os.O_DSYNC), dsync)
+
+    def test_help(self):
+        for topic in ("open", "close"):
+            with self.subTest(topic=topic):
+                self.compare([f"help {topic}"])
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <sstream>
+#include <utility>
 
 #include "common.h"
 
@@ -367,6 +368,25 @@ constexpr const char* kAioWriteHelp =
     " -z, -- write zeroes using blk_aio_pwrite_zeroes\n"
     "\n";
 
+constexpr const char* kOpenHelp =
+    "\n"
+    " opens a new file in the requested mode\n"
+    "\n"
+    " Example:\n"
+    " 'open -n -o driver=raw /tmp/data' - opens raw data file read-write, uncached\n"
+    "\n"
+    " Opens a file for subsequent use by all of the other qemu-io commands.\n"
+    " -r, -- open file read-only\n"
+    " -s, -- use snapshot file\n"
+    " -C, -- use copy-on-read\n"
+    " -n, -- disable host cache, short for -t none\n"
+    " -U, -- force shared permissions\n"
+    " -k, -- use kernel AIO implementation (Linux only, prefer use of -i)\n"
+    " -i, -- use AIO mode (threads, native or io_uring)\n"
+    " -t, -- use the given cache mode for the image\n"
+    " -d, -- use the given discard mode for the image\n"
+    " -o, -- options to be given to the block driver\n";
+
 constexpr const char* kSigraiseHelp =
     "\n"
     " raises the given signal\n"
@@ -395,6 +415,8 @@ const std::vector<Session::Command>& Session::Table() {
      "checks if offset is allocated in the file", nullptr, &S::Alloc},
     {"break", nullptr, 2, 2, true, false, false, "event tag",
      "sets a breakpoint on event and tags the stopped request as tag", nullptr, &S::Break},
+    {"close", nullptr, 0, 0, true, false, false, nullptr, "close the current open file", nullptr,
+     &S::CloseCommand},
     {"discard", nullptr, 2, -1, true, true, true, "[-Cq] off len",
      "discards a number of bytes at a specified offset", kDiscardHelp, &S::Discard},
     {"flush", nullptr, 0, 0, true, false, true, nullptr, "flush all in-core file state to disk",
@@ -408,6 +430,9 @@ const std::vector<Session::Command>& Session::Table() {
     {"map", nullptr, 0, 0, true, false, true, "", "prints the allocated areas of a file",
      nullptr, &S::Map},
     // quit takes (and ignores) any arguments, as in qemu-io
+    {"open", nullptr, 1, -1, false, false, false,
+     "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
+     kOpenHelp, &S::OpenCommand},
     {"quit", "q", 0, -1, false, false, false, nullptr, "exit the program", nullptr, &S::Quit},
     {"read", "r", 2, -1, true, false, true, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset", kReadHelp, &S::Read},
@@ -521,11 +546,12 @@ struct Session::AioRequest {
   Clock::time_point start;
 };
 
-Session::Session(lb_context* ctx, lb_backend* be, uint32_t backend_flags)
-    : ctx_(ctx), be_(be), backend_flags_(backend_flags),
-      writable_(backend_flags & LB_OPEN_RDWR) {}
+Session::Session(lb_context* ctx) : ctx_(ctx) {}
 
-Session::~Session() { DrainAio(); }
+Session::~Session() {
+  DrainAio();
+  if (be_) (void)lb_close(be_);
+}
 
 void Session::DrainAio() {
   lb_completion done[16];
@@ -557,6 +583,149 @@ void Session::Complete(AioRequest* req, int ret) {
   }
   Report(req->is_write ? "wrote" : "read", req->vec.offset, req->bytes, req->start, req->style);
 }
+
+// ---- opening and closing -----------------------------------------------------------------
+
+bool ValidCacheMode(const std::string& mode) {
+  if (mode == "writeback" || mode == "none" || mode == "off" || mode == "writethrough" ||
+      mode == "directsync" || mode == "unsafe") {
+    return true;
+  }
+  Error("Invalid cache option: " + mode);
+  return false;
+}
+
+bool ValidAioMode(const std::string& mode) {
+  if (mode == "threads" || mode == "native" || mode == "io_uring") return true;
+  Error("Invalid aio option: " + mode);
+  return false;
+}
+
+bool ValidDiscardMode(const std::string& mode) {
+  if (mode == "ignore" || mode == "off" || mode == "unmap" || mode == "on") return true;
+  Error("Invalid discard option: " + mode);
+  return false;
+}
+
+namespace {
+
+struct OptionsDeleter {
+  void operator()(lb_options* opts) const { lb_options_free(opts); }
+};
+using OptionsPtr = std::unique_ptr<lb_options, OptionsDeleter>;
+
+// The option texts merged in order (later keys win), or NULL after printing the parse error
+// (qemu-io reports those without naming the image).
+OptionsPtr ParseOptionTexts(const std::vector<std::string>& texts) {
+  lb_options* raw = nullptr;
+  if (lb_options_new(&raw) < 0) {
+    Error(LibError());
+    return nullptr;
+  }
+  OptionsPtr opts(raw);
+  for (const std::string& text : texts) {
+    if (lb_options_parse(opts.get(), text.c_str()) < 0) {
+      Error(LibError());
+      return nullptr;
+    }
+  }
+  return opts;
+}
+
+}  // namespace
+
+int Session::Open(const OpenRequest& r) {
+  if (be_) {
+    Error("file open already, try 'help close'");
+    return -EBUSY;
+  }
+  // qemu-io names the image only when a filename was given.
+  std::string failed = r.filename.empty() ? "can't open: " : "can't open device " + r.filename + ": ";
+  OptionsPtr opts = ParseOptionTexts(r.options);
+  if (!opts) return -EINVAL;
+  if (r.force_share) {
+    const char* given = lb_options_get(opts.get(), "force-share");
+    if (given && strcmp(given, "on") != 0) {
+      Error("-U conflicts with image options");
+      return -EINVAL;
+    }
+  }
+  if (r.snapshot) {
+    // snapshot=on puts a temporary qcow2 overlay over the image.
+    Error(failed + "snapshot mode needs the qcow2 driver, which this build of libblock lacks");
+    return -ENOTSUP;
+  }
+  // -C (copy-on-read) is accepted and has nothing to do: no libblock image has a backing file
+  // to copy from yet.
+  uint32_t flags = kIoSharing | (r.read_only ? 0 : LB_OPEN_RDWR);
+  if (r.force_share) flags |= LB_OPEN_FORCE_SHARE;
+  // qemu-io's default cache mode is writethrough (every write is flushed), unlike qemu-img's.
+  flags |= CacheFlags(r.cache.empty() ? "writethrough" : r.cache);
+  if (!r.aio.empty()) flags |= AioFlags(r.aio);
+  // qemu-io's default discard mode is unmap (QEMU's is ignore).
+  if (r.discard.empty() || r.discard == "unmap" || r.discard == "on") flags |= LB_OPEN_UNMAP;
+  lb_open_args args = LB_OPEN_ARGS_INIT;
+  if (!r.filename.empty()) args.filename = r.filename.c_str();
+  if (!r.format.empty()) args.format = r.format.c_str();
+  args.opts = opts.get();
+  args.flags = flags;
+  lb_backend* be = nullptr;
+  if (lb_open_ex(ctx_, &args, &be) < 0) {
+    Error(failed + LibError());
+    return -lb_get_errno();
+  }
+  be_ = be;
+  backend_flags_ = kIoSharing | (r.read_only ? 0 : LB_OPEN_RDWR);
+  writable_ = !r.read_only;
+  return 0;
+}
+
+int Session::Close() {
+  if (!be_) return 0;
+  DrainAio();
+  int ret = lb_close(std::exchange(be_, nullptr));
+  if (ret < 0) Error(LibError());
+  return ret;
+}
+
+int Session::OpenCommand(std::vector<std::string>& argv) {
+  ParsedArgs a;
+  if (!GetOpts(argv, "snCro:ki:t:d:U", &a)) return -EINVAL;
+  OpenRequest r;
+  for (auto& [opt, val] : a.options) {
+    switch (opt) {
+      case 's': r.snapshot = true; break;
+      case 'n': r.cache = "none"; break;
+      case 'C': r.copy_on_read = true; break;
+      case 'r': r.read_only = true; break;
+      case 'U': r.force_share = true; break;
+      case 'k': r.aio = "native"; break;
+      case 'o':
+        // parsed here, as qemu-io does while reading its options
+        if (!ParseOptionTexts({val})) return -EINVAL;
+        r.options.push_back(val);
+        break;
+      case 'i':
+        if (!ValidAioMode(val)) return -EINVAL;
+        r.aio = val;
+        break;
+      case 't':
+        if (!ValidCacheMode(val)) return -EINVAL;
+        r.cache = val;
+        break;
+      case 'd':
+        if (!ValidDiscardMode(val)) return -EINVAL;
+        r.discard = val;
+        break;
+    }
+  }
+  // One operand names the file; none leaves it to the options.
+  if (a.operands.size() > 1) return Usage("open");
+  if (!a.operands.empty()) r.filename = a.operands[0];
+  return Open(r);
+}
+
+int Session::CloseCommand(std::vector<std::string>&) { return Close(); }
 
 // ---- dispatch ----------------------------------------------------------------------------
 

@@ -21,15 +21,45 @@ std::string Cvtstr(double value);
 // On failure prints qemu-io's "Parsing error: ..." line and returns a negative value.
 int64_t Cvtnum(const std::string& text);
 
-// One session over an open image (or none: `be` may be NULL, as qemu-io without a file).
+// The sharing blkimg io's backends ask for. qemu-io shares every permission with other users
+// (blk_new_open); LB_OPEN_SHARE_RW is the most libblock offers today.
+constexpr uint32_t kIoSharing = LB_OPEN_SHARE_RW;
+
+// How to open an image: what qemu-io's command line and its open command can say.
+struct OpenRequest {
+  std::string filename;              // empty: the options name the image (--image-opts, -o)
+  std::string format;                // -f (command line only); empty: probe
+  std::vector<std::string> options;  // --image-opts text or open's -o texts, merged in order
+  bool read_only = false;            // -r
+  bool force_share = false;          // -U
+  bool snapshot = false;             // -s
+  bool copy_on_read = false;         // -C
+  std::string cache;                 // -t (-n: "none"); empty: writethrough, qemu-io's default
+  std::string aio;                   // -i (-k: "native"); empty: libblock's default
+  std::string discard;               // -d; empty: unmap, qemu-io's default
+};
+
+// qemu-io's checks of -t, -i and -d values: false (after printing qemu-io's message) when
+// `mode` is not one.
+bool ValidCacheMode(const std::string& mode);
+bool ValidAioMode(const std::string& mode);
+bool ValidDiscardMode(const std::string& mode);
+
+// One session, with an image open or none (as qemu-io without a file, or after close).
 class Session {
  public:
-  // `backend_flags`: the LB_OPEN_RDWR / LB_OPEN_SHARE_RW flags `be` was opened with. The
-  // session owns `be` from now on (it may replace it); close it with backend().
-  Session(lb_context* ctx, lb_backend* be, uint32_t backend_flags);
+  explicit Session(lb_context* ctx);
+  // Drains and closes the image, if one is open.
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
+
+  // Opens an image as qemu-io's openfile does. Returns 0, or a negative errno after printing
+  // qemu-io's message ("can't open device NAME: ...", "file open already, ...").
+  int Open(const OpenRequest& request);
+  // Completes the aio requests in flight and closes the image. Returns 0 or the negative
+  // errno of the final flush (printed).
+  int Close();
 
   // Runs one command line. Returns 0 on success and a negative value when the command
   // failed (qemu-io then exits with 1).
@@ -37,7 +67,6 @@ class Session {
   // Waits for every asynchronous request in flight and prints its report.
   void DrainAio();
   bool quit_requested() const { return quit_; }
-  lb_backend* backend() const { return be_; }
 
   struct Command;
   struct AioRequest;
@@ -49,6 +78,8 @@ class Session {
   void Complete(AioRequest* req, int ret);
 
   int Abort(std::vector<std::string>& argv);
+  int OpenCommand(std::vector<std::string>& argv);
+  int CloseCommand(std::vector<std::string>& argv);
   int Break(std::vector<std::string>& argv);
   int RemoveBreak(std::vector<std::string>& argv);
   int Resume(std::vector<std::string>& argv);
@@ -73,9 +104,10 @@ class Session {
   int Quit(std::vector<std::string>& argv);
 
   lb_context* ctx_;
-  lb_backend* be_;
-  uint32_t backend_flags_;
-  bool writable_;
+  lb_backend* be_ = nullptr;  // NULL: no image open
+  // What be_ was opened with: kIoSharing, plus LB_OPEN_RDWR for a read-write image.
+  uint32_t backend_flags_ = 0;
+  bool writable_ = false;
   bool quit_ = false;
 };
 
