@@ -241,8 +241,8 @@ LB_API int64_t lb_get_length(lb_backend *be);
  * LB_OPEN_RDWR) or read-write (LB_OPEN_RDWR) for the backend and the nodes below it, and its
  * LB_OPEN_SHARE_RW and LB_OPEN_RESIZE permissions (QEMU's blk_set_perm), e.g. to take the
  * resize permission only around an lb_truncate.
- * Errors: -EPERM (e.g. "Cannot make block node read-only, there is a writer on it"),
- * -EAGAIN (locks), -EACCES. Since 0.1. */
+ * Errors: -EPERM (e.g. "Read-only block node 'NAME' cannot support read-write users" while
+ * another user writes), -EAGAIN (locks), -EACCES. Since 0.1. */
 LB_API int lb_reopen(lb_backend *be, uint32_t flags);
 
 /* ---- information -------------------------------------------------------------------------- */

@@ -321,7 +321,7 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
   if (!drv || drv->kind == DriverKind::kProtocol) {
     if (std::optional<std::string> f = options.GetString("filename")) {
       if (!filename.empty()) {
-        co_return ErrnoError(EINVAL, "a filename and the 'filename' option cannot be used together");
+        co_return ErrnoError(EINVAL, "Can't specify 'file' and 'filename' options at the same time");
       }
       filename = *f;
       options.Erase("filename");
@@ -725,10 +725,12 @@ absl::Status Graph::RefreshPerms(const std::vector<Node*>& roots, Transaction& t
     }
     absl::Status st = CheckParentConflicts(*n);
     if (st.ok() && (perm & (kPermWrite | kPermWriteUnchanged)) && n->EffectiveReadOnly()) {
-      bool was_writable = !n->flags_.read_only;
-      st = ErrnoError(EPERM, was_writable
-                                 ? "Cannot make block node read-only, there is a writer on it"
-                                 : "Block node is read-only");
+      // QEMU 7.2's two messages: a node that is read-only now, or one a reopen would make
+      // read-only under a writer.
+      st = !n->flags_.read_only
+               ? ErrnoError(EPERM, absl::StrFormat("Read-only block node '%s' cannot support "
+                                                   "read-write users", n->name()))
+               : ErrnoError(EPERM, "Block node is read-only");
     }
     if (st.ok()) st = n->impl_->PreparePerm(perm, shared, tran);
     // Losing permissions cannot be refused: a relaxing refresh carries on regardless.

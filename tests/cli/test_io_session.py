@@ -192,7 +192,8 @@ class OpenCloseTest(SessionTestCase):
                      "open -o driver=raw,file.driver=file,file.filename=nosuch", "open -U IMG",
                      "open -o bogus=1 IMG", "open -o driver=raw -o bogus=1 IMG",
                      "open -o driver=raw -o file.bogus=1 IMG", "open -o force-share=off -U -r IMG",
-                     "open -o driver=raw,offset=2M IMG"):
+                     "open -o driver=raw,offset=2M IMG",
+                     "open -o driver=raw -o file.filename=IMG IMG"):
             with self.subTest(case=case):
                 self.compare_session([case, "length"])
 
