@@ -193,7 +193,9 @@ class OpenCloseTest(SessionTestCase):
                      "open -o bogus=1 IMG", "open -o driver=raw -o bogus=1 IMG",
                      "open -o driver=raw -o file.bogus=1 IMG", "open -o force-share=off -U -r IMG",
                      "open -o driver=raw,offset=2M IMG",
-                     "open -o driver=raw -o file.filename=IMG IMG"):
+                     "open -o driver=raw -o file.filename=IMG IMG",
+                     "open -k -o driver=raw IMG", "open -i native -o driver=raw IMG",
+                     "open -k -t writeback -o driver=raw IMG"):
             with self.subTest(case=case):
                 self.compare_session([case, "length"])
 
@@ -212,6 +214,15 @@ class OpenCloseTest(SessionTestCase):
                                         "discard 0 1", "info", "length", "map", "alloc 0",
                                         "truncate 0", "close", "break a b")]
         self.compare_session(cmds + ["help quit"], opts=("-f", "raw"), image=True)
+
+    def test_native_aio_needs_direct_io(self):
+        for opts in (("-k",), ("-i", "native"), ("-k", "-t", "writethrough"), ("-k", "-n"),
+                     ("-i", "native", "-t", "directsync")):
+            with self.subTest(opts=opts):
+                self.compare_session(["write -P 0x57 0 4k", "read -P 0x57 0 4k"],
+                                     opts=("-f", "raw", *opts), image=True)
+        self.compare_session(["length"], opts=("-k", "--image-opts",
+                                               "driver=raw,file.filename=IMG,cache.direct=on"))
 
     def test_image_opts_messages(self):
         # with --image-opts no filename is named: "can't open: ..."
