@@ -2,7 +2,9 @@
 (abort, sigraise), the blkdebug breakpoint commands on images without blkdebug, and open,
 close and reopen. Same command lists on twin raw images: same exit status, same stdout
 (timings aside), same stderr (tool prefix aside), same bytes on disk."""
+import fcntl
 import os
+import re
 import select
 import shutil
 import signal
@@ -26,7 +28,8 @@ class SessionTestCase(IoTestCase):
                 argv.append(name)
             result = tool(*argv)
             result.out = result.out.replace(name, "IMG")
-            result.err = result.err.replace(name, "IMG")
+            # generated node names are numbered differently
+            result.err = re.sub(r"#block\d+", "#blockN", result.err.replace(name, "IMG"))
             return result
         ours = run(lambda *a: self.blkimg("io", *a), "ours.img")
         theirs = run(self.qemu_io, "theirs.img")
@@ -34,21 +37,25 @@ class SessionTestCase(IoTestCase):
         self.assertSameImages()
         return ours, theirs
 
-    def fd_flags(self, argv, commands=()):
-        """The open(2) flags of the descriptor an interactive `argv` holds on ours.img, once it
+    def fd_flags(self, argv, commands=(), image="ours.img"):
+        """The open(2) flags of the descriptor an interactive `argv` holds on `image`, once it
         ran `commands` and shows its prompt."""
         proc = subprocess.Popen(argv, cwd=self.dir, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
-            proc.stdin.write("".join(c + "\n" for c in commands).encode())
-            proc.stdin.flush()
+            # one command per prompt: qemu-io prompts once for all the lines one read brings
             seen, deadline = b"", time.monotonic() + 60
-            while seen.count(b"> ") < len(commands) + 1:
-                ready, _, _ = select.select([proc.stdout], [], [], 1)
-                chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
-                self.assertLess(time.monotonic(), deadline, seen)
-                seen += chunk
-            image = os.path.realpath(self.path("ours.img"))
+            for pending in list(commands) + [None]:
+                while not seen.endswith(b"> "):
+                    ready, _, _ = select.select([proc.stdout], [], [], 1)
+                    chunk = os.read(proc.stdout.fileno(), 4096) if ready else b""
+                    self.assertLess(time.monotonic(), deadline, seen)
+                    seen += chunk
+                if pending is not None:
+                    seen = b""
+                    proc.stdin.write((pending + "\n").encode())
+                    proc.stdin.flush()
+            image = os.path.realpath(self.path(image))
             flags = []
             for fd in os.listdir(f"/proc/{proc.pid}/fd"):
                 try:
@@ -266,6 +273,102 @@ class OpenCloseTest(SessionTestCase):
         for topic in ("open", "close"):
             with self.subTest(topic=topic):
                 self.compare([f"help {topic}"])
+
+
+class ReopenTest(SessionTestCase):
+    def test_read_only_and_back(self):
+        self.compare_session(["write -P 0x61 0 4k", "reopen -r", "write 0 1", "aio_write 0 1",
+                              "read -P 0x61 0 4k", "reopen -w", "write -P 0x62 0 4k", "reopen",
+                              "write -P 0x63 4k 4k", "reopen -r", "reopen", "discard 0 1"],
+                             opts=("-f", "raw"), image=True)
+        # opened read-only: reopen keeps the mode, -w lets the next write take the permission
+        self.compare_session(["reopen", "write 0 1", "reopen -w", "write -P 0x64 0 512",
+                              "reopen -r", "read -P 0x64 0 512", "truncate 2M"],
+                             opts=("-r", "-f", "raw"), image=True)
+
+    def test_unknown_commands_and_errors_do_not_stop_the_run(self):
+        # qemu-io runs every -c whatever failed before (and exits 1): "reopen -r" then "write"
+        # must refuse the write, as it is no unknown command any more
+        self.compare_session(["reopen -r", "write -P 0x71 0 1", "bogus", "reopen -w",
+                              "write -P 0x72 1 1", "read 0", "write -P 0x73 2 1", "read -Z 0 1",
+                              "write -P 0x74 3 1", "reopen -x", "write -P 0x75 4 1"],
+                             opts=("-f", "raw"), image=True)
+
+    def test_errors(self):
+        for case in ("reopen -x", "reopen foo", "reopen -r -w", "reopen -w -w", "reopen -c bogus",
+                     "reopen -c", "reopen -r -o read-only=on", "reopen -w -o read-only=off",
+                     "reopen -c none -o cache.direct=on", "reopen -c none -o cache.no-flush=off",
+                     "reopen -o bogus=1", "reopen -o file.locking=off",
+                     "reopen -o file.locking=auto", "reopen -o file.aio=threads",
+                     "reopen -o driver=file", "reopen -o file.filename=other.img",
+                     "reopen -o node-name=x", "reopen -o file.node-name=y", "reopen -o cache=none",
+                     "reopen -o cache.writeback=off", "reopen -o size=513", "reopen -o offset=2M",
+                     "reopen -o size=2M", "reopen -o offset=512,size=1M", "reopen -o file=nosuch",
+                     "reopen -o a.b=1", "reopen -o offset=2M,bogus=1",
+                     "reopen -o bogus=1,file.cache.direct=x", "reopen -o force-share=off",
+                     "reopen -o read-only=on", "reopen -o file.read-only=on",
+                     "reopen -o read-only=on -o read-only=off"):
+            with self.subTest(case=case):
+                self.compare_session([case, "write -P 0x65 0 512", "length"],
+                                     opts=("-f", "raw"), image=True)
+        self.compare_session(["reopen -o detect-zeroes=unmap", "write -P 0 0 4k"],
+                             opts=("-f", "raw", "-d", "ignore"), image=True)
+
+    def test_options_take_effect(self):
+        self.compare_session([
+            "reopen -o offset=1024", "length", "read -v 0 16", "write -P 0x66 0 512",
+            "reopen -o offset=0,size=512k", "length", "read 512k 1", "write 512k 1",
+            "reopen -o size=1M", "reopen -o discard=ignore", "discard 0 4k", "read -P 0x66 1024 512",
+            "reopen -o discard=unmap", "discard 0 64k", "map", "reopen -o detect-zeroes=unmap",
+            "write -P 0 128k 64k", "map", "reopen -o detect-zeroes=off,discard=ignore",
+            "write -P 0 256k 64k", "map", "reopen -o driver=raw,file.driver=file,file.filename=IMG",
+            "reopen -o auto-read-only=on", "write -P 0x67 0 1"], opts=("-f", "raw"), image=True)
+        ours = self.qemu_img("map", "--output=json", "-f", "raw", "ours.img").json()
+        theirs = self.qemu_img("map", "--output=json", "-f", "raw", "theirs.img").json()
+        self.assertEqual(ours, theirs)
+
+    def test_cache_modes(self):
+        self.compare_session([
+            "reopen -c none", "write 1 1", "read -P 0xcd 1 1", "reopen -c writethrough",
+            "reopen -c directsync", "write 3 5", "aio_write -P 0x68 8k 3", "reopen -c unsafe",
+            "flush", "reopen -c writeback", "reopen -o cache.direct=on", "read 0 3",
+            "reopen -o cache.direct=off,cache.no-flush=on", "flush", "reopen -c off"],
+            opts=("-f", "raw"), image=True)
+        # the image's descriptor, as both tools hold it (QEMU has no O_DSYNC: compare O_DIRECT)
+        for commands in (("reopen -c none",), ("reopen -c none", "reopen -c writeback"),
+                         ("reopen -o cache.direct=on",), ("reopen -c directsync", "reopen -r"),
+                         ("reopen -r", "reopen -w")):
+            with self.subTest(commands=commands):
+                ours = self.fd_flags([BLKIMG, "io", "-f", "raw", "ours.img"], commands)
+                theirs = self.fd_flags(["qemu-io", "-f", "raw", "theirs.img"], commands,
+                                       image="theirs.img")
+                mask = os.O_DIRECT | os.O_ACCMODE
+                self.assertEqual(ours & mask, theirs & mask)
+
+    def test_write_permission_is_taken_when_needed(self):
+        # another user unshares write (as a guest device would): reopen -w succeeds, the write
+        # after it fails on the lock, a read-only reopen gives up what was taken
+        fds = [os.open(self.path(name), os.O_RDONLY) for name in ("ours.img", "theirs.img")]
+        try:
+            for fd in fds:
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, 201, os.SEEK_SET)
+            ours, _ = self.compare_session(
+                ["reopen -w", "read -P 0x41 0 1", "write 0 1", "reopen -r", "read -P 0x41 0 1",
+                 "reopen -o read-only=off", "aio_write 0 1"], opts=("-r", "-f", "raw"), image=True)
+            self.assertIn('Failed to get "write" lock', ours.err)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.compare_session(["reopen -w", "reopen -o read-only=on", "write 0 1"],
+                             opts=("-r", "-f", "raw"), image=True)
+
+    def test_no_file(self):
+        self.compare_session(["reopen", "reopen -r", "reopen -x", "open -o driver=raw IMG",
+                              "reopen -r", "close", "reopen -w"])
+
+    def test_help(self):
+        self.compare(["help reopen"])
+        self.compare(["help"])
 
 
 if __name__ == "__main__":

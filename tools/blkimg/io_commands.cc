@@ -387,6 +387,19 @@ constexpr const char* kOpenHelp =
     " -d, -- use the given discard mode for the image\n"
     " -o, -- options to be given to the block driver\n";
 
+constexpr const char* kReopenHelp =
+    "\n"
+    " Changes the open options of an already opened image\n"
+    "\n"
+    " Example:\n"
+    " 'reopen -o lazy-refcounts=on' - activates lazy refcount writeback on a qcow2 image\n"
+    "\n"
+    " -r, -- Reopen the image read-only\n"
+    " -w, -- Reopen the image read-write\n"
+    " -c, -- Change the cache mode to the given value\n"
+    " -o, -- Changes block driver options (cf. 'open' command)\n"
+    "\n";
+
 constexpr const char* kSigraiseHelp =
     "\n"
     " raises the given signal\n"
@@ -440,6 +453,8 @@ const std::vector<Session::Command>& Session::Table() {
      "reads a number of bytes at a specified offset", kReadvHelp, &S::ReadV},
     {"remove_break", nullptr, 1, 1, true, false, false, "tag", "remove a breakpoint by tag",
      nullptr, &S::RemoveBreak},
+    {"reopen", nullptr, 0, -1, true, false, true, "[(-r|-w)] [-c cache] [-o options]",
+     "reopens an image with new options", kReopenHelp, &S::Reopen},
     {"resume", nullptr, 1, 1, true, false, false, "tag", "resumes the request tagged as tag",
      nullptr, &S::Resume},
     {"sigraise", nullptr, 1, 1, false, false, false, "signal", "raises a signal", kSigraiseHelp,
@@ -675,8 +690,7 @@ int Session::Open(const OpenRequest& r) {
     return -lb_get_errno();
   }
   be_ = be;
-  backend_flags_ = kIoSharing | (r.read_only ? 0 : LB_OPEN_RDWR);
-  writable_ = !r.read_only;
+  perm_flags_ = kIoSharing | (r.read_only ? 0 : LB_OPEN_RDWR);
   return 0;
 }
 
@@ -727,6 +741,75 @@ int Session::OpenCommand(std::vector<std::string>& argv) {
 
 int Session::CloseCommand(std::vector<std::string>&) { return Close(); }
 
+// qemu-io's reopen: -r/-w become the "read-only" option, -c a new cache mode, -o the options
+// that change; whatever is not named keeps its value (lb_reopen_options).
+int Session::Reopen(std::vector<std::string>& argv) {
+  ParsedArgs a;
+  if (!GetOpts(argv, "c:o:rw", &a)) return -EINVAL;
+  std::optional<std::string> cache;
+  std::optional<bool> read_only;
+  std::vector<std::string> texts;
+  for (auto& [opt, val] : a.options) {
+    switch (opt) {
+      case 'c':
+        if (!ValidCacheMode(val)) return -EINVAL;
+        cache = val;
+        break;
+      case 'o':
+        if (!ParseOptionTexts({val})) return -EINVAL;
+        texts.push_back(val);
+        break;
+      case 'r':
+      case 'w':
+        if (read_only) {
+          Error("Only one -r/-w option may be given");
+          return -EINVAL;
+        }
+        read_only = opt == 'r';
+        break;
+    }
+  }
+  if (!a.operands.empty()) return Usage("reopen");
+  OptionsPtr opts = ParseOptionTexts(texts);
+  if (!opts) return -EINVAL;
+  if (lb_options_get(opts.get(), "read-only")) {
+    if (read_only) {
+      Error("Cannot set both -r/-w and 'read-only'");
+      return -EINVAL;
+    }
+  } else if (read_only) {
+    lb_options_set(opts.get(), "read-only", *read_only ? "on" : "off");
+  }
+  if (cache && (lb_options_get(opts.get(), "cache.direct") ||
+                lb_options_get(opts.get(), "cache.no-flush"))) {
+    Error("Cannot set both -c and the cache options");
+    return -EINVAL;
+  }
+  // qemu-io gives up writing before it reopens read-only, and does not take the permission
+  // back if the reopen fails (the next command that writes does).
+  if (read_only.value_or(false) && (perm_flags_ & LB_OPEN_RDWR)) {
+    if (lb_reopen_options(be_, nullptr, perm_flags_ & ~LB_OPEN_RDWR) < 0) {
+      Error(LibError());
+      return -lb_get_errno();
+    }
+    perm_flags_ &= ~LB_OPEN_RDWR;
+  }
+  uint32_t flags = perm_flags_;
+  if (cache) flags |= LB_REOPEN_CACHE | CacheFlags(*cache);
+  char* changes = lb_options_to_string(opts.get());
+  if (!changes) {
+    Error(LibError());
+    return -lb_get_errno();
+  }
+  int ret = lb_reopen_options(be_, changes, flags);
+  lb_free(changes);
+  if (ret < 0) {
+    Error(LibError());
+    return ret;
+  }
+  return 0;
+}
+
 // ---- dispatch ----------------------------------------------------------------------------
 
 int Session::Execute(const std::string& line) {
@@ -761,9 +844,14 @@ int Session::Dispatch(const Command& cmd, std::vector<std::string>& argv) {
     }
     return -EINVAL;
   }
-  if (cmd.needs_write && !writable_) {
-    Error("Block node is read-only");
-    return -EPERM;
+  if (cmd.needs_write && !(perm_flags_ & LB_OPEN_RDWR)) {
+    // Like qemu-io (blk_set_perm), take the write permission when a command first needs it:
+    // a read-only node refuses ("Block node is read-only"), and so may other users' locks.
+    if (lb_reopen_options(be_, nullptr, perm_flags_ | LB_OPEN_RDWR) < 0) {
+      Error(LibError());
+      return -lb_get_errno();
+    }
+    perm_flags_ |= LB_OPEN_RDWR;
   }
   if (cmd.runs_loop) DrainAio();
   // stdout is not flushed after each command: like qemu-io's, what a command printed to a
@@ -1218,14 +1306,14 @@ int Session::Truncate(std::vector<std::string>& argv) {
   if (size < 0) return static_cast<int>(size);
   // qemu-io takes the resize permission only for the truncation, so that other users may
   // keep it unshared the rest of the time.
-  int ret = lb_reopen(be_, backend_flags_ | LB_OPEN_RESIZE);
+  int ret = lb_reopen_options(be_, nullptr, perm_flags_ | LB_OPEN_RESIZE);
   if (ret < 0) {
     Error(LibError());
     return ret;
   }
   ret = lb_truncate(be_, static_cast<uint64_t>(size), prealloc.c_str(), 0);
   if (ret < 0) Error(LibError());
-  int restored = lb_reopen(be_, backend_flags_);
+  int restored = lb_reopen_options(be_, nullptr, perm_flags_);
   if (ret >= 0 && restored < 0) {
     Error(LibError());
     ret = restored;

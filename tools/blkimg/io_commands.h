@@ -79,6 +79,7 @@ class Session {
 
   int Abort(std::vector<std::string>& argv);
   int OpenCommand(std::vector<std::string>& argv);
+  int Reopen(std::vector<std::string>& argv);
   int CloseCommand(std::vector<std::string>& argv);
   int Break(std::vector<std::string>& argv);
   int RemoveBreak(std::vector<std::string>& argv);
@@ -105,9 +106,11 @@ class Session {
 
   lb_context* ctx_;
   lb_backend* be_ = nullptr;  // NULL: no image open
-  // What be_ was opened with: kIoSharing, plus LB_OPEN_RDWR for a read-write image.
-  uint32_t backend_flags_ = 0;
-  bool writable_ = false;
+  // be_'s permissions: kIoSharing, plus LB_OPEN_RDWR while it holds the write permission.
+  // As qemu-io's, a read-write open takes it; after reopen -r a command that writes takes it
+  // back, and reopen -w alone does not (so another user's locks stop the write, not the
+  // reopen).
+  uint32_t perm_flags_ = 0;
   bool quit_ = false;
 };
 
