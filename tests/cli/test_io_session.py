@@ -231,6 +231,15 @@ class OpenCloseTest(SessionTestCase):
         self.compare_session(["length"], opts=("-k", "--image-opts",
                                                "driver=raw,file.filename=IMG,cache.direct=on"))
 
+    def test_info_by_driver(self):
+        # a protocol's name is printed twice (format and protocol name); drivers that cannot
+        # describe themselves make info fail silently
+        for spec in ("driver=raw,file.filename=IMG", "driver=file,filename=IMG", "driver=null-co",
+                     "driver=null-aio,size=1M", "driver=raw,file.driver=null-co",
+                     "driver=raw,offset=512,file.filename=IMG"):
+            with self.subTest(spec=spec):
+                self.compare_session([f"open -o {spec}", "info", "length"])
+
     def test_image_opts_messages(self):
         # with --image-opts no filename is named: "can't open: ..."
         for spec in ("driver=raw,file.filename=nosuch.img",

@@ -1399,6 +1399,14 @@ int Session::Alloc(std::vector<std::string>& argv) {
   return 0;
 }
 
+bool Session::IsProtocol(const char* driver) const {
+  char* names = lb_driver_list(ctx_, LB_DRIVER_PROTOCOLS);
+  if (!names) return false;
+  std::vector<std::string> protocols = SplitWords(names);
+  lb_free(names);
+  return std::find(protocols.begin(), protocols.end(), driver) != protocols.end();
+}
+
 int Session::Info(std::vector<std::string>&) {
   lb_node* node = nullptr;
   lb_image_info* info = nullptr;
@@ -1410,6 +1418,16 @@ int Session::Info(std::vector<std::string>&) {
     return ret;
   }
   printf("format name: %s\n", info->format);
+  // qemu-io prints a protocol's name twice, as the driver's format name and protocol name.
+  if (IsProtocol(info->format)) printf("format name: %s\n", info->format);
+  // Drivers that cannot describe themselves (null-co, and raw over it) make qemu-io's info
+  // fail without a message (bdrv_get_info: ENOTSUP). libblock's info says so by leaving out
+  // the dirty flag, as qemu-img info does.
+  if (!strstr(info->json, "\"dirty-flag\"")) {
+    lb_image_info_free(info);
+    lb_node_close(node);
+    return -ENOTSUP;
+  }
   printf("cluster size: %s\n", Cvtstr(info->cluster_size).c_str());
   // No libblock format has a VM state area, which qemu-io shows at offset 0 then.
   printf("vm state offset: %s\n", Cvtstr(0).c_str());

@@ -76,6 +76,8 @@ class Session {
  private:
   int Dispatch(const Command& cmd, std::vector<std::string>& argv);
   void Complete(AioRequest* req, int ret);
+  // Whether `driver` is a protocol (file, host_device, null-co, ...).
+  bool IsProtocol(const char* driver) const;
 
   int Abort(std::vector<std::string>& argv);
   int OpenCommand(std::vector<std::string>& argv);
