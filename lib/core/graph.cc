@@ -153,7 +153,9 @@ Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, Child
   Options child_options = options.ExtractPrefix(name);
   std::optional<OptionValue> reference = options.Take(name);
   const NodeFlags& pf = node.flags();
-  bool parent_is_format = node.driver().kind == DriverKind::kFormat;
+  // A filter counts as a format here, as in QEMU: its file is a protocol node unless the
+  // options name a driver, never probed.
+  bool parent_is_format = node.driver().kind != DriverKind::kProtocol;
 
   Node* child_node = nullptr;
   if (reference) {

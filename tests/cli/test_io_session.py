@@ -240,6 +240,16 @@ class OpenCloseTest(SessionTestCase):
             with self.subTest(spec=spec):
                 self.compare_session([f"open -o {spec}", "info", "length"])
 
+    def test_filter_file_is_not_probed(self):
+        # a filter's file child is a protocol node: no probing (and its warning), no raw options
+        for spec in ("driver=preallocate,file.filename=IMG",
+                     "driver=preallocate,file.filename=IMG,file.offset=512",
+                     "driver=preallocate,prealloc-size=64k,file.driver=raw,file.offset=4k,"
+                     "file.file.filename=IMG"):
+            with self.subTest(spec=spec):
+                self.compare_session([f"open -o {spec}", "write -P 0x58 0 4k", "info", "length",
+                                      "read -P 0x58 0 4k"])
+
     def test_image_opts_messages(self):
         # with --image-opts no filename is named: "can't open: ..."
         for spec in ("driver=raw,file.filename=nosuch.img",
