@@ -226,6 +226,11 @@ class ErrorTest(IoTestCase):
             with self.subTest(case=case):
                 self.compare(case)
 
+    def test_words_are_separated_by_spaces_only(self):
+        # a tab or a carriage return is part of a word, as in qemu-io
+        self.compare(["read\t0 1", "read 0 1\t", "length\r", "read  0   1", " read 0 1 ", "",
+                      "   ", "length"])
+
     def test_truncate_ignores_extra_operands(self):
         self.compare(["truncate 512k 2 3", "length", "truncate -m falloc 768k x", "length"])
 

@@ -21,7 +21,6 @@
 #include <iterator>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include "common.h"
@@ -505,9 +504,18 @@ bool GetOpts(std::vector<std::string>& argv, const char* optstring, ParsedArgs* 
   return false;
 }
 
+// qemu-io's breakline: words separated by spaces only (a tab or a carriage return is part of
+// a word), empty words dropped.
 std::vector<std::string> SplitWords(const std::string& line) {
-  std::istringstream in(line);
-  return {std::istream_iterator<std::string>(in), std::istream_iterator<std::string>()};
+  std::vector<std::string> words;
+  size_t pos = 0;
+  while (pos < line.size()) {
+    size_t end = line.find(' ', pos);
+    if (end == std::string::npos) end = line.size();
+    if (end > pos) words.push_back(line.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return words;
 }
 
 // An image range named by "off len..." operands: the buffer split into one iovec per
