@@ -288,6 +288,21 @@ class OpenCloseTest(SessionTestCase):
             with self.subTest(argv=argv, commands=commands):
                 self.assertEqual(bool(self.fd_flags(argv, commands) & os.O_DSYNC), dsync)
 
+    @unittest.skipUnless(shutil.which("strace"), "strace is not installed")
+    def test_aio_flush_does_not_flush(self):
+        # qemu-io's aio_flush drains; only close flushes a writeback image here (libblock with
+        # worker threads, so that its fdatasync calls are system calls strace sees)
+        def syncs(tool, name, *opts):
+            trace = self.path("trace")
+            subprocess.run(["strace", "-f", "-e", "trace=fdatasync,fsync", "-o", trace, *tool,
+                            "-f", "raw", "-t", "writeback", *opts, "-c", "aio_write 0 4k",
+                            "-c", "aio_flush", "-c", "write 4k 4k", self.path(name)],
+                           check=True, capture_output=True)
+            with open(trace) as f:
+                return sum("fdatasync(" in line or "fsync(" in line for line in f)
+        self.assertEqual(syncs([BLKIMG, "io"], "ours.img", "-i", "threads"),
+                         syncs(["qemu-io"], "theirs.img"))
+
     def test_help(self):
         for topic in ("open", "close"):
             with self.subTest(topic=topic):

@@ -1242,10 +1242,10 @@ int Session::AioWrite(std::vector<std::string>& argv) {
   return 0;
 }
 
+// Despite its name, qemu-io's aio_flush only waits for the requests in flight (blk_drain_all);
+// it flushes nothing to the disk.
 int Session::AioFlush(std::vector<std::string>&) {
   DrainAio();
-  int ret = lb_flush(be_, 0);
-  if (ret < 0) Error(std::string("aio_flush failed: ") + strerror(-ret));
   return 0;
 }
 
