@@ -13,7 +13,7 @@ import time
 import unittest
 
 from clitest import BLKIMG
-from test_io import IoTestCase
+from test_io import IoTestCase, normalise
 
 
 class SessionTestCase(IoTestCase):
@@ -81,6 +81,26 @@ class ProcessEndTest(SessionTestCase):
         ours, theirs = self.compare(["write -P 0x55 0 4k", "abort", "write -P 0x66 0 4k"])
         self.assertEqual(ours.code, -signal.SIGABRT)
         self.assertEqual(self.read("ours.img")[:4096], b"\x55" * 4096)
+
+    def test_abort_after_an_error(self):
+        # an error message does not flush stdout either: the write's report is lost too
+        ours, _ = self.compare(["write -P 0x59 0 1", "reopen -o bogus=1", "abort"])
+        self.assertEqual(ours.out, "")
+
+    def test_stdout_and_stderr_in_one_pipe(self):
+        # stderr is written at once, stdout when its buffer is flushed (at exit here): in one
+        # pipe the messages come first, as qemu-io's do
+        outputs = []
+        for tool, prefix, name in (([BLKIMG, "io"], "blkimg", "ours.img"),
+                                   (["qemu-io"], "qemu-io", "theirs.img")):
+            argv = tool + ["-f", "raw"]
+            for c in ("write -P 0x5a 0 1", "reopen -o bogus=1", "read 0", "read -P 0x5a 0 1",
+                      "bogus", "open x", "length"):
+                argv += ["-c", c]
+            proc = subprocess.run(argv + [name], cwd=self.dir, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+            outputs.append((proc.returncode, normalise(proc.stdout, prefix)))
+        self.assertEqual(outputs[0], outputs[1])
 
     def test_abort_exit_status_from_a_shell(self):
         for tool in ([BLKIMG, "io"], ["qemu-io"]):

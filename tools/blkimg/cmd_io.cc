@@ -170,7 +170,7 @@ int RunIo(int argc, char** argv) {
     return 1;
   }
   if (a.image_opts && !a.open.format.empty()) {
-    Error("--image-opts and -f are mutually exclusive");
+    io::ErrorReport("--image-opts and -f are mutually exclusive");
     return 1;
   }
   if (optind == argc - 1) {

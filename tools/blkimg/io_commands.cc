@@ -64,6 +64,10 @@ std::string Cvtstr(double value) {
   return TrimZeroFraction(buf) + " bytes";
 }
 
+void ErrorReport(const std::string& message) {
+  fprintf(stderr, "blkimg: %s\n", message.c_str());
+}
+
 int64_t Cvtnum(const std::string& text) {
   int64_t value = 0;
   switch (StrToSz(text, &value)) {
@@ -581,7 +585,7 @@ void Session::DrainAio() {
   while (lb_context_get_inflight(ctx_) > 0) {
     int n = lb_reap(ctx_, 1, 16, -1, done);
     if (n < 0) {
-      Error(LibError());
+      ErrorReport(LibError());
       return;
     }
     for (int i = 0; i < n; ++i) Complete(static_cast<AioRequest*>(done[i].user_data), done[i].ret);
@@ -614,19 +618,19 @@ bool ValidCacheMode(const std::string& mode) {
       mode == "directsync" || mode == "unsafe") {
     return true;
   }
-  Error("Invalid cache option: " + mode);
+  ErrorReport("Invalid cache option: " + mode);
   return false;
 }
 
 bool ValidAioMode(const std::string& mode) {
   if (mode == "threads" || mode == "native" || mode == "io_uring") return true;
-  Error("Invalid aio option: " + mode);
+  ErrorReport("Invalid aio option: " + mode);
   return false;
 }
 
 bool ValidDiscardMode(const std::string& mode) {
   if (mode == "ignore" || mode == "off" || mode == "unmap" || mode == "on") return true;
-  Error("Invalid discard option: " + mode);
+  ErrorReport("Invalid discard option: " + mode);
   return false;
 }
 
@@ -642,13 +646,13 @@ using OptionsPtr = std::unique_ptr<lb_options, OptionsDeleter>;
 OptionsPtr ParseOptionTexts(const std::vector<std::string>& texts) {
   lb_options* raw = nullptr;
   if (lb_options_new(&raw) < 0) {
-    Error(LibError());
+    ErrorReport(LibError());
     return nullptr;
   }
   OptionsPtr opts(raw);
   for (const std::string& text : texts) {
     if (lb_options_parse(opts.get(), text.c_str()) < 0) {
-      Error(LibError());
+      ErrorReport(LibError());
       return nullptr;
     }
   }
@@ -659,7 +663,7 @@ OptionsPtr ParseOptionTexts(const std::vector<std::string>& texts) {
 
 int Session::Open(const OpenRequest& r) {
   if (be_) {
-    Error("file open already, try 'help close'");
+    ErrorReport("file open already, try 'help close'");
     return -EBUSY;
   }
   // qemu-io names the image only when a filename was given.
@@ -669,13 +673,13 @@ int Session::Open(const OpenRequest& r) {
   if (r.force_share) {
     const char* given = lb_options_get(opts.get(), "force-share");
     if (given && strcmp(given, "on") != 0) {
-      Error("-U conflicts with image options");
+      ErrorReport("-U conflicts with image options");
       return -EINVAL;
     }
   }
   if (r.snapshot) {
     // snapshot=on puts a temporary qcow2 overlay over the image.
-    Error(failed + "snapshot mode needs the qcow2 driver, which this build of libblock lacks");
+    ErrorReport(failed + "snapshot mode needs the qcow2 driver, which this build of libblock lacks");
     return -ENOTSUP;
   }
   // -C (copy-on-read) is accepted and has nothing to do: no libblock image has a backing file
@@ -694,7 +698,7 @@ int Session::Open(const OpenRequest& r) {
   args.flags = flags;
   lb_backend* be = nullptr;
   if (lb_open_ex(ctx_, &args, &be) < 0) {
-    Error(failed + LibError());
+    ErrorReport(failed + LibError());
     return -lb_get_errno();
   }
   be_ = be;
@@ -706,7 +710,7 @@ int Session::Close() {
   if (!be_) return 0;
   DrainAio();
   int ret = lb_close(std::exchange(be_, nullptr));
-  if (ret < 0) Error(LibError());
+  if (ret < 0) ErrorReport(LibError());
   return ret;
 }
 
@@ -770,7 +774,7 @@ int Session::Reopen(std::vector<std::string>& argv) {
       case 'r':
       case 'w':
         if (read_only) {
-          Error("Only one -r/-w option may be given");
+          ErrorReport("Only one -r/-w option may be given");
           return -EINVAL;
         }
         read_only = opt == 'r';
@@ -782,7 +786,7 @@ int Session::Reopen(std::vector<std::string>& argv) {
   if (!opts) return -EINVAL;
   if (lb_options_get(opts.get(), "read-only")) {
     if (read_only) {
-      Error("Cannot set both -r/-w and 'read-only'");
+      ErrorReport("Cannot set both -r/-w and 'read-only'");
       return -EINVAL;
     }
   } else if (read_only) {
@@ -790,14 +794,14 @@ int Session::Reopen(std::vector<std::string>& argv) {
   }
   if (cache && (lb_options_get(opts.get(), "cache.direct") ||
                 lb_options_get(opts.get(), "cache.no-flush"))) {
-    Error("Cannot set both -c and the cache options");
+    ErrorReport("Cannot set both -c and the cache options");
     return -EINVAL;
   }
   // qemu-io gives up writing before it reopens read-only, and does not take the permission
   // back if the reopen fails (the next command that writes does).
   if (read_only.value_or(false) && (perm_flags_ & LB_OPEN_RDWR)) {
     if (lb_reopen_options(be_, nullptr, perm_flags_ & ~LB_OPEN_RDWR) < 0) {
-      Error(LibError());
+      ErrorReport(LibError());
       return -lb_get_errno();
     }
     perm_flags_ &= ~LB_OPEN_RDWR;
@@ -806,13 +810,13 @@ int Session::Reopen(std::vector<std::string>& argv) {
   if (cache) flags |= LB_REOPEN_CACHE | CacheFlags(*cache);
   char* changes = lb_options_to_string(opts.get());
   if (!changes) {
-    Error(LibError());
+    ErrorReport(LibError());
     return -lb_get_errno();
   }
   int ret = lb_reopen_options(be_, changes, flags);
   lb_free(changes);
   if (ret < 0) {
-    Error(LibError());
+    ErrorReport(LibError());
     return ret;
   }
   return 0;
@@ -856,7 +860,7 @@ int Session::Dispatch(const Command& cmd, std::vector<std::string>& argv) {
     // Like qemu-io (blk_set_perm), take the write permission when a command first needs it:
     // a read-only node refuses ("Block node is read-only"), and so may other users' locks.
     if (lb_reopen_options(be_, nullptr, perm_flags_ | LB_OPEN_RDWR) < 0) {
-      Error(LibError());
+      ErrorReport(LibError());
       return -lb_get_errno();
     }
     perm_flags_ |= LB_OPEN_RDWR;
@@ -1281,7 +1285,7 @@ int Session::Discard(std::vector<std::string>& argv) {
 
 int Session::Flush(std::vector<std::string>&) {
   int ret = lb_flush(be_, 0);
-  if (ret < 0) Error(std::string("flush failed: ") + strerror(-ret));
+  if (ret < 0) ErrorReport(std::string("flush failed: ") + strerror(-ret));
   return ret < 0 ? ret : 0;
 }
 
@@ -1304,7 +1308,7 @@ int Session::Truncate(std::vector<std::string>& argv) {
   }
   if (prealloc != "off" && prealloc != "metadata" && prealloc != "falloc" &&
       prealloc != "full") {
-    Error("Invalid preallocation mode '" + prealloc + "'");
+    ErrorReport("Invalid preallocation mode '" + prealloc + "'");
     return -EINVAL;
   }
   // qemu-io truncates to the first operand and ignores the others (up to argmax). Without
@@ -1316,14 +1320,14 @@ int Session::Truncate(std::vector<std::string>& argv) {
   // keep it unshared the rest of the time.
   int ret = lb_reopen_options(be_, nullptr, perm_flags_ | LB_OPEN_RESIZE);
   if (ret < 0) {
-    Error(LibError());
+    ErrorReport(LibError());
     return ret;
   }
   ret = lb_truncate(be_, static_cast<uint64_t>(size), prealloc.c_str(), 0);
-  if (ret < 0) Error(LibError());
+  if (ret < 0) ErrorReport(LibError());
   int restored = lb_reopen_options(be_, nullptr, perm_flags_);
   if (ret >= 0 && restored < 0) {
-    Error(LibError());
+    ErrorReport(LibError());
     ret = restored;
   }
   return ret < 0 ? ret : 0;
@@ -1421,7 +1425,7 @@ int Session::Info(std::vector<std::string>&) {
   int ret = lb_backend_get_node(be_, &node);
   if (ret >= 0) ret = lb_node_get_info(node, 0, &info);
   if (ret < 0) {
-    Error(LibError());
+    ErrorReport(LibError());
     lb_node_close(node);
     return ret;
   }

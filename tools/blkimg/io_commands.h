@@ -17,6 +17,11 @@ namespace blkimg::io {
 // qemu-io's cvtstr: "4 KiB", "1.500 KiB", "40 bytes", "87.792412 bytes".
 std::string Cvtstr(double value);
 
+// qemu-io's error_report: "blkimg: MESSAGE" on stderr. Unlike blkimg's Error, it does not
+// flush stdout first: as in qemu-io, what is still buffered for a pipe stays there (and comes
+// after the message, or is lost if a later command aborts).
+void ErrorReport(const std::string& message);
+
 // qemu-io's cvtnum (qemu_strtosz): decimal with an optional fraction and suffix, or hex.
 // On failure prints qemu-io's "Parsing error: ..." line and returns a negative value.
 int64_t Cvtnum(const std::string& text);
