@@ -185,7 +185,6 @@ absl::StatusOr<OpenPlan> PlanOpen(const lb_open_args* args) {
   OpenPlan plan;
   uint32_t flags = args->flags;
   if (flags & ~kOpenFlagsAll) return ErrnoError(EINVAL, "unknown flags");
-  if ((flags & LB_OPEN_AIO_MASK) == LB_OPEN_AIO_MASK) return ErrnoError(EINVAL, "unknown aio mode in flags");
   if ((flags & LB_OPEN_FORCE_SHARE) && (flags & LB_OPEN_RDWR)) {
     return ErrnoError(EINVAL, "force-share=on can only be used with read-only images");
   }
@@ -218,6 +217,7 @@ absl::StatusOr<OpenPlan> PlanOpen(const lb_open_args* args) {
   plan.params.inherit.writethrough = plan.backend.writethrough;
   if ((flags & LB_OPEN_AIO_MASK) == LB_OPEN_AIO_THREADS) plan.params.inherit.aio = "threads";
   if ((flags & LB_OPEN_AIO_MASK) == LB_OPEN_AIO_IO_URING) plan.params.inherit.aio = "io_uring";
+  if ((flags & LB_OPEN_AIO_MASK) == LB_OPEN_AIO_NATIVE) plan.params.inherit.aio = "native";
   plan.params.inherit.no_backing = flags & LB_OPEN_NO_BACKING;
   if (flags & LB_OPEN_UNMAP) plan.options.SetDefault("discard", std::string("unmap"));
   if (!(flags & LB_OPEN_RDWR)) plan.options.SetDefault("read-only", true);
@@ -677,6 +677,31 @@ LB_API int lb_reopen(lb_backend* be, uint32_t flags) {
     if (flags & ~kBackendPermFlags) return UnknownFlags();
     return Check(be->be->Reconfigure(!(flags & LB_OPEN_RDWR), flags & LB_OPEN_SHARE_RW,
                                      flags & LB_OPEN_RESIZE, flags & LB_OPEN_SHARE_ALL));
+  });
+}
+
+LB_API int lb_reopen_options(lb_backend* be, const char* options, uint32_t flags) {
+  return Guard([&]() -> int {
+    if (!ValidBackend(be)) return BadHandle();
+    constexpr uint32_t kAllowed = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_SHARE_ALL |
+                                  LB_OPEN_RESIZE | LB_REOPEN_CACHE | LB_OPEN_CACHE_MASK;
+    if (flags & ~kAllowed) return UnknownFlags();
+    if ((flags & LB_OPEN_CACHE_MASK) && !(flags & LB_REOPEN_CACHE)) {
+      return Fail(EINVAL, "a cache mode in flags needs LB_REOPEN_CACHE");
+    }
+    auto changes = ParseOptions(options);
+    if (!changes.ok()) return Fail(changes.status());
+    std::optional<bool> writethrough;
+    if (flags & LB_REOPEN_CACHE) {
+      auto mode = CacheModeName(flags);
+      if (!mode.ok()) return Fail(mode.status());
+      bool wt = false;
+      if (absl::Status st = libblock::ApplyCacheMode(*mode, *changes, &wt); !st.ok()) return Fail(st);
+      writethrough = wt;
+    }
+    return Check(be->be->ReopenOptions(std::move(*changes), flags & LB_OPEN_RDWR,
+                                       flags & LB_OPEN_SHARE_RW, flags & LB_OPEN_RESIZE,
+                                       flags & LB_OPEN_SHARE_ALL, writethrough));
   });
 }
 

@@ -196,6 +196,10 @@ LB_API int lb_create(lb_context *ctx, const char *filename, const char *format,
 #define LB_OPEN_AIO_DEFAULT 0x0000u /* io_uring when available, else threads */
 #define LB_OPEN_AIO_THREADS 0x1000u
 #define LB_OPEN_AIO_IO_URING 0x2000u
+/* QEMU's aio=native. libblock has no Linux AIO engine and uses io_uring, but refuses it
+ * without cache.direct=on, as QEMU does ("aio=native was specified, but it requires
+ * cache.direct=on, which was not specified."). Since 0.1. */
+#define LB_OPEN_AIO_NATIVE 0x3000u
 #define LB_OPEN_AIO_MASK 0x3000u
 
 /* Opens `filename` (may be NULL when `options` name everything) with `options` (may be
@@ -257,9 +261,42 @@ LB_API int64_t lb_get_length(lb_backend *be);
  * LB_OPEN_SHARE_RW, LB_OPEN_SHARE_ALL and LB_OPEN_RESIZE permissions (QEMU's blk_set_perm),
  * e.g. to take the resize permission only around an lb_truncate. Sharing less than before
  * fails with -EPERM/-EAGAIN while another user holds what is no longer shared.
- * Errors: -EPERM (e.g. "Cannot make block node read-only, there is a writer on it"),
- * -EAGAIN (locks), -EACCES. Since 0.1. */
+ * Errors: -EPERM (e.g. "Read-only block node 'NAME' cannot support read-write users" while
+ * another user writes), -EAGAIN (locks), -EACCES. Since 0.1. */
 LB_API int lb_reopen(lb_backend *be, uint32_t flags);
+
+/* lb_reopen_options flags, besides LB_OPEN_RDWR, LB_OPEN_SHARE_RW, LB_OPEN_SHARE_ALL,
+ * LB_OPEN_RESIZE and one
+ * LB_OPEN_CACHE_* mode: */
+#define LB_REOPEN_CACHE 0x10000u /* set the cache mode to the LB_OPEN_CACHE_* one in flags */
+
+/* Reopens the nodes below `be` with changed options, as QEMU's bdrv_reopen does for qemu-io's
+ * reopen command, and sets the backend's permissions, as one transaction (on failure nothing
+ * changed; requests in flight complete first).
+ * `options` ("key=value,..." or "json:{...}", may be NULL) names only what changes: the
+ * options of the backend's node, and of its children with dotted keys ("file.cache.direct=on").
+ * Every option not named keeps its value, and a child follows its parent's new mode and cache
+ * settings unless its own options set them. What can change: "read-only", "auto-read-only",
+ * "cache.direct", "cache.no-flush", "discard", "detect-zeroes", and the driver options a
+ * driver can change (raw: "offset", "size"; preallocate: "prealloc-align", "prealloc-size").
+ * Giving any other option (an unknown one included) a value other than its current one fails
+ * with -EINVAL and QEMU's "Cannot change the option 'NAME'"; "driver" and a child reference
+ * ("file=NODE-NAME") may name what is already there. Option values are checked as lb_open
+ * checks them.
+ * `flags`: the backend's permissions afterwards, as lb_reopen's: LB_OPEN_RDWR (write: the node
+ * must be read-write afterwards), LB_OPEN_SHARE_RW, LB_OPEN_SHARE_ALL, LB_OPEN_RESIZE. Unlike
+ * lb_reopen, the
+ * node's mode is its "read-only" option's (unchanged when not named): a backend that does not
+ * write may stay on a read-write node, as QEMU's do until they need to write. Making a node
+ * read-only under a writer fails with -EPERM ("Read-only block node 'NAME' cannot support
+ * read-write users"), writing to a read-only one with -EPERM ("Block node is read-only").
+ * With LB_REOPEN_CACHE the cache mode becomes flags' LB_OPEN_CACHE_* mode, as lb_open sets it
+ * (cache.direct and cache.no-flush, unless `options` name them, and the backend's
+ * writethrough); without it the mode is unchanged. With neither options nor LB_REOPEN_CACHE
+ * only the backend's permissions change.
+ * Errors: -EINVAL (options, flags), -ENOENT (a child reference to no node), -EPERM, -EAGAIN
+ * (locks), or the errno of reopening a file (-EACCES, ...). Since 0.1. */
+LB_API int lb_reopen_options(lb_backend *be, const char *options, uint32_t flags);
 
 /* ---- information -------------------------------------------------------------------------- */
 

@@ -249,6 +249,29 @@ absl::Status Backend::Reconfigure(bool read_only, bool share_rw, bool resize, bo
   return absl::OkStatus();
 }
 
+absl::Status Backend::ReopenOptions(Options changes, bool write, bool share_rw, bool resize,
+                                    bool share_all, std::optional<bool> writethrough) {
+  if (!root_) return ErrnoError(ENOMEDIUM, "the block device is closed");
+  BackendOptions next = opts_;
+  next.read_only = !write;
+  next.share_rw = share_rw;
+  next.resize = resize;
+  next.share_all = share_all;
+  if (writethrough) next.writethrough = *writethrough;
+  if (changes.empty() && !writethrough) {
+    LB_RETURN_IF_ERROR(graph_.SetEdgePerm(root_, BackendDefaultPerm(next),
+                                          BackendDefaultShared(next)));
+  } else {
+    Graph::ReopenRequest request;
+    request.changes = std::move(changes);
+    request.writethrough = writethrough;
+    request.edge_updates = {{root_, BackendDefaultPerm(next), BackendDefaultShared(next)}};
+    LB_RETURN_IF_ERROR(graph_.Reopen(*root_->node(), std::move(request)));
+  }
+  opts_ = next;
+  return absl::OkStatus();
+}
+
 void Backend::DrainBegin() {
   ++quiesce_;
   Node* node = root();

@@ -81,6 +81,14 @@ class Backend final : public ChildParent {
   // Changes read-only, share-rw, share-all and resize together as one transaction (QEMU's
   // blk_set_perm plus a reopen when read-only changes); on failure nothing changed.
   absl::Status Reconfigure(bool read_only, bool share_rw, bool resize, bool share_all);
+  // Reopens the nodes below with changed options (Graph::Reopen: `changes` names only what
+  // changes, "read-only" included) and sets the backend's own permissions to `write`,
+  // `share_rw`, `resize` and `share_all`, as one transaction. Unlike Reconfigure, the nodes' mode follows
+  // their options, not the backend's: a backend that does not write may stay on a
+  // read-write node. `writethrough` (a new cache mode) also sets the nodes' writethrough.
+  // With no changes and no new cache mode, only the permissions change.
+  absl::Status ReopenOptions(Options changes, bool write, bool share_rw, bool resize,
+                             bool share_all, std::optional<bool> writethrough);
   // Quiesce: new requests wait until DrainEnd; returns once nothing is in flight.
   void DrainBegin();
   void DrainEnd();

@@ -34,6 +34,7 @@ class Child;
 class Graph;
 class Node;
 class NodeDriver;
+struct NodeFlags;
 class Transaction;
 struct OpenContext;
 struct CreateContext;
@@ -116,6 +117,14 @@ struct BlockSizes {
   uint32_t physical = 512;
 };
 
+// A node's settings as a reopen will leave them (see NodeDriver::PrepareReopen).
+struct ReopenState {
+  // Generic settings: mode, cache, discard, ... A driver may only turn read_only on, for
+  // auto-read-only (as Open may).
+  NodeFlags& flags;
+  const OptionValues& values;  // the driver's options, validated against its schema
+};
+
 class NodeDriver {
  public:
   explicit NodeDriver(Node& node) : node_(node) {}
@@ -147,11 +156,17 @@ class NodeDriver {
     return absl::OkStatus();
   }
 
-  // Reopen read-only <-> read-write (the node's flags already show the new state). Prepare
-  // whatever the new mode needs; undo on abort, finish on commit.
-  virtual absl::Status PrepareReopen(bool read_only, Transaction& tran) {
+  // Reopen (QEMU's bdrv_reopen_prepare/commit/abort). `state` holds the node's generic settings
+  // and driver options as they will be after the reopen; flags() still shows the current ones
+  // (and I/O still runs with them) until the transaction commits. Prepare and check what the
+  // new state needs (a new descriptor, validated sizes), undo it on abort, switch to it on
+  // commit. Only options CanReopenOption accepts can differ from the current ones; the core
+  // refuses changes to the others ("Cannot change the option 'NAME'").
+  virtual absl::Status PrepareReopen(const ReopenState& state, Transaction& tran) {
     return absl::OkStatus();
   }
+  // Whether the driver option `name` (of the driver's schema) may change in a reopen.
+  virtual bool CanReopenOption(std::string_view name) const { return false; }
 
   // Current length in bytes (sync: drivers answer from cached metadata or a cheap syscall).
   virtual absl::StatusOr<int64_t> GetLength() = 0;

@@ -33,6 +33,22 @@ constexpr OptionSpec kGenericSpecs[] = {
      "turn writes of zeroes into write-zeroes: off, on, unmap", kDetectZeroesChoices},
 };
 
+// The generic options among `options`, as given.
+Options GivenGenericOptions(const Options& options) {
+  Options given;
+  for (const OptionSpec& spec : kGenericSpecs) {
+    if (const OptionValue* v = options.Get(spec.name)) given.Set(std::string(spec.name), *v);
+  }
+  return given;
+}
+
+// The generic options a reopen may change (QEMU's bdrv_reopen_prepare handles these; others,
+// node-name and force-share, must keep their values).
+bool ReopenableGenericOption(std::string_view key) {
+  return key == "read-only" || key == "auto-read-only" || key == "cache.direct" ||
+         key == "cache.no-flush" || key == "discard" || key == "detect-zeroes";
+}
+
 // Node names follow QEMU's id_wellformed rule, and fit its 32-byte node_name field.
 bool WellFormedNodeName(std::string_view name) {
   if (name.empty() || !std::isalpha(static_cast<unsigned char>(name[0]))) return false;
@@ -137,7 +153,9 @@ Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, Child
   Options child_options = options.ExtractPrefix(name);
   std::optional<OptionValue> reference = options.Take(name);
   const NodeFlags& pf = node.flags();
-  bool parent_is_format = node.driver().kind == DriverKind::kFormat;
+  // A filter counts as a format here, as in QEMU: its file is a protocol node unless the
+  // options name a driver, never probed.
+  bool parent_is_format = node.driver().kind != DriverKind::kProtocol;
 
   Node* child_node = nullptr;
   if (reference) {
@@ -326,7 +344,7 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
   if (!drv || drv->kind == DriverKind::kProtocol) {
     if (std::optional<std::string> f = options.GetString("filename")) {
       if (!filename.empty()) {
-        co_return ErrnoError(EINVAL, "a filename and the 'filename' option cannot be used together");
+        co_return ErrnoError(EINVAL, "Can't specify 'file' and 'filename' options at the same time");
       }
       filename = *f;
       options.Erase("filename");
@@ -354,6 +372,7 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
     owner_name = shown.empty() ? "image" : absl::StrFormat("image '%s'", shown);
     placeholder.name = owner_name;
   }
+  Options given_generic = GivenGenericOptions(options);
   absl::StatusOr<GenericOptions> generic =
       ParseGenericOptions(drv ? *drv : placeholder, options, params);
   if (!generic.ok()) co_return generic.status();
@@ -419,6 +438,7 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
   node->refcnt_ = 1;
   node->flags_ = generic->flags;
   node->open_options_ = options;
+  node->generic_options_ = std::move(given_generic);
   node->impl_ = drv->instantiate(*node);
   if (drv->kind == DriverKind::kProtocol) node->filename_ = filename;
 
@@ -667,50 +687,162 @@ absl::Status Graph::SetEdgePerm(Child* child, Perm perm, Perm shared) {
   return absl::OkStatus();
 }
 
-absl::Status Graph::Reopen(Node& node, bool read_only, const std::vector<EdgeUpdate>& edge_updates) {
-  Transaction tran;
-  for (const EdgeUpdate& u : edge_updates) {
-    tran.Assign(&u.child->perm_, u.perm);
-    tran.Assign(&u.child->shared_, u.shared);
-  }
-  // The node itself and every child that inherited its mode (not backing files, not children
-  // whose read-only option was given explicitly) change together.
-  std::vector<Node*> affected;
-  std::function<void(Node*, bool)> collect = [&](Node* n, bool is_target) {
-    if (std::find(affected.begin(), affected.end(), n) != affected.end()) return;
-    if (!is_target && n->flags_.explicit_read_only) return;
-    affected.push_back(n);
-    for (Child* c : n->children_) {
-      if (!(c->role() & kRoleCow)) collect(c->node_, false);
-    }
-  };
-  collect(&node, true);
+// One node of a reopen: what it will be once the transaction commits.
+struct Graph::ReopenEntry {
+  Node* node;
+  NodeFlags flags;      // its generic settings
+  OptionValues values;  // its driver's options, validated
+  Options generic;      // the generic options it is given
+  Options own;          // the driver options it is given
+};
+
+absl::Status Graph::Reopen(Node& node, bool read_only,
+                           const std::vector<EdgeUpdate>& edge_updates) {
+  ReopenRequest request;
+  request.changes.Set("read-only", read_only);
+  request.edge_updates = edge_updates;
+  return Reopen(node, std::move(request));
+}
+
+absl::Status Graph::Reopen(Node& node, ReopenRequest request) {
   // Like QEMU, drain what is reopened: requests in flight finish in the old mode, on the old
   // descriptors (the file protocol closes its old one on commit), before anything changes.
   // Nothing new starts before the commit unless a driver runs the loop while it prepares.
+  std::vector<Node*> subtree;
+  std::function<void(Node*)> collect = [&](Node* n) {
+    if (std::find(subtree.begin(), subtree.end(), n) != subtree.end()) return;
+    subtree.push_back(n);
+    for (Child* c : n->children_) collect(c->node_);
+  };
+  collect(&node);
   loop_.RunUntil([&] {
-    return std::all_of(affected.begin(), affected.end(), [](Node* n) { return n->in_flight_ == 0; });
+    return std::all_of(subtree.begin(), subtree.end(), [](Node* n) { return n->in_flight_ == 0; });
   });
-  // Permissions are computed for the new mode while I/O still runs in the old one (a filter
-  // may still write while it gives up its permissions); the mode itself flips on commit.
-  for (Node* n : affected) {
-    tran.Assign(&n->pending_read_only_, std::optional<bool>(read_only));
-    tran.OnCommit([n, read_only] {
-      n->flags_.read_only = read_only;
-      n->pending_read_only_.reset();
-    });
+
+  Transaction tran;
+  for (const EdgeUpdate& u : request.edge_updates) {
+    tran.Assign(&u.child->perm_, u.perm);
+    tran.Assign(&u.child->shared_, u.shared);
   }
-  absl::Status st;
-  for (Node* n : affected) {
-    st = n->impl_->PrepareReopen(read_only, tran);
-    if (!st.ok()) break;
+  // The node keeps whatever it inherited at open unless the request changes it.
+  InheritedFlags inherit = InheritFrom(node.flags_);
+  if (request.writethrough) inherit.writethrough = *request.writethrough;
+  std::deque<ReopenEntry> entries;
+  absl::Status st = PrepareReopenTree(node, std::move(request.changes), inherit, entries, tran);
+  if (st.ok()) {
+    // Permissions are computed for the new modes while I/O still runs in the old ones (a
+    // filter may still write while it gives up its permissions); the modes flip on commit.
+    for (ReopenEntry& e : entries) {
+      tran.Assign(&e.node->pending_read_only_, std::optional<bool>(e.flags.read_only));
+    }
+    st = RefreshPerms({&node}, tran, /*relaxing=*/false);
   }
-  if (st.ok()) st = RefreshPerms({&node}, tran, /*relaxing=*/false);
   if (!st.ok()) {
     tran.Abort();
     return st;
   }
+  // After the drivers' and the permissions' commits: the settings themselves.
+  for (ReopenEntry& e : entries) {
+    tran.OnCommit([&e] {
+      Node* n = e.node;
+      n->flags_ = e.flags;
+      n->pending_read_only_.reset();
+      n->generic_options_ = e.generic;
+      if (const OptionSchema* schema = n->driver_.options) {
+        for (const OptionSpec& spec : schema->specs) n->open_options_.Erase(spec.name);
+      }
+      for (const auto& [key, value] : e.own) n->open_options_.Set(key, value);
+    });
+  }
   tran.Commit();
+  // Limits and sizes follow the new settings, children first (a raw window over its file).
+  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
+    it->node->RefreshLimits();
+    (void)it->node->RefreshSize();
+  }
+  for (Child* p : node.parents_) ChildrenChanged(p->parent());
+  return absl::OkStatus();
+}
+
+absl::Status Graph::PrepareReopenTree(Node& n, Options changes, const InheritedFlags& inherit,
+                                      std::deque<ReopenEntry>& entries, Transaction& tran) {
+  for (const ReopenEntry& e : entries) {
+    if (e.node == &n) return absl::OkStatus();  // below two parents: the first one's changes
+  }
+  // Children's options go to them; a reference must name the current child.
+  std::vector<Options> child_changes;
+  for (Child* c : n.children_) child_changes.push_back(changes.ExtractPrefix(c->name()));
+  for (Child* c : n.children_) {
+    std::optional<OptionValue> ref = changes.Take(c->name());
+    if (!ref) continue;
+    std::string name = OptionValueText(*ref);
+    if (name == c->node_->name()) continue;
+    if (!FindNode(name)) {
+      return ErrnoError(ENOENT, absl::StrFormat("Cannot find device='' nor node-name='%s'", name));
+    }
+    return ErrnoError(EINVAL, absl::StrFormat("Cannot change the option '%s'", c->name()));
+  }
+
+  // The node's options afterwards: what it was given, with the changes it may take over them.
+  // Changes it may not take leave the old value in place, and fail once the driver has seen
+  // the rest (QEMU checks them last).
+  const OptionSchema* schema = n.driver_.options;
+  Options given = n.generic_options_;
+  if (schema) {
+    for (const OptionSpec& spec : schema->specs) {
+      if (const OptionValue* v = n.open_options_.Get(spec.name)) given.Set(std::string(spec.name), *v);
+    }
+  }
+  std::optional<std::string> refused;
+  for (const auto& [key, value] : changes) {
+    bool allowed = ReopenableGenericOption(key) ||
+                   (schema && schema->Find(key) && n.impl_->CanReopenOption(key));
+    if (allowed) {
+      given.Set(key, value);
+      continue;
+    }
+    bool same = key == "driver" ? OptionValueText(value) == n.driver_.name
+                                : given.Has(key) && OptionValueText(*given.Get(key)) == OptionValueText(value);
+    if (!same && !refused) refused = key;
+  }
+
+  OpenParams params;
+  params.inherit = inherit;
+  Options rest = given;
+  absl::StatusOr<GenericOptions> generic = ParseGenericOptions(n.driver_, rest, params);
+  if (!generic.ok()) return generic.status();
+  OptionValues values;
+  if (schema) {
+    absl::StatusOr<OptionValues> parsed = ConsumeOptions(*schema, rest);
+    if (!parsed.ok()) return parsed.status();
+    values = std::move(*parsed);
+  }
+  ReopenEntry& e = entries.emplace_back();
+  e.node = &n;
+  e.flags = generic->flags;
+  e.flags.probed = n.flags_.probed;
+  e.values = std::move(values);
+  e.generic = GivenGenericOptions(given);
+  e.own = given;
+  for (const OptionSpec& spec : kGenericSpecs) e.own.Erase(spec.name);
+  LB_RETURN_IF_ERROR(n.impl_->PrepareReopen(ReopenState{e.flags, e.values}, tran));
+  if (refused) {
+    return ErrnoError(EINVAL, absl::StrFormat("Cannot change the option '%s'", *refused));
+  }
+
+  // Then the children, inheriting from this node's new settings as they did at open
+  // (OpenContext::OpenChild): backing files stay read-only, lower layers default to unmap.
+  for (size_t i = 0; i < n.children_.size(); ++i) {
+    Child* c = n.children_[i];
+    InheritedFlags child_inherit = InheritFrom(e.flags);
+    if (c->role() & kRoleCow) {
+      child_inherit.read_only = true;
+      child_inherit.auto_read_only = false;
+    }
+    child_inherit.unmap = true;
+    LB_RETURN_IF_ERROR(
+        PrepareReopenTree(*c->node_, std::move(child_changes[i]), child_inherit, entries, tran));
+  }
   return absl::OkStatus();
 }
 
@@ -755,10 +887,12 @@ absl::Status Graph::RefreshPerms(const std::vector<Node*>& roots, Transaction& t
     }
     absl::Status st = CheckParentConflicts(*n);
     if (st.ok() && (perm & (kPermWrite | kPermWriteUnchanged)) && n->EffectiveReadOnly()) {
-      bool was_writable = !n->flags_.read_only;
-      st = ErrnoError(EPERM, was_writable
-                                 ? "Cannot make block node read-only, there is a writer on it"
-                                 : "Block node is read-only");
+      // QEMU 7.2's two messages: a node that is read-only now, or one a reopen would make
+      // read-only under a writer.
+      st = !n->flags_.read_only
+               ? ErrnoError(EPERM, absl::StrFormat("Read-only block node '%s' cannot support "
+                                                   "read-write users", n->name()))
+               : ErrnoError(EPERM, "Block node is read-only");
     }
     if (st.ok()) st = n->impl_->PreparePerm(perm, shared, tran);
     // Losing permissions cannot be refused: a relaxing refresh carries on regardless.

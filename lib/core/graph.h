@@ -14,6 +14,7 @@
 #ifndef LIBBLOCK_CORE_GRAPH_H_
 #define LIBBLOCK_CORE_GRAPH_H_
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -120,13 +121,31 @@ class Graph {
   absl::Status ReplaceChild(Child* child, Node& new_node);
   // Changes the masks of an edge whose parent is not a node (a backend).
   absl::Status SetEdgePerm(Child* child, Perm perm, Perm shared);
-  // Switches `node` (and the children that inherited its mode) between read-only and
-  // read-write. `edge_updates` are backend edges whose masks change in the same transaction.
   struct EdgeUpdate {
     Child* child;
     Perm perm;
     Perm shared;
   };
+  // A reopen of a node and every node below it (QEMU's bdrv_reopen, old options kept).
+  struct ReopenRequest {
+    // What changes: the node's own options, and its children's as "child.key" ("child=NAME"
+    // naming the current child is accepted). Options not named keep their values; children
+    // inherit their parent's new mode and cache settings unless their own options set them,
+    // as they did at open. Changeable: read-only, auto-read-only, cache.direct,
+    // cache.no-flush, discard, detect-zeroes and what each driver's CanReopenOption accepts;
+    // giving anything else a new value fails with "Cannot change the option 'NAME'".
+    Options changes;
+    // A new cache mode's writethrough setting, for the whole tree; nullopt: unchanged.
+    std::optional<bool> writethrough;
+    // Backend edges whose masks change in the same transaction.
+    std::vector<EdgeUpdate> edge_updates;
+  };
+  // One transaction: requests in flight below `node` complete first, then every node is
+  // prepared (parents first, each one whole before its children, as QEMU's reopen queue),
+  // permissions are rechecked for the new modes, and all of it commits or nothing changes.
+  absl::Status Reopen(Node& node, ReopenRequest request);
+  // Switches `node` (and the children that inherited its mode) between read-only and
+  // read-write: a reopen that changes its "read-only" option.
   absl::Status Reopen(Node& node, bool read_only, const std::vector<EdgeUpdate>& edge_updates = {});
 
   // Recomputes and rechecks permissions below `roots` inside `tran`.
@@ -143,6 +162,12 @@ class Graph {
   struct GenericOptions;
   absl::StatusOr<GenericOptions> ParseGenericOptions(const Driver& driver, Options& options,
                                                      const OpenParams& params);
+  struct ReopenEntry;
+  // Prepares `node` and then, recursively, its children (skipping nodes already in
+  // `entries`) for a reopen with `changes`, `inherit` standing for what its parent passes
+  // down; appends one entry per node.
+  absl::Status PrepareReopenTree(Node& node, Options changes, const InheritedFlags& inherit,
+                                 std::deque<ReopenEntry>& entries, Transaction& tran);
   absl::StatusOr<std::string> AssignNodeName(std::optional<std::string> requested);
   Task<absl::StatusOr<const Driver*>> ProbeFormat(Node& file, std::string_view filename);
   void CloseNode(Node* node);

@@ -129,8 +129,12 @@ class Node final : public ChildParent {
   // The filename the node was opened with (protocols), or that of its primary child.
   const std::string& filename() const { return filename_; }
   void set_filename(std::string f) { filename_ = std::move(f); }
-  // The options that reopen this node (for info/json:); filled by the open path.
+  // The options that reopen this node (for info/json:); filled by the open path. Generic
+  // options (read-only, cache.*, ...) are not among them: see generic_options().
   const Options& open_options() const { return open_options_; }
+  // The generic options the node was given (at open, or changed by a reopen since), which a
+  // reopen keeps unless it names them.
+  const Options& generic_options() const { return generic_options_; }
 
   const std::vector<Child*>& children() const { return children_; }
   const std::vector<Child*>& parents() const { return parents_; }
@@ -174,6 +178,7 @@ class Node final : public ChildParent {
   NodeFlags flags_;
   std::string filename_;
   Options open_options_;
+  Options generic_options_;
 
   std::vector<Child*> children_;  // owned (created by Graph::AttachChild)
   std::vector<Child*> parents_;

@@ -194,6 +194,49 @@ class ErrorTest(IoTestCase):
             with self.subTest(case=case):
                 self.compare(case)
 
+    def test_write_flag_conflicts(self):
+        # qemu-io checks write's flags in a fixed order; the first failing check speaks
+        for case in ["write -bz 0 512", "write -bcz 0 512", "write -bzu 0 512", "write -bzf 0 512",
+                     "write -b -f 0 512", "write -c -f 0 512", "write -bfu 0 512",
+                     "write -u -n 0 1", "write -fun 0 512", "write -bz -P 1 0 512",
+                     "write -u -z -P 1 0 1"]:
+            with self.subTest(case=case):
+                self.compare([case])
+
+    def test_vmstate_and_compressed_writes(self):
+        # -b/-c need whole sectors (even with -z), then the source file is read, then the
+        # request is refused: out of range (EIO) before unsupported for compressed writes
+        for case in ["write -c 1 512", "write -c 0 511", "write -cz 0 511", "write -cz 0 512",
+                     "write -c 0 512", "write -c 0 0", "write -c 2M 512", "write -c 1048064 1024",
+                     "write -c -s nosuch 2M 512", "write -c -s /dev/null 0 512",
+                     "write -b -s nosuch 0 512", "write -b -s nosuch 0 511", "write -b 2M 512",
+                     "write -b 0 3G", "read -b 2M 512"]:
+            with self.subTest(case=case):
+                self.compare([case])
+
+    def test_quiet_suppresses_dump(self):
+        self.compare(["read -v -q 0 16", "readv -v -q 0 8 8", "read -q -v -C 0 16",
+                      "read -v -q -P 0x42 0 16", "aio_read -v -q -P 0x42 0 16", "aio_flush",
+                      "aio_read -q -v 0 16"])
+
+    def test_other_names_as_typed(self):
+        # help and argument-count messages name the command as it was typed
+        for case in [["help q"], ["help ?"], ["help r"], ["help w"], ["r 0"], ["w 0"],
+                     ["q 1"], ["quit 1 2", "length"], ["? a b"]]:
+            with self.subTest(case=case):
+                self.compare(case)
+
+    def test_words_are_separated_by_spaces_only(self):
+        # a tab or a carriage return is part of a word, as in qemu-io
+        self.compare(["read\t0 1", "read 0 1\t", "length\r", "read  0   1", " read 0 1 ", "",
+                      "   ", "length"])
+
+    def test_truncate_ignores_extra_operands(self):
+        self.compare(["truncate 512k 2 3", "length", "truncate -m falloc 768k x", "length"])
+
+    def test_aio_invalid_request_comes_first(self):
+        self.compare(["aio_write -i -z 0 1 2", "aio_write -i -u 0 1", "aio_read -i 0 x"])
+
     def test_help(self):
         for topic in ("read", "write", "discard", "quit", "map", "truncate", "aio_read"):
             with self.subTest(topic=topic):

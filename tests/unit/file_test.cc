@@ -822,6 +822,34 @@ TEST_CASE("auto-read-only opens a file that refuses writers read-only", "[file]"
   REQUIRE(LockedBytes(path) == kRoLocks);
 }
 
+TEST_CASE("a reopen of an auto-read-only file stays read-only while the file refuses writers", "[file]") {
+  GraphEnv env;
+  std::string path = env.dir.File("ro.img");
+  std::string data = NonZeroRandomBytes(8192, 23);
+  WriteFile(path, data);
+  UnwritableFile guard(path);
+  LB_SKIP_UNLESS(guard.ok(), "cannot make a file unwritable here");
+  auto be = env.MustOpenBackend("driver=file,filename=" + path + ",auto-read-only=on",
+                                {.read_only = true});
+  REQUIRE(be->root()->flags().read_only);
+  for (const char* changes : {"read-only=off", "cache.direct=on", "cache.direct=off"}) {
+    INFO(changes);
+    absl::StatusOr<Options> opts = ParseKeyValueOptions(changes);
+    REQUIRE(opts.ok());
+    absl::Status st = be->ReopenOptions(std::move(*opts), false, false, false, false, std::nullopt);
+    INFO(st.ToString());
+    REQUIRE(st.ok());
+    REQUIRE(be->root()->flags().read_only);
+    std::vector<int> flags = FdFlagsFor(path);
+    REQUIRE(flags.size() == 1);
+    REQUIRE((flags[0] & O_ACCMODE) == O_RDONLY);
+  }
+  REQUIRE_BYTES(env.Read(*be, 0, 8192), data);
+  absl::StatusOr<Options> opts = ParseKeyValueOptions("auto-read-only=off,read-only=off");
+  REQUIRE_THAT(Message(be->ReopenOptions(std::move(*opts), false, false, false, false, std::nullopt)),
+               Catch::StartsWith("Could not reopen file '" + path + "'"));
+}
+
 TEST_CASE("bad filenames and options get QEMU's errors", "[file]") {
   GraphEnv env;
   std::string missing = env.dir.File("missing.img");

@@ -237,7 +237,7 @@ TEST_CASE("reopen switches read-only and read-write as one transaction", "[perm]
   auto second = f.MustAttach(fmt, {.share_rw = true, .perm_override = kPermConsistentRead | kPermWrite,
                                    .shared_override = kPermAll});
   std::string before = f.Snapshot();
-  REQUIRE(Message(be->Reopen(true)) == "Cannot make block node read-only, there is a writer on it");
+  REQUIRE(Message(be->Reopen(true)) == "Read-only block node 'fmt' cannot support read-write users");
   REQUIRE(f.Snapshot() == before);
   REQUIRE(second->Close().ok());
   REQUIRE(be->Reopen(true).ok());

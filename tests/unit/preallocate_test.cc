@@ -23,6 +23,7 @@ using testing::FileSize;
 using testing::HaveProgram;
 using testing::kKiB;
 using testing::kMiB;
+using testing::Message;
 using testing::RandomBytes;
 using testing::ReadFile;
 using testing::Run;
@@ -52,6 +53,20 @@ struct Fixture : testing::GraphEnv {
 void Put(std::string& model, int64_t offset, const std::string& data) {
   if (model.size() < offset + data.size()) model.resize(offset + data.size(), '\0');
   model.replace(offset, data.size(), data);
+}
+
+TEST_CASE("the filter's file is a protocol node, never probed (as in QEMU)", "[preallocate]") {
+  Fixture f;
+  std::string opts = "driver=preallocate,file.filename=" + f.path;
+  auto be = f.MustOpen(opts);
+  REQUIRE(be->root()->primary_child()->node()->driver().name == "file");
+  REQUIRE(f.warnings.empty());  // no "probing guessed raw"
+  be.reset();
+  auto bad = f.Open(opts + ",file.offset=512");
+  REQUIRE(Message(bad.status()) == "Block protocol 'file' doesn't support the option 'offset'");
+  // a driver named for the child still gets it
+  WriteFile(f.path, std::string(4096, 'a'));
+  REQUIRE(f.Open("driver=preallocate,file.driver=raw,file.offset=512,file.file.filename=" + f.path).ok());
 }
 
 TEST_CASE("writes past EOF preallocate; close truncates to the data end", "[preallocate]") {

@@ -2,9 +2,11 @@
 //            [-d DISCARD] [--object OBJ] [-m] [-c CMD]... [FILENAME]
 //
 // Runs qemu-io's commands (io_commands.h) on one image: each -c in order, or lines read from
-// stdin behind a "blkimg> " prompt. As qemu-io, the image is read-write unless -r, and the
-// exit status is 1 when any command failed. Like qemu-io, blkimg io lets every other user
-// read and write the image alongside it: it is a test tool, not a guest device.
+// stdin behind a "blkimg> " prompt. As qemu-io, the image is read-write unless -r, writes are
+// writethrough unless -t/-n say otherwise, and the exit status is 1 when any command failed.
+// Like qemu-io, blkimg io lets other users write the image alongside it (io::kIoSharing): it
+// is a test tool, not a guest device.
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -17,62 +19,12 @@ namespace {
 
 struct IoArgs {
   std::vector<std::string> commands;
-  std::string format, cache, aio, discard;
-  bool image_opts = false, read_only = false, force_share = false, snapshot = false;
-  bool copy_on_read = false, misalign = false;
-  std::string filename;
+  io::OpenRequest open;
+  bool image_opts = false;
+  // -m: qemu-io misaligns its buffers; libblock takes buffers of any alignment (it bounces
+  // what O_DIRECT refuses), so there is nothing to change.
+  bool misalign = false;
 };
-
-bool ValidDiscard(std::string_view mode) {
-  return mode == "ignore" || mode == "off" || mode == "unmap" || mode == "on";
-}
-
-bool ValidCache(std::string_view mode) {
-  return mode == "writeback" || mode == "none" || mode == "off" || mode == "writethrough" ||
-         mode == "directsync" || mode == "unsafe";
-}
-
-// qemu-io's -d: "unmap"/"on" pass discards down (qemu-io's default, unlike QEMU's),
-// "ignore"/"off" drop them.
-bool DiscardFlags(const std::string& mode, uint32_t* flags) {
-  if (mode == "ignore" || mode == "off") return true;
-  if (mode.empty() || mode == "unmap" || mode == "on") {
-    *flags |= LB_OPEN_UNMAP;
-    return true;
-  }
-  Error("Invalid discard option: " + mode);
-  return false;
-}
-
-lb_backend* Open(Context& ctx, const IoArgs& a) {
-  uint32_t flags = kToolShare;
-  if (!a.read_only) flags |= LB_OPEN_RDWR;
-  if (a.force_share) flags |= LB_OPEN_FORCE_SHARE;
-  if (!a.cache.empty()) flags = (flags & ~LB_OPEN_CACHE_MASK) | CacheFlags(a.cache);
-  if (!a.aio.empty()) flags = (flags & ~LB_OPEN_AIO_MASK) | AioFlags(a.aio);
-  if (!DiscardFlags(a.discard, &flags)) return nullptr;
-  // libblock has no native AIO engine (it uses io_uring), but keeps QEMU's rule.
-  uint32_t cache = flags & LB_OPEN_CACHE_MASK;
-  if (a.aio == "native" && cache != LB_OPEN_CACHE_NONE && cache != LB_OPEN_CACHE_DIRECTSYNC) {
-    Error("can't open device " + a.filename +
-          ": aio=native was specified, but it requires cache.direct=on, which was not "
-          "specified.");
-    return nullptr;
-  }
-  if (a.force_share && !a.read_only) {
-    Error("can't open device " + a.filename +
-          ": force-share=on can only be used with read-only images");
-    return nullptr;
-  }
-  ImageSpec image{a.filename, a.format, a.image_opts};
-  lb_open_args args = ArgsFor(image, flags);
-  lb_backend* be = nullptr;
-  if (lb_open_ex(ctx.get(), &args, &be) < 0) {
-    Error("can't open device " + a.filename + ": " + LibError());
-    return nullptr;
-  }
-  return be;
-}
 
 // qemu-io's interactive mode: a prompt before every line, until "quit" or end of input.
 bool RunInteractive(io::Session& session) {
@@ -88,37 +40,22 @@ bool RunInteractive(io::Session& session) {
 }
 
 int Run(Context& ctx, const IoArgs& a) {
-  if (a.snapshot && !a.filename.empty()) {
-    // snapshot=on puts a temporary qcow2 overlay over the image.
-    Error("can't open device " + a.filename +
-          ": snapshot mode needs the qcow2 driver, which this build of libblock lacks");
+  io::Session session(ctx.get());
+  if ((!a.open.filename.empty() || !a.open.options.empty()) && session.Open(a.open) < 0) {
     return 1;
   }
-  lb_backend* be = nullptr;
-  if (!a.filename.empty()) {
-    be = Open(ctx, a);
-    if (!be) return 1;
-  }
   bool ok = true;
-  {
-    uint32_t backend_flags = kToolShare | (a.read_only ? 0 : LB_OPEN_RDWR);
-    io::Session session(ctx.get(), be, backend_flags);
-    if (a.commands.empty()) {
-      ok = RunInteractive(session);
-    } else {
-      for (const std::string& command : a.commands) {
-        if (session.Execute(command) < 0) ok = false;
-        if (session.quit_requested()) break;
-      }
+  if (a.commands.empty()) {
+    ok = RunInteractive(session);
+  } else {
+    for (const std::string& command : a.commands) {
+      if (session.Execute(command) < 0) ok = false;
+      if (session.quit_requested()) break;
     }
-    session.DrainAio();
-    be = session.backend();
   }
+  session.DrainAio();
   fflush(stdout);
-  if (lb_close(be) < 0) {
-    Error(LibError());
-    ok = false;
-  }
+  if (session.Close() < 0) ok = false;
   return ok ? 0 : 1;
 }
 
@@ -150,6 +87,18 @@ void PrintIoUsage() {
          "See 'blkimg io -c help' for information on available commands.\n");
 }
 
+// qemu-io's signal dispositions, so that sigraise (and signals from outside) end blkimg io
+// or leave it running exactly as they do qemu-io: its main loop blocks SIGBUS, SIGUSR1,
+// SIGALRM and SIGIO (it reads them from a signalfd) and it ignores SIGPIPE. Set before the
+// context starts any thread, which inherits the mask.
+void SetUpSignals() {
+  sigset_t blocked;
+  sigemptyset(&blocked);
+  for (int sig : {SIGBUS, SIGUSR1, SIGALRM, SIGIO}) sigaddset(&blocked, sig);
+  pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
 }  // namespace
 
 int RunIo(int argc, char** argv) {
@@ -176,6 +125,7 @@ int RunIo(int argc, char** argv) {
   // qemu-io lets getopt print its own complaints, named after the program.
   char program[] = "blkimg";
   argv[0] = program;
+  SetUpSignals();
   Context ctx;
   IoArgs a;
   for (;;) {
@@ -186,38 +136,27 @@ int RunIo(int argc, char** argv) {
       case 'V': printf("blkimg io version %s\n", lb_version()); return 0;
       case 'c': a.commands.push_back(optarg); break;
       case 'd':
-        if (!ValidDiscard(optarg)) {
-          Error(std::string("Invalid discard option: ") + optarg);
-          return 1;
-        }
-        a.discard = optarg;
+        if (!io::ValidDiscardMode(optarg)) return 1;
+        a.open.discard = optarg;
         break;
-      case 'f': a.format = optarg; break;
-      case 'r': a.read_only = true; break;
-      case 's': a.snapshot = true; break;
-      case 'n':
-        a.cache = "none";
-        break;
-      case 'C': a.copy_on_read = true; break;
+      case 'f': a.open.format = optarg; break;
+      case 'r': a.open.read_only = true; break;
+      case 's': a.open.snapshot = true; break;
+      case 'n': a.open.cache = "none"; break;
+      case 'C': a.open.copy_on_read = true; break;
       case 'm': a.misalign = true; break;
-      case 'k': a.aio = "native"; break;
+      case 'k': a.open.aio = "native"; break;
       case 't':
-        if (!ValidCache(optarg)) {
-          Error(std::string("Invalid cache option: ") + optarg);
-          return 1;
-        }
-        a.cache = optarg;
+        if (!io::ValidCacheMode(optarg)) return 1;
+        a.open.cache = optarg;
         break;
       case 'T':
         if (!TraceOption(optarg)) return 1;
         break;
-      case 'U': a.force_share = true; break;
+      case 'U': a.open.force_share = true; break;
       case 'i':
-        if (strcmp(optarg, "threads") && strcmp(optarg, "native") && strcmp(optarg, "io_uring")) {
-          Error(std::string("Invalid aio option: ") + optarg);
-          return 1;
-        }
-        a.aio = optarg;
+        if (!io::ValidAioMode(optarg)) return 1;
+        a.open.aio = optarg;
         break;
       case kOptObject:
         if (!ctx.AddObjects({optarg})) return 1;
@@ -232,10 +171,17 @@ int RunIo(int argc, char** argv) {
     PrintIoUsage();
     return 1;
   }
-  if (optind == argc - 1) a.filename = argv[optind];
-  if (a.image_opts && !a.format.empty()) {
-    Error("--image-opts and -f are mutually exclusive");
+  if (a.image_opts && !a.open.format.empty()) {
+    io::ErrorReport("--image-opts and -f are mutually exclusive");
     return 1;
+  }
+  if (optind == argc - 1) {
+    // With --image-opts the operand is the image's options, and no filename is named.
+    if (a.image_opts) {
+      a.open.options.push_back(argv[optind]);
+    } else {
+      a.open.filename = argv[optind];
+    }
   }
   return Run(ctx, a);
 }

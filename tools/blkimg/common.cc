@@ -74,7 +74,8 @@ uint32_t CacheFlags(std::string_view mode) {
 
 uint32_t AioFlags(std::string_view mode) {
   if (mode == "threads") return LB_OPEN_AIO_THREADS;
-  if (mode == "io_uring" || mode == "native") return LB_OPEN_AIO_IO_URING;
+  if (mode == "io_uring") return LB_OPEN_AIO_IO_URING;
+  if (mode == "native") return LB_OPEN_AIO_NATIVE;
   Fatal("Invalid aio option: " + std::string(mode));
 }
 

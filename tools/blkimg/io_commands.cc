@@ -10,6 +10,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cinttypes>
 #include <climits>
 #include <cmath>
@@ -20,7 +21,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
-#include <sstream>
+#include <utility>
 
 #include "common.h"
 
@@ -61,6 +62,13 @@ std::string Cvtstr(double value) {
   }
   snprintf(buf, sizeof buf, "%f", value);
   return TrimZeroFraction(buf) + " bytes";
+}
+
+void ErrorReport(const std::string& message) {
+  // Unlike qemu-io, what was printed before the error goes out first, so that a shared pipe
+  // keeps the order in which things happened (issue 6).
+  fflush(stdout);
+  fprintf(stderr, "blkimg: %s\n", message.c_str());
 }
 
 int64_t Cvtnum(const std::string& text) {
@@ -366,11 +374,56 @@ constexpr const char* kAioWriteHelp =
     " -z, -- write zeroes using blk_aio_pwrite_zeroes\n"
     "\n";
 
+constexpr const char* kOpenHelp =
+    "\n"
+    " opens a new file in the requested mode\n"
+    "\n"
+    " Example:\n"
+    " 'open -n -o driver=raw /tmp/data' - opens raw data file read-write, uncached\n"
+    "\n"
+    " Opens a file for subsequent use by all of the other qemu-io commands.\n"
+    " -r, -- open file read-only\n"
+    " -s, -- use snapshot file\n"
+    " -C, -- use copy-on-read\n"
+    " -n, -- disable host cache, short for -t none\n"
+    " -U, -- force shared permissions\n"
+    " -k, -- use kernel AIO implementation (Linux only, prefer use of -i)\n"
+    " -i, -- use AIO mode (threads, native or io_uring)\n"
+    " -t, -- use the given cache mode for the image\n"
+    " -d, -- use the given discard mode for the image\n"
+    " -o, -- options to be given to the block driver\n";
+
+constexpr const char* kReopenHelp =
+    "\n"
+    " Changes the open options of an already opened image\n"
+    "\n"
+    " Example:\n"
+    " 'reopen -o lazy-refcounts=on' - activates lazy refcount writeback on a qcow2 image\n"
+    "\n"
+    " -r, -- Reopen the image read-only\n"
+    " -w, -- Reopen the image read-write\n"
+    " -c, -- Change the cache mode to the given value\n"
+    " -o, -- Changes block driver options (cf. 'open' command)\n"
+    "\n";
+
+constexpr const char* kSigraiseHelp =
+    "\n"
+    " raises the given signal\n"
+    "\n"
+    " Example:\n"
+    " 'sigraise 15' - raises SIGTERM\n"
+    "\n"
+    " Invokes raise(signal), where \"signal\" is the mandatory integer argument\n"
+    " given to sigraise.\n"
+    "\n";
+
 }  // namespace
 
 const std::vector<Session::Command>& Session::Table() {
   using S = Session;
   static const std::vector<Command> commands = {
+    {"abort", nullptr, 0, 0, false, false, false, nullptr,
+     "simulate a program crash using abort(3)", nullptr, &S::Abort},
     {"aio_flush", nullptr, 0, 0, true, false, true, nullptr,
      "completes all outstanding aio requests", nullptr, &S::AioFlush},
     {"aio_read", nullptr, 2, -1, true, false, false, "[-Ciqv] [-P pattern] off len [len..]",
@@ -379,6 +432,10 @@ const std::vector<Session::Command>& Session::Table() {
      "asynchronously writes a number of bytes", kAioWriteHelp, &S::AioWrite},
     {"alloc", nullptr, 1, 2, true, false, true, "offset [count]",
      "checks if offset is allocated in the file", nullptr, &S::Alloc},
+    {"break", nullptr, 2, 2, true, false, false, "event tag",
+     "sets a breakpoint on event and tags the stopped request as tag", nullptr, &S::Break},
+    {"close", nullptr, 0, 0, true, false, false, nullptr, "close the current open file", nullptr,
+     &S::CloseCommand},
     {"discard", nullptr, 2, -1, true, true, true, "[-Cq] off len",
      "discards a number of bytes at a specified offset", kDiscardHelp, &S::Discard},
     {"flush", nullptr, 0, 0, true, false, true, nullptr, "flush all in-core file state to disk",
@@ -391,15 +448,29 @@ const std::vector<Session::Command>& Session::Table() {
      nullptr, &S::Length},
     {"map", nullptr, 0, 0, true, false, true, "", "prints the allocated areas of a file",
      nullptr, &S::Map},
-    {"quit", "q", 0, 0, false, false, false, nullptr, "exit the program", nullptr, &S::Quit},
+    // quit takes (and ignores) any arguments, as in qemu-io
+    {"open", nullptr, 1, -1, false, false, false,
+     "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]", "open the file specified by path",
+     kOpenHelp, &S::OpenCommand},
+    {"quit", "q", 0, -1, false, false, false, nullptr, "exit the program", nullptr, &S::Quit},
     {"read", "r", 2, -1, true, false, true, "[-abCqv] [-P pattern [-s off] [-l len]] off len",
      "reads a number of bytes at a specified offset", kReadHelp, &S::Read},
     {"readv", nullptr, 2, -1, true, false, true, "[-Cqv] [-P pattern] off len [len..]",
      "reads a number of bytes at a specified offset", kReadvHelp, &S::ReadV},
+    {"remove_break", nullptr, 1, 1, true, false, false, "tag", "remove a breakpoint by tag",
+     nullptr, &S::RemoveBreak},
+    {"reopen", nullptr, 0, -1, true, false, true, "[(-r|-w)] [-c cache] [-o options]",
+     "reopens an image with new options", kReopenHelp, &S::Reopen},
+    {"resume", nullptr, 1, 1, true, false, false, "tag", "resumes the request tagged as tag",
+     nullptr, &S::Resume},
+    {"sigraise", nullptr, 1, 1, false, false, false, "signal", "raises a signal", kSigraiseHelp,
+     &S::Sigraise},
     {"sleep", nullptr, 1, 1, false, false, true, nullptr,
      "waits for the given value in milliseconds", nullptr, &S::Sleep},
     {"truncate", nullptr, 1, 3, true, true, true, "[-m prealloc_mode] off",
      "truncates the current file at the given offset", nullptr, &S::Truncate},
+    {"wait_break", nullptr, 1, 1, true, false, false, "tag",
+     "waits for the suspension of a request", nullptr, &S::WaitBreak},
     {"write", "w", 2, -1, true, true, true,
      "[-bcCfnquz] [-P pattern | -s source_file] off len",
      "writes a number of bytes at a specified offset", kWriteHelp, &S::Write},
@@ -421,8 +492,10 @@ const Session::Command* FindCommand(const std::string& name) {
 const Session::Command& CommandNamed(const char* name) { return *FindCommand(name); }
 
 // "NAME ARGS -- ONELINE", qemu-io's usage and help line (no ARGS part when args is NULL).
-void PrintCommandLine(const Session::Command& cmd) {
-  printf("%s%s%s -- %s\n", cmd.name, cmd.args ? " " : "", cmd.args ? cmd.args : "", cmd.oneline);
+// `name` is the command's own unless help was asked for it by its other name ("help r").
+void PrintCommandLine(const Session::Command& cmd, const char* name = nullptr) {
+  printf("%s%s%s -- %s\n", name ? name : cmd.name, cmd.args ? " " : "", cmd.args ? cmd.args : "",
+         cmd.oneline);
 }
 
 int Usage(const char* name) {
@@ -438,9 +511,18 @@ bool GetOpts(std::vector<std::string>& argv, const char* optstring, ParsedArgs* 
   return false;
 }
 
+// qemu-io's breakline: words separated by spaces only (a tab or a carriage return is part of
+// a word), empty words dropped.
 std::vector<std::string> SplitWords(const std::string& line) {
-  std::istringstream in(line);
-  return {std::istream_iterator<std::string>(in), std::istream_iterator<std::string>()};
+  std::vector<std::string> words;
+  size_t pos = 0;
+  while (pos < line.size()) {
+    size_t end = line.find(' ', pos);
+    if (end == std::string::npos) end = line.size();
+    if (end > pos) words.push_back(line.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return words;
 }
 
 // An image range named by "off len..." operands: the buffer split into one iovec per
@@ -494,18 +576,19 @@ struct Session::AioRequest {
   Clock::time_point start;
 };
 
-Session::Session(lb_context* ctx, lb_backend* be, uint32_t backend_flags)
-    : ctx_(ctx), be_(be), backend_flags_(backend_flags),
-      writable_(backend_flags & LB_OPEN_RDWR) {}
+Session::Session(lb_context* ctx) : ctx_(ctx) {}
 
-Session::~Session() { DrainAio(); }
+Session::~Session() {
+  DrainAio();
+  if (be_) (void)lb_close(be_);
+}
 
 void Session::DrainAio() {
   lb_completion done[16];
   while (lb_context_get_inflight(ctx_) > 0) {
     int n = lb_reap(ctx_, 1, 16, -1, done);
     if (n < 0) {
-      Error(LibError());
+      ErrorReport(LibError());
       return;
     }
     for (int i = 0; i < n; ++i) Complete(static_cast<AioRequest*>(done[i].user_data), done[i].ret);
@@ -524,9 +607,222 @@ void Session::Complete(AioRequest* req, int ret) {
     if (req->pattern) {
       VerifyPattern(req->vec.buf.data(), req->vec.buf.size(), *req->pattern, req->vec.offset);
     }
-    if (req->verbose) DumpBuffer(req->vec.buf.data(), req->vec.offset, req->vec.buf.size());
+    if (req->verbose && !req->style.quiet) {
+      DumpBuffer(req->vec.buf.data(), req->vec.offset, req->vec.buf.size());
+    }
   }
   Report(req->is_write ? "wrote" : "read", req->vec.offset, req->bytes, req->start, req->style);
+}
+
+// ---- opening and closing -----------------------------------------------------------------
+
+bool ValidCacheMode(const std::string& mode) {
+  if (mode == "writeback" || mode == "none" || mode == "off" || mode == "writethrough" ||
+      mode == "directsync" || mode == "unsafe") {
+    return true;
+  }
+  ErrorReport("Invalid cache option: " + mode);
+  return false;
+}
+
+bool ValidAioMode(const std::string& mode) {
+  if (mode == "threads" || mode == "native" || mode == "io_uring") return true;
+  ErrorReport("Invalid aio option: " + mode);
+  return false;
+}
+
+bool ValidDiscardMode(const std::string& mode) {
+  if (mode == "ignore" || mode == "off" || mode == "unmap" || mode == "on") return true;
+  ErrorReport("Invalid discard option: " + mode);
+  return false;
+}
+
+namespace {
+
+struct OptionsDeleter {
+  void operator()(lb_options* opts) const { lb_options_free(opts); }
+};
+using OptionsPtr = std::unique_ptr<lb_options, OptionsDeleter>;
+
+// The option texts merged in order (later keys win), or NULL after printing the parse error
+// (qemu-io reports those without naming the image).
+OptionsPtr ParseOptionTexts(const std::vector<std::string>& texts) {
+  lb_options* raw = nullptr;
+  if (lb_options_new(&raw) < 0) {
+    ErrorReport(LibError());
+    return nullptr;
+  }
+  OptionsPtr opts(raw);
+  for (const std::string& text : texts) {
+    if (lb_options_parse(opts.get(), text.c_str()) < 0) {
+      ErrorReport(LibError());
+      return nullptr;
+    }
+  }
+  return opts;
+}
+
+}  // namespace
+
+int Session::Open(const OpenRequest& r) {
+  if (be_) {
+    ErrorReport("file open already, try 'help close'");
+    return -EBUSY;
+  }
+  // qemu-io names the image only when a filename was given.
+  std::string failed = r.filename.empty() ? "can't open: " : "can't open device " + r.filename + ": ";
+  OptionsPtr opts = ParseOptionTexts(r.options);
+  if (!opts) return -EINVAL;
+  if (r.force_share) {
+    const char* given = lb_options_get(opts.get(), "force-share");
+    if (given && strcmp(given, "on") != 0) {
+      ErrorReport("-U conflicts with image options");
+      return -EINVAL;
+    }
+  }
+  if (r.snapshot) {
+    // snapshot=on puts a temporary qcow2 overlay over the image.
+    ErrorReport(failed + "snapshot mode needs the qcow2 driver, which this build of libblock lacks");
+    return -ENOTSUP;
+  }
+  // -C (copy-on-read) is accepted and has nothing to do: no libblock image has a backing file
+  // to copy from yet.
+  uint32_t flags = kIoSharing | (r.read_only ? 0 : LB_OPEN_RDWR);
+  if (r.force_share) flags |= LB_OPEN_FORCE_SHARE;
+  // qemu-io's default cache mode is writethrough (every write is flushed), unlike qemu-img's.
+  flags |= CacheFlags(r.cache.empty() ? "writethrough" : r.cache);
+  if (!r.aio.empty()) flags |= AioFlags(r.aio);
+  // qemu-io's default discard mode is unmap (QEMU's is ignore).
+  if (r.discard.empty() || r.discard == "unmap" || r.discard == "on") flags |= LB_OPEN_UNMAP;
+  lb_open_args args = LB_OPEN_ARGS_INIT;
+  if (!r.filename.empty()) args.filename = r.filename.c_str();
+  if (!r.format.empty()) args.format = r.format.c_str();
+  args.opts = opts.get();
+  args.flags = flags;
+  lb_backend* be = nullptr;
+  if (lb_open_ex(ctx_, &args, &be) < 0) {
+    ErrorReport(failed + LibError());
+    return -lb_get_errno();
+  }
+  be_ = be;
+  perm_flags_ = kIoSharing | (r.read_only ? 0 : LB_OPEN_RDWR);
+  return 0;
+}
+
+int Session::Close() {
+  if (!be_) return 0;
+  DrainAio();
+  int ret = lb_close(std::exchange(be_, nullptr));
+  if (ret < 0) ErrorReport(LibError());
+  return ret;
+}
+
+int Session::OpenCommand(std::vector<std::string>& argv) {
+  ParsedArgs a;
+  if (!GetOpts(argv, "snCro:ki:t:d:U", &a)) return -EINVAL;
+  OpenRequest r;
+  for (auto& [opt, val] : a.options) {
+    switch (opt) {
+      case 's': r.snapshot = true; break;
+      case 'n': r.cache = "none"; break;
+      case 'C': r.copy_on_read = true; break;
+      case 'r': r.read_only = true; break;
+      case 'U': r.force_share = true; break;
+      case 'k': r.aio = "native"; break;
+      case 'o':
+        // parsed here, as qemu-io does while reading its options
+        if (!ParseOptionTexts({val})) return -EINVAL;
+        r.options.push_back(val);
+        break;
+      case 'i':
+        if (!ValidAioMode(val)) return -EINVAL;
+        r.aio = val;
+        break;
+      case 't':
+        if (!ValidCacheMode(val)) return -EINVAL;
+        r.cache = val;
+        break;
+      case 'd':
+        if (!ValidDiscardMode(val)) return -EINVAL;
+        r.discard = val;
+        break;
+    }
+  }
+  // One operand names the file; none leaves it to the options.
+  if (a.operands.size() > 1) return Usage("open");
+  if (!a.operands.empty()) r.filename = a.operands[0];
+  return Open(r);
+}
+
+int Session::CloseCommand(std::vector<std::string>&) { return Close(); }
+
+// qemu-io's reopen: -r/-w become the "read-only" option, -c a new cache mode, -o the options
+// that change; whatever is not named keeps its value (lb_reopen_options).
+int Session::Reopen(std::vector<std::string>& argv) {
+  ParsedArgs a;
+  if (!GetOpts(argv, "c:o:rw", &a)) return -EINVAL;
+  std::optional<std::string> cache;
+  std::optional<bool> read_only;
+  std::vector<std::string> texts;
+  for (auto& [opt, val] : a.options) {
+    switch (opt) {
+      case 'c':
+        if (!ValidCacheMode(val)) return -EINVAL;
+        cache = val;
+        break;
+      case 'o':
+        if (!ParseOptionTexts({val})) return -EINVAL;
+        texts.push_back(val);
+        break;
+      case 'r':
+      case 'w':
+        if (read_only) {
+          ErrorReport("Only one -r/-w option may be given");
+          return -EINVAL;
+        }
+        read_only = opt == 'r';
+        break;
+    }
+  }
+  if (!a.operands.empty()) return Usage("reopen");
+  OptionsPtr opts = ParseOptionTexts(texts);
+  if (!opts) return -EINVAL;
+  if (lb_options_get(opts.get(), "read-only")) {
+    if (read_only) {
+      ErrorReport("Cannot set both -r/-w and 'read-only'");
+      return -EINVAL;
+    }
+  } else if (read_only) {
+    lb_options_set(opts.get(), "read-only", *read_only ? "on" : "off");
+  }
+  if (cache && (lb_options_get(opts.get(), "cache.direct") ||
+                lb_options_get(opts.get(), "cache.no-flush"))) {
+    ErrorReport("Cannot set both -c and the cache options");
+    return -EINVAL;
+  }
+  // qemu-io gives up writing before it reopens read-only, and does not take the permission
+  // back if the reopen fails (the next command that writes does).
+  if (read_only.value_or(false) && (perm_flags_ & LB_OPEN_RDWR)) {
+    if (lb_reopen_options(be_, nullptr, perm_flags_ & ~LB_OPEN_RDWR) < 0) {
+      ErrorReport(LibError());
+      return -lb_get_errno();
+    }
+    perm_flags_ &= ~LB_OPEN_RDWR;
+  }
+  uint32_t flags = perm_flags_;
+  if (cache) flags |= LB_REOPEN_CACHE | CacheFlags(*cache);
+  char* changes = lb_options_to_string(opts.get());
+  if (!changes) {
+    ErrorReport(LibError());
+    return -lb_get_errno();
+  }
+  int ret = lb_reopen_options(be_, changes, flags);
+  lb_free(changes);
+  if (ret < 0) {
+    ErrorReport(LibError());
+    return ret;
+  }
+  return 0;
 }
 
 // ---- dispatch ----------------------------------------------------------------------------
@@ -547,46 +843,52 @@ int Session::Dispatch(const Command& cmd, std::vector<std::string>& argv) {
     fprintf(stderr, "no file open, try 'help open'\n");
     return -EINVAL;
   }
+  // Named as typed ("r", "w", "q" for their commands), as qemu-io does.
+  const char* name = argv[0].c_str();
   int argc = static_cast<int>(argv.size()) - 1;
   if (argc < cmd.argmin || (cmd.argmax >= 0 && argc > cmd.argmax)) {
     if (cmd.argmax < 0) {
       fprintf(stderr, "bad argument count %d to %s, expected at least %d arguments\n", argc,
-              cmd.name, cmd.argmin);
+              name, cmd.argmin);
     } else if (cmd.argmin == cmd.argmax) {
-      fprintf(stderr, "bad argument count %d to %s, expected %d arguments\n", argc, cmd.name,
+      fprintf(stderr, "bad argument count %d to %s, expected %d arguments\n", argc, name,
               cmd.argmin);
     } else {
       fprintf(stderr, "bad argument count %d to %s, expected between %d and %d arguments\n",
-              argc, cmd.name, cmd.argmin, cmd.argmax);
+              argc, name, cmd.argmin, cmd.argmax);
     }
     return -EINVAL;
   }
-  if (cmd.needs_write && !writable_) {
-    Error("Block node is read-only");
-    return -EPERM;
+  if (cmd.needs_write && !(perm_flags_ & LB_OPEN_RDWR)) {
+    // Like qemu-io (blk_set_perm), take the write permission when a command first needs it:
+    // a read-only node refuses ("Block node is read-only"), and so may other users' locks.
+    if (lb_reopen_options(be_, nullptr, perm_flags_ | LB_OPEN_RDWR) < 0) {
+      ErrorReport(LibError());
+      return -lb_get_errno();
+    }
+    perm_flags_ |= LB_OPEN_RDWR;
   }
   if (cmd.runs_loop) DrainAio();
-  int ret = (this->*cmd.run)(argv);
-  fflush(stdout);
-  return ret;
+  // stdout is not flushed after each command: like qemu-io's, what a command printed to a
+  // pipe is lost if a later one aborts.
+  return (this->*cmd.run)(argv);
 }
 
 // ---- synchronous I/O ---------------------------------------------------------------------
 
 namespace {
 
-// qemu-io only does VM-state I/O on formats that have a VM state area; none of ours do.
-int VmStateUnsupported(const char* verb, int64_t offset, int64_t count) {
+// VM state and compressed requests must be sector-aligned; prints qemu-io's message if not.
+bool SectorAligned(int64_t offset, int64_t count) {
   if (offset & 511) {
     printf("%" PRId64 " is not a sector-aligned value for 'offset'\n", offset);
-    return -EINVAL;
+    return false;
   }
   if (count & 511) {
     printf("%" PRId64 " is not a sector-aligned value for 'count'\n", count);
-    return -EINVAL;
+    return false;
   }
-  printf("%s failed: %s\n", verb, strerror(ENOTSUP));
-  return -ENOTSUP;
+  return true;
 }
 
 }  // namespace
@@ -634,7 +936,12 @@ int Session::Read(std::vector<std::string>& argv) {
     printf("pattern verification range exceeds end of read data\n");
     return -EINVAL;
   }
-  if (vmstate) return VmStateUnsupported("read", offset, count);
+  if (vmstate) {
+    // qemu-io only does VM-state I/O on formats that have a VM state area; none of ours do.
+    if (!SectorAligned(offset, count)) return -EINVAL;
+    printf("read failed: %s\n", strerror(ENOTSUP));
+    return -ENOTSUP;
+  }
 
   std::vector<uint8_t> buf(static_cast<size_t>(count), 0xab);
   Clock::time_point start = Clock::now();
@@ -648,7 +955,8 @@ int Session::Read(std::vector<std::string>& argv) {
                                 *pattern, offset + pattern_start)) {
     ret = -EINVAL;
   }
-  if (verbose) DumpBuffer(buf.data(), offset, buf.size());
+  // As qemu-io's: -q suppresses the dump as well as the statistics.
+  if (verbose && !style.quiet) DumpBuffer(buf.data(), offset, buf.size());
   Report("read", offset, count, start, style);
   return ret;
 }
@@ -704,13 +1012,22 @@ int Session::Write(std::vector<std::string>& argv) {
       case 'z': zeroes = true; break;
     }
   }
+  // The checks in qemu-io's order: which message wins when several apply is observable.
   if (a.operands.size() != 2) return Usage("write");
-  if (unmap && !zeroes) {
-    printf("-u requires -z to be specified\n");
+  if (vmstate && zeroes) {
+    printf("-b and -z cannot be specified at the same time\n");
+    return -EINVAL;
+  }
+  if ((flags & LB_REQ_FUA) && (vmstate || compressed)) {
+    printf("-f and -b or -c cannot be specified at the same time\n");
     return -EINVAL;
   }
   if (no_fallback && !zeroes) {
     printf("-n requires -z to be specified\n");
+    return -EINVAL;
+  }
+  if (unmap && !zeroes) {
+    printf("-u requires -z to be specified\n");
     return -EINVAL;
   }
   if (zeroes + has_pattern + !source_file.empty() > 1) {
@@ -728,18 +1045,28 @@ int Session::Write(std::vector<std::string>& argv) {
            a.operands[1].c_str());
     return -EINVAL;
   }
-  if (vmstate && !zeroes) return VmStateUnsupported("write", offset, count);
+  // VM state and compressed writes work on whole sectors (checked even with -z).
+  if ((vmstate || compressed) && !SectorAligned(offset, count)) return -EINVAL;
+  std::vector<uint8_t> buf;
+  if (!zeroes) {
+    buf.assign(static_cast<size_t>(count), static_cast<uint8_t>(pattern));
+    if (!source_file.empty() && !FillFromFile(source_file, &buf)) return -EINVAL;
+  }
 
   Clock::time_point start = Clock::now();
   int ret;
   if (zeroes) {
     ret = lb_pwrite_zeroes(be_, static_cast<uint64_t>(offset), static_cast<uint64_t>(count),
                            flags);
+  } else if (vmstate) {
+    ret = -ENOTSUP;  // no libblock format has a VM state area
   } else if (compressed) {
-    ret = -ENOTSUP;  // libblock's formats have no compressed clusters
+    // No libblock format writes compressed clusters (raw cannot in QEMU either). The request
+    // is still bounds-checked first, as QEMU's block layer does before asking the driver.
+    int64_t length = lb_get_length(be_);
+    ret = length < 0 ? static_cast<int>(length)
+                     : (offset > length || count > length - offset) ? -EIO : -ENOTSUP;
   } else {
-    std::vector<uint8_t> buf(static_cast<size_t>(count), static_cast<uint8_t>(pattern));
-    if (!source_file.empty() && !FillFromFile(source_file, &buf)) return -EINVAL;
     ret = lb_pwrite(be_, buf.data(), buf.size(), static_cast<uint64_t>(offset), flags);
   }
   if (ret < 0) {
@@ -780,7 +1107,7 @@ int Session::ReadV(std::vector<std::string>& argv) {
   if (pattern && !VerifyPattern(vec.buf.data(), vec.buf.size(), *pattern, vec.offset)) {
     ret = -EINVAL;
   }
-  if (verbose) DumpBuffer(vec.buf.data(), vec.offset, vec.buf.size());
+  if (verbose && !style.quiet) DumpBuffer(vec.buf.data(), vec.offset, vec.buf.size());
   Report("read", vec.offset, static_cast<int64_t>(vec.buf.size()), start, style);
   return ret;
 }
@@ -882,6 +1209,11 @@ int Session::AioWrite(std::vector<std::string>& argv) {
     }
   }
   if (a.operands.size() < 2) return Usage("aio_write");
+  if (invalid) {
+    // qemu-io's -i only feeds its accounting statistics, before any other check.
+    printf("injecting invalid write request\n");
+    return 0;
+  }
   if (unmap && !zeroes) {
     printf("-u requires -z to be specified\n");
     return -EINVAL;
@@ -889,10 +1221,6 @@ int Session::AioWrite(std::vector<std::string>& argv) {
   if (zeroes && a.operands.size() != 2) {
     printf("-z supports only a single length parameter\n");
     return -EINVAL;
-  }
-  if (invalid) {
-    printf("injecting invalid write request\n");
-    return 0;
   }
   if (unmap) flags |= LB_REQ_MAY_UNMAP;
   AioRequest* raw = req.get();
@@ -921,10 +1249,10 @@ int Session::AioWrite(std::vector<std::string>& argv) {
   return 0;
 }
 
+// Despite its name, qemu-io's aio_flush only waits for the requests in flight (blk_drain_all);
+// it flushes nothing to the disk.
 int Session::AioFlush(std::vector<std::string>&) {
   DrainAio();
-  int ret = lb_flush(be_, 0);
-  if (ret < 0) Error(std::string("aio_flush failed: ") + strerror(-ret));
   return 0;
 }
 
@@ -960,7 +1288,7 @@ int Session::Discard(std::vector<std::string>& argv) {
 
 int Session::Flush(std::vector<std::string>&) {
   int ret = lb_flush(be_, 0);
-  if (ret < 0) Error(std::string("flush failed: ") + strerror(-ret));
+  if (ret < 0) ErrorReport(std::string("flush failed: ") + strerror(-ret));
   return ret < 0 ? ret : 0;
 }
 
@@ -983,24 +1311,26 @@ int Session::Truncate(std::vector<std::string>& argv) {
   }
   if (prealloc != "off" && prealloc != "metadata" && prealloc != "falloc" &&
       prealloc != "full") {
-    Error("Invalid preallocation mode '" + prealloc + "'");
+    ErrorReport("Invalid preallocation mode '" + prealloc + "'");
     return -EINVAL;
   }
-  if (a.operands.size() != 1) return Usage("truncate");
+  // qemu-io truncates to the first operand and ignores the others (up to argmax). Without
+  // one it crashes (7.2 reads argv past the end); blkimg prints the usage instead.
+  if (a.operands.empty()) return Usage("truncate");
   int64_t size = Cvtnum(a.operands[0]);
   if (size < 0) return static_cast<int>(size);
   // qemu-io takes the resize permission only for the truncation, so that other users may
   // keep it unshared the rest of the time.
-  int ret = lb_reopen(be_, backend_flags_ | LB_OPEN_RESIZE);
+  int ret = lb_reopen_options(be_, nullptr, perm_flags_ | LB_OPEN_RESIZE);
   if (ret < 0) {
-    Error(LibError());
+    ErrorReport(LibError());
     return ret;
   }
   ret = lb_truncate(be_, static_cast<uint64_t>(size), prealloc.c_str(), 0);
-  if (ret < 0) Error(LibError());
-  int restored = lb_reopen(be_, backend_flags_);
+  if (ret < 0) ErrorReport(LibError());
+  int restored = lb_reopen_options(be_, nullptr, perm_flags_);
   if (ret >= 0 && restored < 0) {
-    Error(LibError());
+    ErrorReport(LibError());
     ret = restored;
   }
   return ret < 0 ? ret : 0;
@@ -1084,17 +1414,35 @@ int Session::Alloc(std::vector<std::string>& argv) {
   return 0;
 }
 
+bool Session::IsProtocol(const char* driver) const {
+  char* names = lb_driver_list(ctx_, LB_DRIVER_PROTOCOLS);
+  if (!names) return false;
+  std::vector<std::string> protocols = SplitWords(names);
+  lb_free(names);
+  return std::find(protocols.begin(), protocols.end(), driver) != protocols.end();
+}
+
 int Session::Info(std::vector<std::string>&) {
   lb_node* node = nullptr;
   lb_image_info* info = nullptr;
   int ret = lb_backend_get_node(be_, &node);
   if (ret >= 0) ret = lb_node_get_info(node, 0, &info);
   if (ret < 0) {
-    Error(LibError());
+    ErrorReport(LibError());
     lb_node_close(node);
     return ret;
   }
   printf("format name: %s\n", info->format);
+  // qemu-io prints a protocol's name twice, as the driver's format name and protocol name.
+  if (IsProtocol(info->format)) printf("format name: %s\n", info->format);
+  // Drivers that cannot describe themselves (null-co, and raw over it) make qemu-io's info
+  // fail without a message (bdrv_get_info: ENOTSUP). libblock's info says so by leaving out
+  // the dirty flag, as qemu-img info does.
+  if (!strstr(info->json, "\"dirty-flag\"")) {
+    lb_image_info_free(info);
+    lb_node_close(node);
+    return -ENOTSUP;
+  }
   printf("cluster size: %s\n", Cvtstr(info->cluster_size).c_str());
   // No libblock format has a VM state area, which qemu-io shows at offset 0 then.
   printf("vm state offset: %s\n", Cvtstr(0).c_str());
@@ -1120,12 +1468,64 @@ int Session::Help(std::vector<std::string>& argv) {
       printf("command %s not found\n", argv[1].c_str());
       return -EINVAL;
     }
-    PrintCommandLine(*cmd);
+    PrintCommandLine(*cmd, argv[1].c_str());
     if (cmd->help) fputs(cmd->help, stdout);
     return 0;
   }
   for (const Command& cmd : Table()) PrintCommandLine(cmd);
   printf("\nUse 'help commandname' for extended help.\n");
+  return 0;
+}
+
+// ---- blkdebug breakpoints ----------------------------------------------------------------
+//
+// qemu-io's break, remove_break, resume and wait_break drive a blkdebug node of the image's
+// graph. libblock has no blkdebug filter yet, so every image is one without blkdebug, and
+// these commands answer as qemu-io's do there: the first three fail with ENOTSUP, and
+// wait_break waits for a suspension that cannot come, running the loop (so that earlier aio
+// requests complete) until the process is killed.
+
+int Session::Break(std::vector<std::string>&) {
+  printf("Could not set breakpoint: %s\n", strerror(ENOTSUP));
+  return -ENOTSUP;
+}
+
+int Session::RemoveBreak(std::vector<std::string>& argv) {
+  printf("Could not remove breakpoint %s: %s\n", argv[1].c_str(), strerror(ENOTSUP));
+  return -ENOTSUP;
+}
+
+int Session::Resume(std::vector<std::string>&) {
+  printf("Could not resume request: %s\n", strerror(ENOTSUP));
+  return -ENOTSUP;
+}
+
+int Session::WaitBreak(std::vector<std::string>& argv) {
+  // qemu-io waits until a request is suspended at the tag, forever when no blkdebug node can
+  // suspend one. libblock has no blkdebug filter, so no request can ever be suspended: the
+  // wait would never end, and a command never hangs here. Requests in flight complete first.
+  DrainAio();
+  printf("wait_break: no request can be suspended at '%s': this image has no blkdebug node\n",
+         argv[1].c_str());
+  return -ENOTSUP;
+}
+
+int Session::Abort(std::vector<std::string>&) {
+  abort();  // without flushing stdout, as qemu-io
+}
+
+int Session::Sigraise(std::vector<std::string>& argv) {
+  int64_t sig = Cvtnum(argv[1]);
+  if (sig < 0) return static_cast<int>(sig);
+  if (sig > NSIG) {
+    printf("signal argument '%s' is too large to be a valid signal\n", argv[1].c_str());
+    return -EINVAL;
+  }
+  // The signal may end the process: what was printed so far goes out first, as in qemu-io.
+  // raise() fails for NSIG itself and for the signals the C library reserves; qemu-io
+  // ignores that too.
+  fflush(stdout);
+  raise(static_cast<int>(sig));
   return 0;
 }
 

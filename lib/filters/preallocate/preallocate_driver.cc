@@ -47,22 +47,24 @@ class PreallocateNode final : public FilterDriver {
   using FilterDriver::FilterDriver;
 
   Task<absl::Status> Open(OpenContext& ctx) override {
-    align_ = static_cast<int64_t>(ctx.values.GetSize("prealloc-align"));
-    size_ = static_cast<int64_t>(ctx.values.GetSize("prealloc-size"));
-    // 0 is accepted, as by QEMU: it means the file's request alignment.
-    if (align_ % 512) {
-      co_return ErrnoError(EINVAL, "prealloc-align parameter of preallocate filter is not aligned to 512");
-    }
-    if (size_ > kMaxLength || align_ > kMaxLength / 2) {
-      co_return ErrnoError(EINVAL, "preallocate: prealloc-size or prealloc-align is too large");
-    }
+    LB_CO_RETURN_IF_ERROR(ParseSizes(ctx.values, &align_, &size_));
     LB_CO_RETURN_IF_ERROR(co_await OpenFiltered(ctx));
-    uint32_t file_align = filtered_->node()->limits().request_alignment;
-    if (align_ % file_align) {
-      co_return ErrnoError(EINVAL, absl::StrFormat("prealloc-align parameter of preallocate filter "
-                                                   "is not aligned to %d", file_align));
-    }
-    co_return absl::OkStatus();
+    co_return CheckFileAlignment(align_);
+  }
+
+  // Both options change in a reopen, checked as at open (QEMU's preallocate_reopen_prepare).
+  bool CanReopenOption(std::string_view name) const override {
+    return name == "prealloc-align" || name == "prealloc-size";
+  }
+  absl::Status PrepareReopen(const ReopenState& state, Transaction& tran) override {
+    int64_t align = 0, size = 0;
+    LB_RETURN_IF_ERROR(ParseSizes(state.values, &align, &size));
+    LB_RETURN_IF_ERROR(CheckFileAlignment(align));
+    tran.OnCommit([this, align, size] {
+      align_ = align;
+      size_ = size;
+    });
+    return absl::OkStatus();
   }
 
   void ChildPerm(const Child& child, Perm perm, Perm shared, Perm* nperm, Perm* nshared) override {
@@ -141,6 +143,26 @@ class PreallocateNode final : public FilterDriver {
   }
 
  private:
+  static absl::Status ParseSizes(const OptionValues& values, int64_t* align, int64_t* size) {
+    *align = static_cast<int64_t>(values.GetSize("prealloc-align"));
+    *size = static_cast<int64_t>(values.GetSize("prealloc-size"));
+    // 0 is accepted, as by QEMU: it means the file's request alignment.
+    if (*align % 512) {
+      return ErrnoError(EINVAL, "prealloc-align parameter of preallocate filter is not aligned to 512");
+    }
+    if (*size > kMaxLength || *align > kMaxLength / 2) {
+      return ErrnoError(EINVAL, "preallocate: prealloc-size or prealloc-align is too large");
+    }
+    return absl::OkStatus();
+  }
+  absl::Status CheckFileAlignment(int64_t align) const {
+    uint32_t file_align = filtered_->node()->limits().request_alignment;
+    if (align % file_align) {
+      return ErrnoError(EINVAL, absl::StrFormat("prealloc-align parameter of preallocate filter "
+                                                "is not aligned to %d", file_align));
+    }
+    return absl::OkStatus();
+  }
   struct State {
     int64_t data_end;
     int64_t zero_start;

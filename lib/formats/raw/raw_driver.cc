@@ -19,6 +19,7 @@
 #include "core/info.h"
 #include "core/node.h"
 #include "core/registry.h"
+#include "core/transaction.h"
 #include "util/checked_math.h"
 #include "util/status.h"
 
@@ -43,28 +44,15 @@ class RawNode final : public NodeDriver {
   using NodeDriver::NodeDriver;
 
   Task<absl::Status> Open(OpenContext& ctx) override {
-    // Kept unsigned until it is checked against the file: QEMU's offset is a uint64_t.
-    uint64_t offset = ctx.values.GetSize("offset");
-    offset_ = offset > static_cast<uint64_t>(kMaxLength) ? kMaxLength : static_cast<int64_t>(offset);
-    if (std::optional<uint64_t> size = ctx.values.FindSize("size")) {
-      if (*size % kSectorSize) co_return ErrnoError(EINVAL, "Specified size is not multiple of 512");
-      size_ = static_cast<int64_t>(std::min<uint64_t>(*size, kMaxLength));
+    if (ctx.values.FindSize("size").value_or(0) % kSectorSize) {
+      co_return ErrnoError(EINVAL, "Specified size is not multiple of 512");
     }
-    ChildRole role = (offset_ || size_) ? (kRoleData | kRolePrimary) : (kRoleFiltered | kRolePrimary);
+    bool window = ctx.values.GetSize("offset") || ctx.values.FindSize("size");
+    ChildRole role = window ? (kRoleData | kRolePrimary) : (kRoleFiltered | kRolePrimary);
     absl::StatusOr<Child*> file = co_await ctx.OpenChild("file", role, /*allow_none=*/false);
     if (!file.ok()) co_return file.status();
     file_ = *file;
-
-    int64_t real = file_->node()->size();
-    if (offset > static_cast<uint64_t>(real)) {
-      co_return ErrnoError(EINVAL, absl::StrFormat("Offset (%d) cannot be greater than size of the "
-                                                   "containing file (%d)", offset, real));
-    }
-    if (size_ && real - offset_ < *size_) {
-      co_return ErrnoError(EINVAL, absl::StrFormat("The sum of offset (%d) and size (%d) has to be "
-                                                   "smaller or equal to the  actual size of the "
-                                                   "containing file (%d)", offset_, *size_, real));
-    }
+    LB_CO_RETURN_IF_ERROR(ParseWindow(ctx.values, &offset_, &size_));
     const Capabilities& below = file_->node()->impl()->caps();
     caps_.write_zeroes = true;
     caps_.discard = true;
@@ -82,6 +70,22 @@ class RawNode final : public NodeDriver {
           DisplayFilename(*file_->node())));  // as QEMU names it: json: over a filter
     }
     co_return absl::OkStatus();
+  }
+
+  // offset and size change in a reopen (as QEMU's raw_reopen_prepare allows), checked as at
+  // open. The file child keeps the role it was opened with.
+  bool CanReopenOption(std::string_view name) const override {
+    return name == "offset" || name == "size";
+  }
+  absl::Status PrepareReopen(const ReopenState& state, Transaction& tran) override {
+    int64_t offset = 0;
+    std::optional<int64_t> size;
+    LB_RETURN_IF_ERROR(ParseWindow(state.values, &offset, &size));
+    tran.OnCommit([this, offset, size] {
+      offset_ = offset;
+      size_ = size;
+    });
+    return absl::OkStatus();
   }
 
   void RefreshLimits(BlockLimits& limits) override {
@@ -164,6 +168,32 @@ class RawNode final : public NodeDriver {
   }
 
  private:
+  // The guest window [offset, offset+size) that `values` ask for, checked against the file.
+  absl::Status ParseWindow(const OptionValues& values, int64_t* offset_out,
+                           std::optional<int64_t>* size_out) const {
+    // Kept unsigned until it is checked against the file: QEMU's offset is a uint64_t.
+    uint64_t offset = values.GetSize("offset");
+    std::optional<uint64_t> size = values.FindSize("size");
+    if (size && *size % kSectorSize) return ErrnoError(EINVAL, "Specified size is not multiple of 512");
+    int64_t real = file_->node()->size();
+    if (offset > static_cast<uint64_t>(real)) {
+      return ErrnoError(EINVAL, absl::StrFormat("Offset (%d) cannot be greater than size of the "
+                                                "containing file (%d)", offset, real));
+    }
+    *offset_out = static_cast<int64_t>(offset);
+    *size_out = std::nullopt;
+    if (size) {
+      int64_t window = static_cast<int64_t>(std::min<uint64_t>(*size, kMaxLength));
+      if (real - *offset_out < window) {
+        return ErrnoError(EINVAL, absl::StrFormat("The sum of offset (%d) and size (%d) has to be "
+                                                  "smaller or equal to the  actual size of the "
+                                                  "containing file (%d)", *offset_out, window, real));
+      }
+      *size_out = window;
+    }
+    return absl::OkStatus();
+  }
+
   // Writes must stay inside a fixed-size window.
   absl::Status CheckWindow(int64_t offset, int64_t bytes) const {
     if (size_ && (offset > *size_ || bytes > *size_ - offset)) {

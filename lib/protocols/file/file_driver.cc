@@ -11,7 +11,8 @@
 // allocation past EOF; BLKZEROOUT on devices); discard punches holes (BLKDISCARD on
 // devices); block status comes from SEEK_DATA/SEEK_HOLE. Image locks (file_lock.h) follow
 // the permission transaction: prepare locks the union of old and new and checks for
-// conflicts, commit shrinks to the new set, abort restores the old one.
+// conflicts, commit shrinks to the new set, abort restores the old one. A reopen that changes
+// the mode, cache.direct or writethrough opens a new descriptor and moves the locks to it.
 #include "protocols/file/file_driver.h"
 
 #include <fcntl.h>
@@ -101,7 +102,7 @@ class FileNode final : public NodeDriver {
   Task<absl::Status> Open(OpenContext& ctx) override;
   void RefreshLimits(BlockLimits& limits) override;
   absl::Status PreparePerm(Perm perm, Perm shared, Transaction& tran) override;
-  absl::Status PrepareReopen(bool read_only, Transaction& tran) override;
+  absl::Status PrepareReopen(const ReopenState& state, Transaction& tran) override;
   absl::StatusOr<int64_t> GetLength() override;
   // A new regular file reads as zeroes (holes or zeroed preallocation); a device keeps its
   // old contents.
@@ -124,8 +125,9 @@ class FileNode final : public NodeDriver {
   // Grows the file from `cur` to `size` bytes with falloc or full preallocation. On failure
   // the file may be longer than `cur`; the caller cuts it back.
   Task<absl::Status> Preallocate(PreallocMode mode, int64_t cur, int64_t size);
-  int OpenFlags(bool read_only) const;
-  void ProbeAlignment();
+  int OpenFlags(bool read_only, bool direct, bool dsync) const;
+  // O_DIRECT's request and buffer alignments for `fd`.
+  void ProbeAlignment(int fd, uint32_t* request_align, uint32_t* buf_align) const;
   absl::Status ApplyLocks(int fd, Perm held, Perm unshared, bool unlock);
   std::string Who() const { return absl::StrFormat("'%s'", filename_); }
 
@@ -157,10 +159,10 @@ class FileNode final : public NodeDriver {
   bool has_fallocate_ = true;  // cleared when the file system refuses fallocate
 };
 
-int FileNode::OpenFlags(bool read_only) const {
+int FileNode::OpenFlags(bool read_only, bool direct, bool dsync) const {
   int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
-  if (direct_) flags |= O_DIRECT;
-  if (dsync_) flags |= O_DSYNC;
+  if (direct) flags |= O_DIRECT;
+  if (dsync) flags |= O_DSYNC;
   return flags;
 }
 
@@ -192,11 +194,11 @@ Task<absl::Status> FileNode::Open(OpenContext& ctx) {
   }
 
   bool read_only = n.flags().read_only;
-  fd_ = open(filename_.c_str(), OpenFlags(read_only));
+  fd_ = open(filename_.c_str(), OpenFlags(read_only, direct_, dsync_));
   if (fd_ < 0 && !read_only && n.flags().auto_read_only &&
       (errno == EACCES || errno == EROFS || errno == EPERM)) {
     // auto-read-only: take what the file allows.
-    fd_ = open(filename_.c_str(), OpenFlags(true));
+    fd_ = open(filename_.c_str(), OpenFlags(true, direct_, dsync_));
     if (fd_ >= 0) n.mutable_flags().read_only = true;
   }
   if (fd_ < 0) {
@@ -232,7 +234,7 @@ Task<absl::Status> FileNode::Open(OpenContext& ctx) {
     use_lock_ = OfdLocksAvailable();
   }
 
-  if (direct_) ProbeAlignment();
+  if (direct_) ProbeAlignment(fd_, &request_align_, &buf_align_);
 
   caps_.write_zeroes = true;
   caps_.discard = true;
@@ -244,39 +246,40 @@ Task<absl::Status> FileNode::Open(OpenContext& ctx) {
   co_return absl::OkStatus();
 }
 
-void FileNode::ProbeAlignment() {
+void FileNode::ProbeAlignment(int fd, uint32_t* request_align, uint32_t* buf_align) const {
   // Request alignment: the device's logical block size, else the smallest length an
   // O_DIRECT read accepts. Buffer alignment: the smallest buffer offset a read accepts.
   constexpr uint32_t kMaxAlign = 4096 * 16;
-  request_align_ = 0;
+  uint32_t request = 0, buffer = 0;
   if (is_device_) {
     int sector = 0;
-    if (ioctl(fd_, BLKSSZGET, &sector) == 0 && sector > 0) request_align_ = static_cast<uint32_t>(sector);
+    if (ioctl(fd, BLKSSZGET, &sector) == 0 && sector > 0) request = static_cast<uint32_t>(sector);
   }
   AlignedBuffer buf(2 * kMaxAlign, kMaxAlign);
-  if (request_align_ == 0) {
+  if (request == 0) {
     for (uint32_t align = 1; align <= kMaxAlign; align = align == 1 ? 512 : align << 1) {
-      if (pread(fd_, buf.data(), align, 0) >= 0 || errno != EINVAL) {
+      if (pread(fd, buf.data(), align, 0) >= 0 || errno != EINVAL) {
         // When even a 1-byte read passes, the file cannot tell (it is empty: reads at EOF
         // are not checked): assume 4096, as QEMU does, or a 4k-sector disk refuses the
         // first 512-byte write.
-        request_align_ = align == 1 ? std::max<uint32_t>(4096, static_cast<uint32_t>(getpagesize())) : align;
+        request = align == 1 ? std::max<uint32_t>(4096, static_cast<uint32_t>(getpagesize())) : align;
         break;
       }
     }
   }
-  if (request_align_ == 0) request_align_ = 4096;
-  buf_align_ = 0;
+  if (request == 0) request = 4096;
   for (uint32_t align : {1u, 512u, 1024u, 2048u, 4096u}) {
-    if (pread(fd_, buf.data() + align, request_align_, 0) >= 0 || errno != EINVAL) {
+    if (pread(fd, buf.data() + align, request, 0) >= 0 || errno != EINVAL) {
       // A read into any address proves nothing (an empty file reads nothing; newer kernels
       // take one misaligned buffer but refuse vectors of odd-length pieces, which padding
       // builds): fall back to the request alignment, as QEMU does.
-      buf_align_ = align == 1 ? request_align_ : align;
+      buffer = align == 1 ? request : align;
       break;
     }
   }
-  if (buf_align_ == 0) buf_align_ = 4096;
+  if (buffer == 0) buffer = 4096;
+  *request_align = request;
+  *buf_align = buffer;
 }
 
 void FileNode::RefreshLimits(BlockLimits& limits) {
@@ -327,18 +330,44 @@ absl::Status FileNode::PreparePerm(Perm perm, Perm shared, Transaction& tran) {
   return absl::OkStatus();
 }
 
-absl::Status FileNode::PrepareReopen(bool read_only, Transaction& tran) {
+absl::Status FileNode::PrepareReopen(const ReopenState& state, Transaction& tran) {
+  bool read_only = state.flags.read_only, direct = state.flags.cache_direct;
+  bool dsync = state.flags.writethrough, no_flush = state.flags.cache_no_flush;
+  tran.OnCommit([this, no_flush] { no_flush_ = no_flush; });
   int accmode = fcntl(fd_, F_GETFL) & O_ACCMODE;
-  if ((accmode == O_RDONLY) == read_only) return absl::OkStatus();
-  int new_fd = open(filename_.c_str(), OpenFlags(read_only));
-  if (new_fd < 0) return ErrnoStatus(errno, absl::StrFormat("Could not reopen file '%s'", filename_));
+  if ((accmode == O_RDONLY) == read_only && direct == direct_ && dsync == dsync_) {
+    return absl::OkStatus();
+  }
+  // A new descriptor for the new mode (O_DIRECT and O_DSYNC cannot all be changed in place).
+  int new_fd = open(filename_.c_str(), OpenFlags(read_only, direct, dsync));
+  if (new_fd < 0 && !read_only && state.flags.auto_read_only &&
+      (errno == EACCES || errno == EROFS || errno == EPERM)) {
+    // auto-read-only: take what the file allows, as at open.
+    state.flags.read_only = read_only = true;
+    if ((accmode == O_RDONLY) && direct == direct_ && dsync == dsync_) return absl::OkStatus();
+    new_fd = open(filename_.c_str(), OpenFlags(true, direct, dsync));
+  }
+  if (new_fd < 0) {
+    if (errno == EINVAL && direct) {
+      return ErrnoError(EINVAL, absl::StrFormat("Could not reopen '%s': the file system does "
+                                                "not support O_DIRECT (cache.direct=on)",
+                                                filename_));
+    }
+    return ErrnoStatus(errno, absl::StrFormat("Could not reopen file '%s'", filename_));
+  }
   tran.OnAbort([new_fd] { close(new_fd); });
+  uint32_t request_align = 1, buf_align = 1;
+  if (direct) ProbeAlignment(new_fd, &request_align, &buf_align);
   // Commit (registered before the permission commit): carry the locks held now over to the
   // new descriptor before the old one, and its locks, go away.
-  tran.OnCommit([this, new_fd] {
+  tran.OnCommit([this, new_fd, direct, dsync, request_align, buf_align] {
     if (use_lock_) (void)ApplyLockBytes(new_fd, lock_kind_, locked_held_, locked_unshared_, false);
     close(fd_);
     fd_ = new_fd;
+    direct_ = direct;
+    dsync_ = dsync;
+    request_align_ = request_align;
+    buf_align_ = buf_align;
   });
   return absl::OkStatus();
 }
