@@ -716,11 +716,7 @@ int RunConvert(int argc, char** argv) {
       case 'c': a.compress = true; break;
       case 'F': a.backing_format = optarg; break;
       case 'o':
-        if (!ValidOptionList(optarg)) {
-          Error(std::string("Invalid option list: ") + optarg);
-          return 1;
-        }
-        a.options.push_back(optarg);
+        if (!AddOptionList(optarg, &a.options)) return 1;
         break;
       case 'l': a.snapshot = optarg; break;
       case 'S':

@@ -102,11 +102,7 @@ int RunCreate(int argc, char** argv) {
       case 'b': a.backing = optarg; break;
       case 'f': a.format = optarg; break;
       case 'o':
-        if (!ValidOptionList(optarg)) {
-          Error(std::string("Invalid option list: ") + optarg);
-          return 1;
-        }
-        a.options.push_back(optarg);
+        if (!AddOptionList(optarg, &a.options)) return 1;
         break;
       case 'q': a.quiet = true; break;
       case 'u': a.unsafe = true; break;

@@ -249,6 +249,15 @@ bool ValidOptionList(std::string_view options) {
   return commas % 2 == 0;
 }
 
+bool AddOptionList(const char* options, std::vector<std::string>* lists) {
+  if (!ValidOptionList(options)) {
+    Error(std::string("Invalid option list: ") + options);
+    return false;
+  }
+  lists->push_back(options);
+  return true;
+}
+
 std::string JoinOptions(const std::vector<std::string>& opts) {
   std::string out;
   for (const std::string& o : opts) {

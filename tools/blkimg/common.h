@@ -115,6 +115,9 @@ std::string HumanSize(uint64_t bytes);
 // qemu-img's check of one -o argument: not empty, no leading comma, no trailing single comma
 // (",," is an escaped comma).
 bool ValidOptionList(std::string_view options);
+// One -o argument: checked with ValidOptionList (qemu-img's "Invalid option list: ..." when it
+// fails, returning false) and appended to `lists`.
+bool AddOptionList(const char* options, std::vector<std::string>* lists);
 // Joins repeated -o arguments with ',' as qemu-img does.
 std::string JoinOptions(const std::vector<std::string>& opts);
 
