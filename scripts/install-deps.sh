@@ -11,6 +11,8 @@ packages=(
   qemu-utils util-linux btrfs-progs e2fsprogs cryptsetup-bin fio
   # read errors on demand: a FUSE file system (tests/cli/faultyfs.py)
   python3-fusepy libfuse2
+  # system-call counts next to qemu-io (tests/cli/test_io_session.py)
+  strace
   # scripts
   python3
 )
