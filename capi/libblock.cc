@@ -683,8 +683,7 @@ LB_API int lb_reopen(lb_backend* be, uint32_t flags) {
 LB_API int lb_reopen_options(lb_backend* be, const char* options, uint32_t flags) {
   return Guard([&]() -> int {
     if (!ValidBackend(be)) return BadHandle();
-    constexpr uint32_t kAllowed = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_SHARE_ALL |
-                                  LB_OPEN_RESIZE | LB_REOPEN_CACHE | LB_OPEN_CACHE_MASK;
+    constexpr uint32_t kAllowed = kBackendPermFlags | LB_REOPEN_CACHE | LB_OPEN_CACHE_MASK;
     if (flags & ~kAllowed) return UnknownFlags();
     if ((flags & LB_OPEN_CACHE_MASK) && !(flags & LB_REOPEN_CACHE)) {
       return Fail(EINVAL, "a cache mode in flags needs LB_REOPEN_CACHE");

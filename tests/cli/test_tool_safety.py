@@ -5,6 +5,7 @@ over an existing file before every check of the operation has passed."""
 import fcntl
 import os
 import re
+import select
 import signal
 import struct
 import subprocess
@@ -154,9 +155,15 @@ class SharingTest(CliTestCase):
             holder = subprocess.Popen(argv, cwd=self.dir, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             try:
-                deadline = time.monotonic() + 30
-                while not held_lock_bytes(self.path(name)) and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                # The prompt says the image is open with all its locks taken.
+                prompt = b"blkimg> " if io == BLKIMG else b"qemu-io> "
+                seen, deadline = b"", time.monotonic() + 60
+                while prompt not in seen:
+                    ready, _, _ = select.select([holder.stdout], [], [],
+                                                max(deadline - time.monotonic(), 0))
+                    chunk = os.read(holder.stdout.fileno(), 4096) if ready else b""
+                    self.assertTrue(chunk, f"{io} did not open {name}: {seen!r}")
+                    seen += chunk
                 held = held_lock_bytes(self.path(name))
                 self.assertEqual(held, {100}, f"{io}: {sorted(held)}")
                 r = subprocess.run([resize, "resize", "-f", "raw", name, "8M"], cwd=self.dir,

@@ -61,12 +61,6 @@ std::optional<int> ParseBounded(const std::string& text, unsigned long max) {
   return static_cast<int>(value);
 }
 
-// qemu's cache modes as qemu-img bench accepts them; "Invalid cache mode" otherwise.
-bool ValidCacheMode(const std::string& mode) {
-  return mode == "none" || mode == "off" || mode == "writeback" || mode == "writethrough" ||
-         mode == "directsync" || mode == "unsafe";
-}
-
 // One option of the command line, applied to the plan as qemu-img applies it (in order, each
 // value checked when it is seen). Prints qemu-img's message and returns false on a bad value.
 bool ApplyOption(int c, const char* arg, BenchArgs* a, BenchPlan* p) {
@@ -122,7 +116,7 @@ bool ApplyOption(int c, const char* arg, BenchArgs* a, BenchPlan* p) {
       return true;
     }
     case 't':
-      if (!ValidCacheMode(text)) return fail("Invalid cache mode");
+      if (!ParseCacheMode(text)) return fail("Invalid cache mode");
       p->open_flags = (p->open_flags & ~LB_OPEN_CACHE_MASK) | CacheFlags(text);
       p->direct = text == "none" || text == "off" || text == "directsync";
       return true;

@@ -192,13 +192,12 @@ bool OpenImage(Context& ctx, const CompareArgs& a, size_t i, uint32_t flags, Ima
 }
 
 int Run(Context& ctx, const CompareArgs& a) {
-  std::string_view m = a.cache;
-  if (m != "writeback" && m != "none" && m != "off" && m != "writethrough" &&
-      m != "directsync" && m != "unsafe") {
+  std::optional<uint32_t> cache = ParseCacheMode(a.cache);
+  if (!cache) {
     Error("Invalid source cache option: " + a.cache);
     return kFailed;
   }
-  uint32_t flags = CacheFlags(m) | (a.force_share ? LB_OPEN_FORCE_SHARE : 0);
+  uint32_t flags = *cache | (a.force_share ? LB_OPEN_FORCE_SHARE : 0);
   Image one, two;
   int ret = kFailed;
   if (OpenImage(ctx, a, 0, flags, &one) && OpenImage(ctx, a, 1, flags, &two)) {

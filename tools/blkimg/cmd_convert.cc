@@ -577,16 +577,12 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
     Error("Must specify image file name");
     return 1;
   }
-  uint32_t src_flags = 0;
-  {
-    std::string_view m = a.src_cache;
-    if (m != "writeback" && m != "none" && m != "off" && m != "writethrough" &&
-        m != "directsync" && m != "unsafe") {
-      Error("Invalid source cache option: " + a.src_cache);
-      return 1;
-    }
-    src_flags = CacheFlags(m);
+  std::optional<uint32_t> src_cache = ParseCacheMode(a.src_cache);
+  if (!src_cache) {
+    Error("Invalid source cache option: " + a.src_cache);
+    return 1;
   }
+  uint32_t src_flags = *src_cache;
   if (a.force_share) src_flags |= LB_OPEN_FORCE_SHARE;
   std::vector<Source> sources;
   uint64_t total = 0;
@@ -625,10 +621,8 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
   const std::string& target = a.files.back();
   bool target_zero = a.target_is_zero;
   // Everything that can refuse the target is checked before it is created over.
-  std::string target_cache = a.cache.empty() ? "unsafe" : a.cache;
-  if (target_cache != "writeback" && target_cache != "none" && target_cache != "off" &&
-      target_cache != "writethrough" && target_cache != "directsync" &&
-      target_cache != "unsafe") {
+  std::optional<uint32_t> target_cache = ParseCacheMode(a.cache.empty() ? "unsafe" : a.cache);
+  if (!target_cache) {
     Error("Invalid cache option: " + a.cache);
     CloseAll(sources);
     return 1;
@@ -640,7 +634,7 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
       CloseAll(sources);
       return 1;
     }
-    if (!guard.Check(ctx, target, CacheFlags(target_cache)) ||
+    if (!guard.Check(ctx, target, *target_cache) ||
         CreateTarget(ctx, a, out_format, target, total) != 0) {
       CloseAll(sources);
       return 1;
@@ -650,7 +644,7 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
     CloseAll(sources);
     return 1;
   }
-  uint32_t flags = LB_OPEN_RDWR | LB_OPEN_UNMAP | CacheFlags(target_cache);
+  uint32_t flags = LB_OPEN_RDWR | LB_OPEN_UNMAP | *target_cache;
   ImageSpec spec{target, a.target_image_opts ? "" : out_format, a.target_image_opts};
   lb_backend* out = OpenBackend(ctx, spec, flags);
   guard.Release();

@@ -63,12 +63,17 @@ bool Context::AddObjects(const std::vector<std::string>& specs) {
   return true;
 }
 
-uint32_t CacheFlags(std::string_view mode) {
+std::optional<uint32_t> ParseCacheMode(std::string_view mode) {
   if (mode == "writeback") return LB_OPEN_CACHE_WRITEBACK;
   if (mode == "none" || mode == "off") return LB_OPEN_CACHE_NONE;
   if (mode == "writethrough") return LB_OPEN_CACHE_WRITETHROUGH;
   if (mode == "directsync") return LB_OPEN_CACHE_DIRECTSYNC;
   if (mode == "unsafe") return LB_OPEN_CACHE_UNSAFE;
+  return std::nullopt;
+}
+
+uint32_t CacheFlags(std::string_view mode) {
+  if (std::optional<uint32_t> flags = ParseCacheMode(mode)) return *flags;
   Fatal("Invalid cache option: " + std::string(mode));
 }
 
@@ -397,9 +402,7 @@ void Progress::InstallSignalHandler() {
   sigaction(SIGUSR1, &sa, nullptr);
 }
 
-Progress::Progress(bool enabled, float min_skip) : enabled_(enabled), min_skip_(min_skip) {
-  InstallSignalHandler();
-}
+Progress::Progress(bool enabled, float min_skip) : enabled_(enabled), min_skip_(min_skip) {}
 
 void Progress::Set(float percent) {
   current_ = percent;

@@ -61,8 +61,9 @@ struct ImageSpec {
   uint32_t share = kToolShare;
 };
 
-// qemu-img's cache modes (-t/-T) as LB_OPEN_CACHE_* flags; Fatal on an unknown mode with
-// qemu-img's message.
+// qemu-img's cache modes (-t/-T) as LB_OPEN_CACHE_* flags, or nullopt for an unknown mode.
+std::optional<uint32_t> ParseCacheMode(std::string_view mode);
+// ParseCacheMode, Fatal on an unknown mode with qemu-img's message.
 uint32_t CacheFlags(std::string_view mode);
 // qemu-img's -i aio modes as LB_OPEN_AIO_* flags.
 uint32_t AioFlags(std::string_view mode);
@@ -167,10 +168,9 @@ void PrintHelp();
 // asked by SIGUSR1.
 class Progress {
  public:
-  // Also installs qemu-img's SIGUSR1 handler: a disabled instance then prints the value once
-  // on stderr at its next update.
   Progress(bool enabled, float min_skip);
-  // The SIGUSR1 handler alone, for commands to install before their first I/O.
+  // qemu-img's SIGUSR1 handler, which commands with progress install before their first I/O:
+  // a disabled instance then prints the value once on stderr at its next update.
   static void InstallSignalHandler();
   // Sets the value to `percent` (absolute).
   void Set(float percent);

@@ -617,10 +617,7 @@ void Session::Complete(AioRequest* req, int ret) {
 // ---- opening and closing -----------------------------------------------------------------
 
 bool ValidCacheMode(const std::string& mode) {
-  if (mode == "writeback" || mode == "none" || mode == "off" || mode == "writethrough" ||
-      mode == "directsync" || mode == "unsafe") {
-    return true;
-  }
+  if (ParseCacheMode(mode)) return true;
   ErrorReport("Invalid cache option: " + mode);
   return false;
 }
