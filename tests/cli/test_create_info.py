@@ -93,6 +93,18 @@ class InfoTest(CliTestCase):
         self.assertOk(ours)
         self.assertEqual(ours.out, theirs.out)
 
+    def test_human_sizes_like_qemu_img(self):
+        # qemu-img switches units at 1000 of the smaller one: 1048064 bytes is "1 MiB".
+        for size in [0, 512, 999 * 1024, 1000 * 1024 - 512, 1048064, 1048576, 1023 * 1024 * 1024,
+                     1000 * 1024 * 1024, 1536 * 1024 * 1024, 1099511627264]:
+            with self.subTest(size=size):
+                self.assertOk(self.qemu_img("create", "-q", "-f", "raw", "h.img", str(size)))
+                ours = self.blkimg("info", "-f", "raw", "h.img")
+                theirs = self.qemu_img("info", "-f", "raw", "h.img")
+                self.assertOk(ours)
+                self.assertEqual(ours.out.splitlines()[:4], theirs.out.splitlines()[:4])
+                os.remove(self.path("h.img"))
+
     def test_info_of_option_strings(self):
         self.assertOk(self.qemu_img("create", "-q", "-f", "raw", "r.img", "1M"))
         for opts in ["driver=raw,file.filename=r.img",

@@ -233,15 +233,13 @@ std::optional<int64_t> CvtNum(std::string_view what, std::string_view text, int6
 }
 
 std::string HumanSize(uint64_t bytes) {
-  // qemu-img: "%0.3g %s" over B, KiB, MiB, ... with the largest unit that keeps the value
-  // at or above 1.
+  // qemu-img's "%0.3g" over B, KiB, MiB, ...: it moves to the next unit as soon as the value
+  // reaches 1000 of the current one (so 1048064 bytes show as "1 MiB", not "1.02e+03 KiB"),
+  // i.e. the unit is the largest k with bytes >= 1000 * 1024^(k-1).
   static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
   int unit = 0;
-  double value = static_cast<double>(bytes);
-  while (value >= 1024 && unit < 6) {
-    value /= 1024;
-    ++unit;
-  }
+  while (unit < 6 && static_cast<double>(bytes) >= 1000.0 * std::ldexp(1.0, 10 * unit)) ++unit;
+  double value = static_cast<double>(bytes) / std::ldexp(1.0, 10 * unit);
   char buf[64];
   snprintf(buf, sizeof buf, "%0.3g %s", value, kUnits[unit]);
   return buf;
