@@ -578,7 +578,7 @@ Task<absl::StatusOr<BlockStatus>> FileNode::GetBlockStatus(int64_t offset, int64
                                                            bool want_zero) {
   BlockStatus s;
   s.map = offset;
-  s.file = &node();
+  s.file = nullptr;  // this node: the core names the queried edge
   s.flags = kStatusData | kStatusOffsetValid;
   s.bytes = bytes;
   if (!want_zero) co_return s;
