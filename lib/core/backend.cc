@@ -177,7 +177,8 @@ Task<absl::StatusOr<BlockStatus>> Backend::GetBlockStatus(int64_t offset, int64_
     co_return range;
   }
   // The whole chain (no base), with zero detection, as qemu-img map asks.
-  absl::StatusOr<BlockStatus> result = co_await BlockStatusAbove(*root_, nullptr, offset, bytes, true);
+  absl::StatusOr<BlockStatus> result =
+      co_await BlockStatusAbove(*root_, nullptr, GuestOffset(offset), bytes, true);
   Leave();
   co_return result;
 }

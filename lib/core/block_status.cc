@@ -22,8 +22,9 @@ Child* NextLayer(const Node& node) {
 
 }  // namespace
 
-Task<absl::StatusOr<BlockStatus>> BlockStatusAbove(Child& top, Node* base, int64_t offset,
+Task<absl::StatusOr<BlockStatus>> BlockStatusAbove(Child& top, Node* base, GuestOffset start,
                                                    int64_t bytes, bool want_zero) {
+  int64_t offset = start.value();
   Child* layer = &top;
   int depth = 0;
   BlockStatus out;
@@ -60,8 +61,8 @@ Task<absl::StatusOr<BlockStatus>> BlockStatusAbove(Child& top, Node* base, int64
   co_return out;
 }
 
-Task<absl::StatusOr<AllocationAbove>> IsAllocatedAbove(Child& top, Node* base, int64_t offset,
-                                                       int64_t bytes) {
+Task<absl::StatusOr<AllocationAbove>> IsAllocatedAbove(Child& top, Node* base,
+                                                       GuestOffset offset, int64_t bytes) {
   absl::StatusOr<BlockStatus> s = co_await BlockStatusAbove(top, base, offset, bytes, false);
   if (!s.ok()) co_return s.status();
   AllocationAbove a;

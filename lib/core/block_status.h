@@ -15,19 +15,20 @@
 #include "absl/status/statusor.h"
 #include "core/driver.h"
 #include "core/node.h"
+#include "core/offset.h"
 #include "core/task.h"
 
 namespace libblock {
 
-// The status of [offset, offset + bytes) of `top`'s node, as seen above `base` (exclusive;
-// nullptr: the whole chain). The result's `bytes` may be shorter than asked. Its `depth` is
-// the number of backing steps from the top to the layer that decided (filters do not count,
-// as in qemu-img map), and `layer` the edge to that layer; `file` is the edge through which
-// the data is read (file_node() is the node holding it). A range that no layer above `base`
-// allocates has no kStatusAllocated (and, when the walk reached `base`, no other flag but
-// kStatusEof). kStatusEof says the range reaches the end of `top`'s node. A range at or past
-// the end of the top node gives bytes == 0 and kStatusEof.
-Task<absl::StatusOr<BlockStatus>> BlockStatusAbove(Child& top, Node* base, int64_t offset,
+// The status of [offset, offset + bytes) of `top`'s node (offsets in its own address space),
+// as seen above `base` (exclusive; nullptr: the whole chain). The result's `bytes` may be
+// shorter than asked. Its `depth` is the number of backing steps from the top to the layer
+// that decided (filters do not count, as in qemu-img map), and `layer` the edge to that layer;
+// `file` is the edge through which the data is read (file_node() is the node holding it).
+// A range that no layer above `base` allocates has no kStatusAllocated (and, when the walk
+// reached `base`, no other flag but kStatusEof). kStatusEof says the range reaches the end of
+// `top`'s node. A range at or past the end of the top node gives bytes == 0 and kStatusEof.
+Task<absl::StatusOr<BlockStatus>> BlockStatusAbove(Child& top, Node* base, GuestOffset offset,
                                                    int64_t bytes, bool want_zero = true);
 
 // Whether some layer of `top`'s chain above `base` (exclusive) provides the data of
@@ -38,8 +39,8 @@ struct AllocationAbove {
   int64_t bytes = 0;
   int depth = 0;  // backing steps below the top to the layer that allocates it
 };
-Task<absl::StatusOr<AllocationAbove>> IsAllocatedAbove(Child& top, Node* base, int64_t offset,
-                                                       int64_t bytes);
+Task<absl::StatusOr<AllocationAbove>> IsAllocatedAbove(Child& top, Node* base,
+                                                       GuestOffset offset, int64_t bytes);
 
 }  // namespace libblock
 

@@ -7,11 +7,16 @@
 //  * alignment: requests are padded out to request_alignment — reads with bounce head/tail
 //    segments, writes by read-modify-write of the partial blocks under a serialising request;
 //  * size: requests are split at max_transfer; reads past the end of the node return zeroes;
-//  * tracking: every request is counted for drain and registered for overlap checks; a
-//    serialising request waits for earlier overlapping requests and makes later ones wait;
+//  * tracking: every request is counted for drain and enters its range in the node's
+//    RangeLock; a serialising request (an exclusive range) waits for earlier overlapping
+//    requests and makes later ones wait;
+//  * flags: mandatory flags the driver does not declare (compressed) fail with ENOTSUP before
+//    anything is written; advisory ones are dropped or emulated;
 //  * fallbacks: write-zeroes without driver support writes zero buffers, FUA without driver
 //    support becomes a flush, discard is advisory, and flushes are skipped when nothing was
-//    written since the last one.
+//    written since the last one;
+//  * block status of one layer, with pass-through and recurse answers resolved (the chain walk
+//    is block_status.cc).
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -267,8 +272,8 @@ Task<absl::Status> Child::Write(int64_t offset, int64_t bytes, const IoVec& qiov
   LB_CO_RETURN_IF_ERROR(CheckWritable(*this, n, offset, bytes, flags));
   LB_CO_RETURN_IF_ERROR(CheckWriteFlags(n, flags, n.impl()->caps().write_flags));
   if (bytes == 0) co_return absl::OkStatus();
-  if (n.flags().detect_zeroes != DetectZeroes::kOff && !(flags & (kReqWriteUnchanged | kReqCompressed)) &&
-      qiov.IsZero()) {
+  if (n.flags().detect_zeroes != DetectZeroes::kOff &&
+      !(flags & (kReqWriteUnchanged | kReqCompressed)) && qiov.IsZero()) {
     ReqFlags zf = flags & (kReqFua | kReqSerialising);
     if (n.flags().detect_zeroes == DetectZeroes::kUnmap) zf |= kReqMayUnmap;
     co_return co_await WriteZeroes(offset, bytes, zf);
@@ -439,7 +444,8 @@ Task<absl::StatusOr<BlockStatus>> Child::GetBlockStatus(int64_t offset, int64_t 
                                                   "a child", n.name()));
       }
       int64_t len = out.bytes;
-      absl::StatusOr<BlockStatus> inner = co_await out.file->GetBlockStatus(out.map, len, want_zero);
+      absl::StatusOr<BlockStatus> inner =
+          co_await out.file->GetBlockStatus(out.map, len, want_zero);
       if (!inner.ok()) co_return inner;
       if (inner->bytes == 0) {  // past the end of the child: reads as zeroes
         out.flags = kStatusZero | kStatusAllocated;

@@ -149,22 +149,22 @@ TEST_CASE("allocated above a base excludes the base", "[block-status]") {
   std::vector<uint8_t> data(4096, 0x22);
   REQUIRE(c.be->PwriteSync(0, data.data(), 4096).ok());
   Child& top = *c.be->root_child();
-  auto a = c.loop->Run(IsAllocatedAbove(top, c.backing, 0, 65536));
+  auto a = c.loop->Run(IsAllocatedAbove(top, c.backing, GuestOffset(0), 65536));
   REQUIRE(a.ok());
   CHECK(a->allocated);
   CHECK(a->bytes == 4096);
   CHECK(a->depth == 0);
-  a = c.loop->Run(IsAllocatedAbove(top, c.backing, 4096, 65536 - 4096));
+  a = c.loop->Run(IsAllocatedAbove(top, c.backing, GuestOffset(4096), 65536 - 4096));
   REQUIRE(a.ok());
   CHECK_FALSE(a->allocated);
   CHECK(a->bytes == 65536 - 4096);
   // Without a base the backing file counts.
-  a = c.loop->Run(IsAllocatedAbove(top, nullptr, 4096, 65536 - 4096));
+  a = c.loop->Run(IsAllocatedAbove(top, nullptr, GuestOffset(4096), 65536 - 4096));
   REQUIRE(a.ok());
   CHECK(a->allocated);
   CHECK(a->depth == 1);
   // The top itself as base: nothing is above it.
-  auto s = c.loop->Run(BlockStatusAbove(top, c.be->root(), 0, 65536, true));
+  auto s = c.loop->Run(BlockStatusAbove(top, c.be->root(), GuestOffset(0), 65536, true));
   REQUIRE(s.ok());
   CHECK((s->flags & ~kStatusEof) == 0);
   CHECK(s->bytes == 65536);

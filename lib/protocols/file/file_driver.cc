@@ -448,7 +448,7 @@ void FileNode::FillInfo(nlohmann::json& info) {
 
 // ---- syscall plumbing ------------------------------------------------------------------------
 
-// ---- syscall plumbing definitions ----------------------------------------------------------------
+// ---- syscall plumbing definitions ---------------------------------------------------------
 
 Task<int64_t> IoBlocking(EventLoop* loop, std::function<int64_t()> fn) {
   co_return co_await loop->RunInThread(std::move(fn));
@@ -497,7 +497,8 @@ Task<int64_t> IoFtruncate(FileIo io, int64_t size) {
 Task<int64_t> IoFdatasync(FileIo io) {
   if (io.use_uring) co_return co_await io.loop->uring()->Fsync(io.fd, /*datasync=*/true);
   int fd = io.fd;
-  co_return co_await IoBlocking(io.loop, [fd]() -> int64_t { return fdatasync(fd) < 0 ? -errno : 0; });
+  co_return co_await IoBlocking(io.loop,
+                                [fd]() -> int64_t { return fdatasync(fd) < 0 ? -errno : 0; });
 }
 
 Task<absl::Status> IoTransferAll(FileIo io, bool write, int64_t offset, const IoVec& qiov,
@@ -528,7 +529,9 @@ Task<absl::Status> IoTransferAll(FileIo io, bool write, int64_t offset, const Io
                                             write ? "write" : "read", off));
     }
     if (r == 0) {
-      if (write) co_return ErrnoError(EIO, absl::StrFormat("'%s': write made no progress", io.filename));
+      if (write) {
+        co_return ErrnoError(EIO, absl::StrFormat("'%s': write made no progress", io.filename));
+      }
       qiov.Memset(done, 0, total - done);  // end of file: the rest reads as zeroes
       break;
     }
