@@ -737,7 +737,7 @@ LB_API int lb_node_get_info(lb_node* node, uint32_t flags, lb_image_info** out) 
 LB_API int lb_node_has_zero_init(lb_node* node) {
   return Guard([&]() -> int {
     if (!node) return NullArgument("lb_node_has_zero_init");
-    return node->node->impl()->HasZeroInit() ? 1 : 0;
+    return libblock::HasZeroInit(*node->node) ? 1 : 0;
   });
 }
 
@@ -828,8 +828,8 @@ LB_API int lb_block_status(lb_backend* be, uint64_t offset, uint64_t count, uint
     full.has_host_offset = (st->flags & libblock::kStatusOffsetValid) != 0;
     full.host_offset = full.has_host_offset ? static_cast<uint64_t>(st->map) : 0;
     full.depth = static_cast<uint32_t>(st->depth);
-    if (st->file) {
-      be->extent_filename = libblock::DisplayFilename(*st->file);
+    if (libblock::Node* holder = st->file_node()) {
+      be->extent_filename = libblock::DisplayFilename(*holder);
       full.filename = be->extent_filename.c_str();
     }
     // Callers built against an older, shorter lb_extent get only the fields they know.

@@ -3,6 +3,7 @@
 #include <cerrno>
 
 #include "absl/strings/str_format.h"
+#include "core/block_status.h"
 #include "core/event_loop.h"
 #include "core/info.h"
 #include "util/checked_math.h"
@@ -175,29 +176,9 @@ Task<absl::StatusOr<BlockStatus>> Backend::GetBlockStatus(int64_t offset, int64_
     Leave();
     co_return range;
   }
-  // Walk down the backing chain until a layer provides the range (QEMU's
-  // bdrv_block_status_above); depth is the index of the last layer asked, as qemu-img map
-  // reports it.
-  Child* layer = root_;
-  int depth = 0;
-  absl::StatusOr<BlockStatus> result;
-  for (;;) {
-    result = co_await layer->GetBlockStatus(offset, bytes, true);
-    if (!result.ok()) break;
-    if (result->bytes == 0) {
-      // Past the end of a shorter backing file: reads as zeroes, provided by nobody.
-      result->flags = kStatusZero;
-      result->bytes = bytes;
-      break;
-    }
-    if (result->flags & kStatusAllocated) break;
-    Child* backing = BackingChild(*layer->node());
-    if (!backing) break;
-    bytes = result->bytes;
-    layer = backing;
-    ++depth;
-  }
-  if (result.ok()) result->depth = depth;
+  // The whole chain (no base), with zero detection, as qemu-img map asks.
+  absl::StatusOr<BlockStatus> result =
+      co_await BlockStatusAbove(*root_, nullptr, GuestOffset(offset), bytes, true);
   Leave();
   co_return result;
 }

@@ -54,9 +54,34 @@ absl::Status NodeDriver::GetImageInfo(ImageInfo& info) {
   return ErrnoError(ENOTSUP, "no image information");
 }
 
+Node* BlockStatus::file_node() const { return file ? file->node() : nullptr; }
+
+namespace {
+
+// The child whose data a filter passes through (QEMU's bdrv_filter_child), or null.
+Child* FilteredChild(const Node& node) {
+  if (node.driver().kind != DriverKind::kFilter) return nullptr;
+  for (Child* c : node.children()) {
+    if (c->role() & kRoleFiltered) return c;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 bool NodeDriver::HasZeroInit() {
-  if (Child* c = node().primary_child()) return c->node()->impl()->HasZeroInit();
+  // A filter shows its child's data; any other driver must say so itself (the safe default:
+  // a format's metadata may make a new image read as anything).
+  if (Child* c = FilteredChild(node())) return libblock::HasZeroInit(*c->node());
   return false;
+}
+
+bool HasZeroInit(Node& node) {
+  // A copy-on-write image starts as its backing file's contents, which need not be zeroes.
+  for (Child* c : node.children()) {
+    if (c->role() & kRoleCow) return false;
+  }
+  return node.impl()->HasZeroInit();
 }
 
 absl::StatusOr<BlockSizes> NodeDriver::ProbeBlockSizes() {
@@ -127,7 +152,7 @@ Task<absl::StatusOr<BlockStatus>> FilterDriver::GetBlockStatus(int64_t offset, i
   s.flags = kStatusRaw | kStatusOffsetValid;
   s.bytes = bytes;
   s.map = offset;
-  s.file = filtered_->node();
+  s.file = filtered_;
   co_return s;
 }
 

@@ -53,6 +53,16 @@ inline constexpr ReqFlags kReqNoWait = 1u << 5;          // serialising: fail wi
 // node's discard policy (QEMU's blk layer does not filter it; `discard` governs discards and
 // what drivers forward to their children).
 inline constexpr ReqFlags kReqKeepUnmap = 1u << 6;
+inline constexpr ReqFlags kReqCompressed = 1u << 7;      // write: store compressed (qemu-img -c)
+
+// How the request path treats a flag the driver did not declare in Capabilities:
+//  * advisory flags are dropped or emulated: FUA becomes a flush after the request, may-unmap
+//    and write-unchanged are hints the driver may ignore;
+//  * mandatory flags change what the request means, so a driver that cannot honour one makes
+//    the request fail with ENOTSUP before anything is written (compressed writes; no-fallback
+//    is enforced by the core itself).
+inline constexpr ReqFlags kReqAdvisoryFlags = kReqFua | kReqMayUnmap | kReqWriteUnchanged;
+inline constexpr ReqFlags kReqMandatoryFlags = kReqCompressed;
 
 // Truncate/create preallocation (QEMU's PreallocMode).
 enum class PreallocMode { kOff, kMetadata, kFalloc, kFull };
@@ -67,13 +77,26 @@ inline constexpr uint32_t kStatusOffsetValid = 0x04;  // `map` and `file` are me
 inline constexpr uint32_t kStatusRaw = 0x08;          // ask `file` at `map` (filters, raw)
 inline constexpr uint32_t kStatusAllocated = 0x10;    // this layer provides the content
 inline constexpr uint32_t kStatusEof = 0x20;          // the range reaches the end of the node
+// Drivers only, never in a result: the range is data at `map` in `file`, but only the file
+// layer knows whether it reads as zeroes (qcow2 preallocation=metadata clusters); the core asks
+// `file` and adds kStatusZero from its answer (QEMU's BDRV_BLOCK_RECURSE).
+inline constexpr uint32_t kStatusRecurse = 0x40;
+inline constexpr uint32_t kStatusCompressed = 0x80;   // data stored compressed (no valid `map`)
 
 struct BlockStatus {
   uint32_t flags = 0;
   int64_t bytes = 0;         // length of the extent the flags describe (> 0)
   int64_t map = 0;           // host offset in `file`, valid with kStatusOffsetValid
-  Node* file = nullptr;
-  int depth = 0;             // backing-chain depth that provides the data (Backend queries)
+  // The edge through which the data at `map` is read. Drivers name one of their own children,
+  // or leave it null for "this node itself" (protocols); the core then sets the edge it queried.
+  Child* file = nullptr;
+  // Set by BlockStatusAbove: how many backing (cow) steps below the top the layer that decided
+  // the range is (filters are not counted, as in qemu-img map), and the edge to that layer.
+  int depth = 0;
+  Child* layer = nullptr;
+
+  // The node holding the data (file's child node), or null.
+  Node* file_node() const;
 };
 
 // Request limits of a node (QEMU's BlockLimits). Zero means "no limit" for max_* fields.
@@ -96,7 +119,7 @@ struct Capabilities {
   bool discard = false;        // Discard is implemented (else: discard is a no-op)
   bool truncate = false;       // Truncate is implemented
   bool block_status = false;   // GetBlockStatus is implemented (else: all data)
-  ReqFlags write_flags = 0;    // flags Write honours (kReqFua)
+  ReqFlags write_flags = 0;    // flags Write honours (kReqFua, kReqCompressed)
   ReqFlags zero_flags = 0;     // flags WriteZeroes honours (kReqFua, kReqMayUnmap, kReqNoFallback)
   bool serialise_writes = false;  // every write is serialising against overlapping requests
 };
@@ -173,9 +196,10 @@ class NodeDriver {
   // Bytes the node occupies on its storage; the default sums the storage children.
   virtual absl::StatusOr<int64_t> GetAllocatedSize();
   virtual absl::StatusOr<BlockSizes> ProbeBlockSizes();
-  // Whether a newly created image reads as zeroes everywhere (QEMU's bdrv_has_zero_init):
-  // what a copy may rely on to skip zero ranges. The default asks the primary child (filters
-  // and raw answer for their file); a node without one says no.
+  // The driver's answer to "does a newly created image read as zeroes everywhere" (QEMU's
+  // bdrv_has_zero_init). Callers use libblock::HasZeroInit(node), which first says no for a
+  // node with a backing (cow) child. The default: a filter asks its filtered child, anything
+  // else says no; drivers that know better (file, raw) override.
   virtual bool HasZeroInit();
   // Driver-specific fields for `info`.
   virtual void FillInfo(nlohmann::json& info) {}
@@ -233,6 +257,11 @@ class FilterDriver : public NodeDriver {
 
   Child* filtered_ = nullptr;
 };
+
+// Whether `node` reads as zeroes everywhere right after creation (QEMU's bdrv_has_zero_init):
+// no for a node with a backing (cow) child, whose unallocated ranges show the backing file,
+// else the driver's answer. What a copy may rely on to skip writing zero ranges.
+bool HasZeroInit(Node& node);
 
 // The static descriptor of a driver: one entry of the registry table.
 struct Driver {

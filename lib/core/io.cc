@@ -7,78 +7,54 @@
 //  * alignment: requests are padded out to request_alignment — reads with bounce head/tail
 //    segments, writes by read-modify-write of the partial blocks under a serialising request;
 //  * size: requests are split at max_transfer; reads past the end of the node return zeroes;
-//  * tracking: every request is counted for drain and registered for overlap checks; a
-//    serialising request waits for earlier overlapping requests and makes later ones wait;
+//  * tracking: every request is counted for drain and enters its range in the node's
+//    RangeLock; a serialising request (an exclusive range) waits for earlier overlapping
+//    requests and makes later ones wait;
+//  * flags: mandatory flags the driver does not declare (compressed) fail with ENOTSUP before
+//    anything is written; advisory ones are dropped or emulated;
 //  * fallbacks: write-zeroes without driver support writes zero buffers, FUA without driver
 //    support becomes a flush, discard is advisory, and flushes are skipped when nothing was
-//    written since the last one.
+//    written since the last one;
+//  * block status of one layer, with pass-through and recurse answers resolved (the chain walk
+//    is block_status.cc).
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <list>
 
 #include "absl/strings/str_format.h"
 #include "core/graph.h"
+#include "core/info.h"
 #include "core/node.h"
 #include "util/checked_math.h"
 #include "util/status.h"
 
 namespace libblock {
 
-// Counts a request against its node for drain and registers its overlap range.
+// Counts a request against its node for drain and enters its range in the node's request
+// range lock (serialising requests are exclusive ranges).
 class RequestScope {
  public:
   explicit RequestScope(Node& node) : node_(node) { ++node_.in_flight_; }
   ~RequestScope() {
-    Untrack();
+    range_.Release();
     if (--node_.in_flight_ == 0) node_.idle_waiters_.WakeAll();
   }
   RequestScope(const RequestScope&) = delete;
   RequestScope& operator=(const RequestScope&) = delete;
 
   void Track(int64_t offset, int64_t bytes, bool serialising) {
-    req_.offset = offset;
-    req_.bytes = bytes;
-    req_.serialising = serialising;
-    req_.seq = node_.next_seq_++;
-    if (serialising) ++node_.serialising_in_flight_;
-    it_ = node_.tracked_.insert(node_.tracked_.end(), &req_);
-    tracked_ = true;
+    node_.requests_.Add(range_, GuestOffset(offset), bytes, serialising);
   }
 
   // Waits until no earlier overlapping request conflicts with this one (a conflict needs
-  // either side to be serialising). Only earlier requests count, so waits form no cycle.
+  // either side to be serialising).
   Task<absl::Status> WaitForConflicts(bool no_wait) {
-    if (!req_.serialising && node_.serialising_in_flight_ == 0) co_return absl::OkStatus();
-    for (;;) {
-      TrackedRequest* blocker = nullptr;
-      for (TrackedRequest* r : node_.tracked_) {
-        if (r == &req_ || r->seq > req_.seq) continue;
-        if (!r->serialising && !req_.serialising) continue;
-        if (r->offset < req_.offset + req_.bytes && req_.offset < r->offset + r->bytes) {
-          blocker = r;
-          break;
-        }
-      }
-      if (!blocker) co_return absl::OkStatus();
-      if (no_wait) co_return ErrnoError(EBUSY, "an overlapping request is in flight");
-      co_await blocker->waiters.Wait();
-    }
+    co_return co_await node_.requests_.Wait(range_, no_wait);
   }
 
  private:
-  void Untrack() {
-    if (!tracked_) return;
-    tracked_ = false;
-    node_.tracked_.erase(it_);
-    if (req_.serialising) --node_.serialising_in_flight_;
-    req_.waiters.WakeAll();
-  }
-
   Node& node_;
-  TrackedRequest req_;
-  std::list<TrackedRequest*>::iterator it_;
-  bool tracked_ = false;
+  RangeLock<GuestOffset>::Range range_;
 };
 
 namespace {
@@ -140,6 +116,8 @@ Task<absl::Status> FlushNode(Node& n) { return NodeIo::Flush(n); }
 Task<absl::Status> WriteAligned(Node& n, int64_t offset, int64_t bytes, const IoVec& qiov,
                                 ReqFlags flags) {
   const Capabilities& caps = n.impl()->caps();
+  // Mandatory flags were checked on entry (CheckWriteFlags); advisory ones the driver does not
+  // honour are dropped here and emulated below where they matter (FUA).
   ReqFlags driver_flags = flags & caps.write_flags;
   int64_t max_transfer = MaxTransfer(n);
   for (int64_t done = 0; done < bytes;) {
@@ -192,6 +170,40 @@ IoVec PaddedVector(const Padding& p, const IoVec& qiov, int64_t bytes, int64_t a
     out.Append(tail_block + (align - p.tail), static_cast<size_t>(p.tail));
   }
   return out;
+}
+
+// Writes `bytes` of `qiov` at `offset` (described by `pad`) by read-modify-write of the
+// partial head and tail blocks. The caller holds a serialising request over the aligned range,
+// so no other write can change those blocks between our read and our write.
+Task<absl::Status> WritePadded(Node& n, int64_t offset, int64_t bytes, Padding& pad,
+                               const IoVec& qiov, ReqFlags flags) {
+  if (!pad.needed()) co_return co_await WriteAligned(n, offset, bytes, qiov, flags);
+  int64_t align = n.limits().request_alignment;
+  bool same_block = pad.bytes == align;
+  if (pad.head) {
+    IoVec h(pad.head_buf.data(), static_cast<size_t>(align));
+    LB_CO_RETURN_IF_ERROR(co_await ReadAligned(n, pad.offset, align, h, 0));
+  }
+  if (pad.tail && !(same_block && pad.head)) {
+    IoVec t(pad.tail_buf.data(), static_cast<size_t>(align));
+    LB_CO_RETURN_IF_ERROR(co_await ReadAligned(n, pad.offset + pad.bytes - align, align, t, 0));
+  }
+  IoVec padded = PaddedVector(pad, qiov, bytes, align, same_block && pad.head);
+  co_return co_await WriteAligned(n, pad.offset, pad.bytes, padded, flags);
+}
+
+// Mandatory request flags the driver cannot honour fail the request before anything happens.
+absl::Status CheckWriteFlags(const Node& n, ReqFlags flags, ReqFlags supported) {
+  ReqFlags missing = flags & kReqMandatoryFlags & ~supported;
+  if (missing & kReqCompressed) {
+    return ErrnoError(ENOTSUP, absl::StrFormat("node '%s': compressed writes are not supported",
+                                               n.name()));
+  }
+  if (missing) {
+    return ErrnoError(ENOTSUP, absl::StrFormat("node '%s': request flags 0x%x not supported",
+                                               n.name(), missing));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -258,38 +270,21 @@ Task<absl::Status> Child::Read(int64_t offset, int64_t bytes, const IoVec& qiov,
 Task<absl::Status> Child::Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) {
   Node& n = *node_;
   LB_CO_RETURN_IF_ERROR(CheckWritable(*this, n, offset, bytes, flags));
+  LB_CO_RETURN_IF_ERROR(CheckWriteFlags(n, flags, n.impl()->caps().write_flags));
   if (bytes == 0) co_return absl::OkStatus();
-  if (n.flags().detect_zeroes != DetectZeroes::kOff && !(flags & kReqWriteUnchanged) &&
-      qiov.IsZero()) {
+  if (n.flags().detect_zeroes != DetectZeroes::kOff &&
+      !(flags & (kReqWriteUnchanged | kReqCompressed)) && qiov.IsZero()) {
     ReqFlags zf = flags & (kReqFua | kReqSerialising);
     if (n.flags().detect_zeroes == DetectZeroes::kUnmap) zf |= kReqMayUnmap;
     co_return co_await WriteZeroes(offset, bytes, zf);
   }
   RequestScope scope(n);
-  int64_t align = n.limits().request_alignment;
   Padding pad = ComputePadding(n, offset, bytes);
   bool serialising = pad.needed() || (flags & kReqSerialising) || n.impl()->caps().serialise_writes;
   scope.Track(pad.offset, pad.bytes, serialising);
   LB_CO_RETURN_IF_ERROR(co_await scope.WaitForConflicts(flags & kReqNoWait));
   flags &= ~(kReqSerialising | kReqNoWait);
-  absl::Status st;
-  if (!pad.needed()) {
-    st = co_await WriteAligned(n, offset, bytes, qiov, flags);
-  } else {
-    // Read-modify-write of the partial blocks. The request is serialising over the aligned
-    // range, so no other write can change those blocks between our read and our write.
-    bool same_block = pad.bytes == align;
-    if (pad.head) {
-      IoVec h(pad.head_buf.data(), static_cast<size_t>(align));
-      LB_CO_RETURN_IF_ERROR(co_await ReadAligned(n, pad.offset, align, h, 0));
-    }
-    if (pad.tail && !(same_block && pad.head)) {
-      IoVec t(pad.tail_buf.data(), static_cast<size_t>(align));
-      LB_CO_RETURN_IF_ERROR(co_await ReadAligned(n, pad.offset + pad.bytes - align, align, t, 0));
-    }
-    IoVec padded = PaddedVector(pad, qiov, bytes, align, same_block && pad.head);
-    st = co_await WriteAligned(n, pad.offset, pad.bytes, padded, flags);
-  }
+  absl::Status st = co_await WritePadded(n, offset, bytes, pad, qiov, flags);
   if (st.ok()) NodeIo::NoteWrite(n, offset + bytes);
   co_return st;
 }
@@ -297,6 +292,8 @@ Task<absl::Status> Child::Write(int64_t offset, int64_t bytes, const IoVec& qiov
 Task<absl::Status> Child::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) {
   Node& n = *node_;
   LB_CO_RETURN_IF_ERROR(CheckWritable(*this, n, offset, bytes, flags));
+  // Zeroes are never written compressed: the flag is meaningless here.
+  if (flags & kReqCompressed) co_return ErrnoError(EINVAL, "write-zeroes cannot be compressed");
   if (bytes == 0) co_return absl::OkStatus();
   if (!n.flags().unmap && !(flags & kReqKeepUnmap)) flags &= ~kReqMayUnmap;
   flags &= ~kReqKeepUnmap;
@@ -356,23 +353,7 @@ Task<absl::Status> Child::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags fl
         IoVec z(zero_buf.data(), static_cast<size_t>(len));
         int64_t p = pos + done;
         Padding pad = ComputePadding(n, p, len);
-        if (!pad.needed()) {
-          st = co_await WriteAligned(n, p, len, z, flags);
-        } else {
-          bool same_block = pad.bytes == req_align;
-          absl::Status rs;
-          if (pad.head) {
-            IoVec h(pad.head_buf.data(), static_cast<size_t>(req_align));
-            rs = co_await ReadAligned(n, pad.offset, req_align, h, 0);
-          }
-          if (rs.ok() && pad.tail && !(same_block && pad.head)) {
-            IoVec t(pad.tail_buf.data(), static_cast<size_t>(req_align));
-            rs = co_await ReadAligned(n, pad.offset + pad.bytes - req_align, req_align, t, 0);
-          }
-          if (!rs.ok()) co_return rs;
-          IoVec padded = PaddedVector(pad, z, len, req_align, same_block && pad.head);
-          st = co_await WriteAligned(n, pad.offset, pad.bytes, padded, flags);
-        }
+        st = co_await WritePadded(n, p, len, pad, z, flags);
         if (!st.ok()) break;
         done += len;
       }
@@ -421,6 +402,9 @@ Task<absl::Status> Child::Flush() {
 
 Task<absl::StatusOr<BlockStatus>> Child::GetBlockStatus(int64_t offset, int64_t bytes,
                                                          bool want_zero) {
+  // One layer's answer (QEMU's bdrv_co_block_status): what this node's driver says, with
+  // pass-through (kStatusRaw) and recurse (kStatusRecurse) answers resolved through the child
+  // they name. Backing files are not consulted: BlockStatusAbove walks the chain.
   Node& n = *node_;
   if (!RangeIsValid(offset, bytes)) co_return RangeError(n, offset, bytes);
   BlockStatus out;
@@ -438,7 +422,7 @@ Task<absl::StatusOr<BlockStatus>> Child::GetBlockStatus(int64_t offset, int64_t 
     if (n.driver().kind == DriverKind::kProtocol) {
       out.flags |= kStatusOffsetValid;
       out.map = offset;
-      out.file = &n;
+      out.file = this;
     }
     out.bytes = bytes;
   } else {
@@ -449,15 +433,19 @@ Task<absl::StatusOr<BlockStatus>> Child::GetBlockStatus(int64_t offset, int64_t 
       co_return ErrnoError(EIO, absl::StrFormat("node '%s': driver returned a bad block status "
                                                 "length %d", n.name(), out.bytes));
     }
+    if (out.file && out.file->parent()->AsNode() != &n) {
+      co_return ErrnoError(EIO, absl::StrFormat("node '%s': block status names an edge that is "
+                                                "not one of its children", n.name()));
+    }
     if (out.flags & kStatusRaw) {
-      // The layer passes the range through unchanged: ask the node it maps to.
-      Child* edge = nullptr;
-      for (Child* c : n.children()) {
-        if (c->node() == out.file) edge = c;
+      // The layer passes the range through unchanged: ask the child it maps to.
+      if (!out.file || !(out.flags & kStatusOffsetValid)) {
+        co_return ErrnoError(EIO, absl::StrFormat("node '%s': pass-through block status without "
+                                                  "a child", n.name()));
       }
-      if (!edge) co_return ErrnoError(EIO, "block status points at a node that is not a child");
       int64_t len = out.bytes;
-      absl::StatusOr<BlockStatus> inner = co_await edge->GetBlockStatus(out.map, len, want_zero);
+      absl::StatusOr<BlockStatus> inner =
+          co_await out.file->GetBlockStatus(out.map, len, want_zero);
       if (!inner.ok()) co_return inner;
       if (inner->bytes == 0) {  // past the end of the child: reads as zeroes
         out.flags = kStatusZero | kStatusAllocated;
@@ -466,8 +454,33 @@ Task<absl::StatusOr<BlockStatus>> Child::GetBlockStatus(int64_t offset, int64_t 
         out = *inner;
         out.flags &= ~kStatusEof;
       }
+    } else {
+      if ((out.flags & kStatusOffsetValid) && !out.file) out.file = this;  // the node itself
+      if (want_zero && (out.flags & kStatusRecurse) && out.file != this &&
+          (out.flags & (kStatusData | kStatusOffsetValid)) == (kStatusData | kStatusOffsetValid) &&
+          !(out.flags & kStatusZero)) {
+        // Data the format cannot tell from zeroes (preallocated metadata): the file knows.
+        int64_t len = out.bytes;
+        absl::StatusOr<BlockStatus> below = co_await out.file->GetBlockStatus(out.map, len, true);
+        if (!below.ok()) co_return below;
+        if (below->bytes == 0) {
+          out.flags |= kStatusZero;  // past the end of the file: reads as zeroes
+        } else {
+          out.bytes = below->bytes;
+          out.flags |= below->flags & kStatusZero;
+        }
+      }
+      out.flags &= ~(kStatusRecurse | kStatusEof);
+      if (out.flags & (kStatusData | kStatusZero)) {
+        out.flags |= kStatusAllocated;
+      } else if (n.driver().kind == DriverKind::kFormat) {
+        // Unallocated in the format's own answer: the backing file shows through, or zeroes
+        // if there is none or it ends before the range (QEMU adds ZERO without ALLOCATED the
+        // same way). Pass-through answers (raw) are the child's and keep what it said.
+        Child* cow = BackingChild(n);
+        if (!cow || (want_zero && offset >= cow->node()->size())) out.flags |= kStatusZero;
+      }
     }
-    if (out.flags & (kStatusData | kStatusZero)) out.flags |= kStatusAllocated;
   }
   if (offset + out.bytes == total) out.flags |= kStatusEof;
   co_return out;

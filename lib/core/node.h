@@ -24,6 +24,8 @@
 #include "absl/status/statusor.h"
 #include "core/co_sync.h"
 #include "core/driver.h"
+#include "core/offset.h"
+#include "core/range_lock.h"
 #include "core/perm.h"
 #include "core/task.h"
 
@@ -98,15 +100,6 @@ class Child {
   Perm shared_ = kPermAll;
 };
 
-// One in-flight request as the node's serialisation logic sees it.
-struct TrackedRequest {
-  int64_t offset = 0;  // overlap range: aligned out to the request alignment
-  int64_t bytes = 0;
-  bool serialising = false;
-  uint64_t seq = 0;
-  CoQueue waiters;     // requests waiting for this one to finish
-};
-
 class Node final : public ChildParent {
  public:
   Node(Graph& graph, const Driver& driver, std::string name, bool auto_named);
@@ -163,6 +156,11 @@ class Node final : public ChildParent {
   // Makes this node's own completed writes durable (its driver's Flush), skipped when nothing
   // was written since the last successful flush. Children are not flushed (Child::Flush is).
   Task<absl::Status> FlushLayer();
+  // For drivers: the node's own metadata changed outside the request path (a snapshot, an
+  // amend, a bitmap), so the next flush must not be skipped as "nothing written".
+  void NoteMetadataChanged() { ++write_gen_; }
+  // The in-flight requests' ranges (serialising requests are exclusive), in node offsets.
+  const RangeLock<GuestOffset>& request_ranges() const { return requests_; }
 
  private:
   friend class Graph;
@@ -196,9 +194,7 @@ class Node final : public ChildParent {
   CoQueue idle_waiters_;
   uint64_t write_gen_ = 0;    // bumped by every write; flushes skip when nothing changed
   uint64_t flushed_gen_ = 0;
-  std::list<TrackedRequest*> tracked_;
-  int serialising_in_flight_ = 0;
-  uint64_t next_seq_ = 1;
+  RangeLock<GuestOffset> requests_;  // aligned by the request path itself: granularity 1
 };
 
 }  // namespace libblock

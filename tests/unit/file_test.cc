@@ -565,6 +565,37 @@ TEST_CASE("create: sizes and preallocation through file and raw", "[file]") {
   }
 }
 
+TEST_CASE("create: full preallocation runs through the loop's I/O engine", "[file]") {
+  // The zeroes are written by the same coroutine path as truncate's (io_uring or the worker
+  // pool), so other coroutines keep running while a large image is preallocated; the old
+  // create wrote them with blocking pwrite calls on the loop thread.
+  for (bool io_uring : {true, false}) {
+    INFO("io_uring " << io_uring);
+    GraphEnv env(io_uring);
+    bool stop = false, stopped = false;
+    int ticks = 0;
+    auto ticker = [&]() -> Task<void> {
+      while (!stop) {
+        ++ticks;
+        co_await env.loop->Yield();
+      }
+      stopped = true;
+    };
+    env.loop->Spawn(ticker());
+    REQUIRE(ticks == 1);
+    std::string path = env.dir.File("full.img");
+    REQUIRE(env.Create(path, "file", "size=8M,preallocation=full").ok());
+    int during = ticks - 1;
+    stop = true;
+    env.loop->RunUntil([&] { return stopped; });
+    CHECK(during > 0);
+    REQUIRE(FileSize(path) == 8 * kMiB);
+    REQUIRE(AllocatedBytes(path) >= 8 * kMiB);
+    REQUIRE(Seek(path, 0, SEEK_HOLE) == 8 * kMiB);
+    REQUIRE(LockedBytes(path).empty());
+  }
+}
+
 TEST_CASE("create: nocow=on is accepted and harmless off btrfs", "[file]") {
   GraphEnv env;
   std::string path = env.dir.File("nocow.img");

@@ -332,7 +332,7 @@ TEST_CASE("block status passes through filters and reports EOF", "[io]") {
   st = f.loop->Run(f.be->GetBlockStatus(0, 65536 - 4096));
   REQUIRE(st.ok());
   REQUIRE(st->bytes == 65536 - 4096);
-  REQUIRE(st->file == f.proto);
+  REQUIRE(st->file_node() == f.proto);
   REQUIRE(st->map == 4096);
   REQUIRE((st->flags & kStatusData));
   REQUIRE((st->flags & kStatusAllocated));

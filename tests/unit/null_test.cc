@@ -109,7 +109,7 @@ TEST_CASE("null block status says zero only with read-zeroes", "[null]") {
     REQUIRE((s->flags & kStatusData) == 0);
     REQUIRE((s->flags & kStatusOffsetValid) != 0);
     REQUIRE(s->map == 4096);
-    REQUIRE(s->file == on->root());
+    REQUIRE(s->file_node() == on->root());
     // The last extent reaches the end of the device.
     s = f.loop->Run(on->GetBlockStatus(1048576 - 512, 512));
     REQUIRE(s.ok());

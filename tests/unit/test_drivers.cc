@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 #include <list>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -28,6 +29,7 @@ constexpr OptionSpec kProtoSpecs[] = {
     {"has-discard", OptionType::kBool, "off", "implement discard"},
     {"serialise-writes", OptionType::kBool, "off", "declare that overlapping writes must not overlap in time"},
     {"write-latency-ns", OptionType::kInt, "0", "time each write takes"},
+    {"compress", OptionType::kBool, "off", "declare compressed-write support"},
 };
 constexpr OptionSchema kProtoSchema{"test-proto", kProtoSpecs};
 
@@ -46,6 +48,7 @@ class TestProto final : public NodeDriver {
     caps_.write_zeroes = ctx.values.GetBool("has-zeroes");
     caps_.discard = ctx.values.GetBool("has-discard");
     caps_.write_flags = ctx.values.GetBool("fua") ? kReqFua : 0;
+    if (ctx.values.GetBool("compress")) caps_.write_flags |= kReqCompressed;
     caps_.serialise_writes = ctx.values.GetBool("serialise-writes");
     write_latency_ns_ = ctx.values.GetInt("write-latency-ns");
     caps_.zero_flags = kReqMayUnmap | kReqNoFallback;
@@ -142,6 +145,10 @@ namespace {
 constexpr std::string_view kRoles[] = {"image", "data", "metadata"};
 constexpr OptionSpec kFmtSpecs[] = {
     {"role", OptionType::kEnum, "image", "role of the file child", kRoles},
+    {"alloc", OptionType::kBool, "off", "track allocation per 512-byte sector (see header)"},
+    {"recurse", OptionType::kBool, "off", "alloc: report allocated sectors with kStatusRecurse"},
+    {"compressed", OptionType::kBool, "off", "alloc: report allocated sectors as compressed"},
+    {"zero-init", OptionType::kBool, "off", "the driver's has-zero-init answer"},
 };
 constexpr OptionSchema kFmtSchema{"test-fmt", kFmtSpecs};
 
@@ -156,18 +163,88 @@ class TestFmt final : public NodeDriver {
     file_ = *file;
     absl::StatusOr<Child*> backing = co_await ctx.OpenChild("backing", kRoleCow, true);
     if (!backing.ok()) co_return backing.status();
+    backing_ = *backing;
+    zero_init_ = ctx.values.GetBool("zero-init");
+    if (ctx.values.GetBool("alloc")) {
+      alloc_.emplace((file_->node()->size() + kSector - 1) / kSector, false);
+      recurse_ = ctx.values.GetBool("recurse");
+      compressed_ = ctx.values.GetBool("compressed");
+      caps_.block_status = true;
+    }
     co_return absl::OkStatus();
   }
+  void RefreshLimits(BlockLimits& limits) override {
+    if (alloc_) limits.request_alignment = std::max<uint32_t>(limits.request_alignment, kSector);
+  }
+  bool HasZeroInit() override { return zero_init_; }
   absl::StatusOr<int64_t> GetLength() override { return file_->node()->size(); }
   Task<absl::Status> Read(int64_t o, int64_t b, const IoVec& q, ReqFlags f) override {
-    co_return co_await file_->Read(o, b, q, f);
+    if (!alloc_) co_return co_await file_->Read(o, b, q, f);
+    for (int64_t done = 0; done < b;) {
+      int64_t pos = o + done;
+      bool allocated = false;
+      int64_t len = Run(pos, b - done, &allocated);
+      IoVec part = q.Slice(static_cast<size_t>(done), static_cast<size_t>(len));
+      if (allocated) {
+        LB_CO_RETURN_IF_ERROR(co_await file_->Read(pos, len, part, f));
+      } else if (backing_ && pos < backing_->node()->size()) {
+        int64_t from_backing = std::min(len, backing_->node()->size() - pos);
+        IoVec head = part.Slice(0, static_cast<size_t>(from_backing));
+        LB_CO_RETURN_IF_ERROR(co_await backing_->Read(pos, from_backing, head, f));
+        if (from_backing < len) {
+          part.Memset(static_cast<size_t>(from_backing), 0, static_cast<size_t>(len - from_backing));
+        }
+      } else {
+        part.Memset(0, 0, static_cast<size_t>(len));
+      }
+      done += len;
+    }
+    co_return absl::OkStatus();
   }
   Task<absl::Status> Write(int64_t o, int64_t b, const IoVec& q, ReqFlags f) override {
-    co_return co_await file_->Write(o, b, q, f);
+    LB_CO_RETURN_IF_ERROR(co_await file_->Write(o, b, q, f));
+    if (alloc_) {
+      for (int64_t s = o / kSector; s < (o + b + kSector - 1) / kSector; ++s) {
+        if (s < static_cast<int64_t>(alloc_->size())) (*alloc_)[s] = true;
+      }
+    }
+    co_return absl::OkStatus();
+  }
+  Task<absl::StatusOr<BlockStatus>> GetBlockStatus(int64_t o, int64_t b, bool) override {
+    BlockStatus s;
+    bool allocated = false;
+    s.bytes = Run(o, b, &allocated);
+    if (allocated && compressed_) {
+      s.flags = kStatusData | kStatusCompressed;
+    } else if (allocated) {
+      s.flags = kStatusData | kStatusOffsetValid | (recurse_ ? kStatusRecurse : 0);
+      s.map = o;
+      s.file = file_;
+    }
+    co_return s;
   }
 
  private:
+  static constexpr int64_t kSector = 512;
+  // The length of the run of sectors from `pos` (at most `max`) that share one allocation
+  // state, and that state.
+  int64_t Run(int64_t pos, int64_t max, bool* allocated) const {
+    auto at = [&](int64_t p) {
+      size_t i = static_cast<size_t>(p / kSector);
+      return i < alloc_->size() && (*alloc_)[i];
+    };
+    *allocated = at(pos);
+    int64_t end = pos;
+    while (end < pos + max && at(end) == *allocated) end = (end / kSector + 1) * kSector;
+    return std::min(end, pos + max) - pos;
+  }
+
   Child* file_ = nullptr;
+  Child* backing_ = nullptr;
+  std::optional<std::vector<bool>> alloc_;  // set with alloc=on: one entry per sector
+  bool recurse_ = false;
+  bool compressed_ = false;
+  bool zero_init_ = false;
 };
 
 constexpr OptionSpec kDelaySpecs[] = {

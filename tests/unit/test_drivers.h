@@ -5,7 +5,13 @@
 //                `max-transfer`, `fua`, `has-zeroes`, `has-discard`, `serialise-writes` declare limits and capabilities;
 //                every request that reaches it is recorded (TestProtoStats).
 //   test-fmt     a format with a "file" child of role `role` (image|data|metadata) and an
-//                optional "backing" (cow) child; data passes through to "file".
+//                optional "backing" (cow) child; data passes through to "file". With `alloc`,
+//                a copy-on-write format over 512-byte sectors: written sectors are allocated
+//                (block status: data at the same offset of "file", plus recurse with
+//                `recurse`, or compressed with `compressed`), the others read from "backing"
+//                (zeroes without one, or past its end) and report as unallocated.
+//                `zero-init` is the driver's has-zero-init answer.
+//   test-proto   `compress` declares compressed-write support.
 //   test-delay   a filter that delays every read/write by `ns` nanoseconds.
 #ifndef LIBBLOCK_TESTS_TEST_DRIVERS_H_
 #define LIBBLOCK_TESTS_TEST_DRIVERS_H_

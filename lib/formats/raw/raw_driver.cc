@@ -105,6 +105,8 @@ class RawNode final : public NodeDriver {
     return std::max<int64_t>(0, file_->node()->size() - offset_);
   }
 
+  // A new raw image is its file: it reads as zeroes when the file does.
+  bool HasZeroInit() override { return libblock::HasZeroInit(*file_->node()); }
   absl::StatusOr<BlockSizes> ProbeBlockSizes() override {
     LB_ASSIGN_OR_RETURN(BlockSizes sizes, file_->node()->impl()->ProbeBlockSizes());
     if (offset_ % std::max(sizes.logical, sizes.physical)) {
@@ -157,7 +159,7 @@ class RawNode final : public NodeDriver {
     s.flags = kStatusRaw | kStatusOffsetValid;
     s.bytes = bytes;
     s.map = offset + offset_;
-    s.file = file_->node();
+    s.file = file_;
     co_return s;
   }
 

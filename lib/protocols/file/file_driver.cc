@@ -92,6 +92,36 @@ int64_t DeviceLength(int fd) {
   return end < 0 ? -errno : end;
 }
 
+// One descriptor's syscall plumbing: each operation goes through io_uring or the worker pool
+// (never a blocking call on the loop thread) and returns >= 0 or -errno; ftruncate runs inline
+// with io_uring (no thread is started for a metadata call). A FileIo is a small value copied
+// into each operation's frame; the descriptor and the filename must outlive the operation.
+// Open nodes and image creation share it, so both preallocate through the same path.
+struct FileIo {
+  EventLoop* loop;
+  int fd;
+  bool use_uring;
+  bool direct;                 // O_DIRECT: whole aligned blocks, aligned buffers
+  uint32_t request_align = 1;  // O_DIRECT's alignments (1 without it)
+  uint32_t buf_align = 1;
+  std::string_view filename;   // for messages
+};
+
+Task<int64_t> IoBlocking(EventLoop* loop, std::function<int64_t()> fn);
+Task<int64_t> IoPreadv(FileIo io, const IoVec& v, int64_t offset);
+Task<int64_t> IoPwritev(FileIo io, const IoVec& v, int64_t offset, int rw_flags);
+Task<int64_t> IoFallocate(FileIo io, int mode, int64_t offset, int64_t len);
+Task<int64_t> IoFtruncate(FileIo io, int64_t size);
+Task<int64_t> IoFdatasync(FileIo io);
+// Full transfers: continue short ones; reads past EOF zero-fill.
+Task<absl::Status> IoTransferAll(FileIo io, bool write, int64_t offset, const IoVec& v,
+                                 int rw_flags);
+// Full preallocation (QEMU's preallocation=full) from the current length `cur` to `size`:
+// sets the size, writes zeroes over [cur, size) and makes them durable. With O_DIRECT, the
+// block holding the old end is rewritten as read. On failure the file may be longer than
+// `cur`; the caller cuts it back.
+Task<absl::Status> PreallocateFull(FileIo io, int64_t cur, int64_t size);
+
 class FileNode final : public NodeDriver {
  public:
   FileNode(Node& node, bool host_device) : NodeDriver(node), host_device_(host_device) {}
@@ -131,16 +161,25 @@ class FileNode final : public NodeDriver {
   absl::Status ApplyLocks(int fd, Perm held, Perm unshared, bool unlock);
   std::string Who() const { return absl::StrFormat("'%s'", filename_); }
 
-  // One syscall-level operation through io_uring or the worker pool: >= 0 or -errno.
-  Task<int64_t> Preadv(const IoVec& v, int64_t offset);
-  Task<int64_t> Pwritev(const IoVec& v, int64_t offset, int rw_flags);
-  Task<int64_t> Fallocate(int mode, int64_t offset, int64_t len);
-  Task<int64_t> Fdatasync();
-  // ftruncate: inline with io_uring (no thread is started for a metadata call), else on a worker.
-  Task<int64_t> Ftruncate(int64_t size);
-  Task<int64_t> Blocking(std::function<int64_t()> fn);
-  // Full transfers: continue short ones; reads past EOF zero-fill.
-  Task<absl::Status> TransferAll(bool write, int64_t offset, const IoVec& v, int rw_flags);
+  // The descriptor's plumbing as it is now (see FileIo).
+  FileIo Io() const {
+    return FileIo{&node().loop(), fd_, use_uring_, direct_, request_align_, buf_align_, filename_};
+  }
+  Task<int64_t> Preadv(const IoVec& v, int64_t offset) { return IoPreadv(Io(), v, offset); }
+  Task<int64_t> Pwritev(const IoVec& v, int64_t offset, int rw_flags) {
+    return IoPwritev(Io(), v, offset, rw_flags);
+  }
+  Task<int64_t> Fallocate(int mode, int64_t offset, int64_t len) {
+    return IoFallocate(Io(), mode, offset, len);
+  }
+  Task<int64_t> Fdatasync() { return IoFdatasync(Io()); }
+  Task<int64_t> Blocking(std::function<int64_t()> fn) {
+    return IoBlocking(&node().loop(), std::move(fn));
+  }
+  Task<int64_t> Ftruncate(int64_t size) { return IoFtruncate(Io(), size); }
+  Task<absl::Status> TransferAll(bool write, int64_t offset, const IoVec& v, int rw_flags) {
+    return IoTransferAll(Io(), write, offset, v, rw_flags);
+  }
 
   bool host_device_;
   std::string filename_;
@@ -409,62 +448,67 @@ void FileNode::FillInfo(nlohmann::json& info) {
 
 // ---- syscall plumbing ------------------------------------------------------------------------
 
-Task<int64_t> FileNode::Blocking(std::function<int64_t()> fn) {
-  co_return co_await node().loop().RunInThread(std::move(fn));
+// ---- syscall plumbing definitions ---------------------------------------------------------
+
+Task<int64_t> IoBlocking(EventLoop* loop, std::function<int64_t()> fn) {
+  co_return co_await loop->RunInThread(std::move(fn));
 }
 
-Task<int64_t> FileNode::Preadv(const IoVec& v, int64_t offset) {
-  if (use_uring_) co_return co_await node().loop().uring()->Readv(fd_, v.iov(), v.niov(), offset);
-  int fd = fd_;
-  co_return co_await Blocking([fd, &v, offset]() -> int64_t {
+Task<int64_t> IoPreadv(FileIo io, const IoVec& v, int64_t offset) {
+  if (io.use_uring) co_return co_await io.loop->uring()->Readv(io.fd, v.iov(), v.niov(), offset);
+  int fd = io.fd;
+  co_return co_await IoBlocking(io.loop, [fd, &v, offset]() -> int64_t {
     ssize_t r = preadv(fd, v.iov(), v.niov(), offset);
     return r < 0 ? -errno : r;
   });
 }
 
-Task<int64_t> FileNode::Pwritev(const IoVec& v, int64_t offset, int rw_flags) {
-  if (use_uring_) {
-    co_return co_await node().loop().uring()->Writev(fd_, v.iov(), v.niov(), offset, rw_flags);
+Task<int64_t> IoPwritev(FileIo io, const IoVec& v, int64_t offset, int rw_flags) {
+  if (io.use_uring) {
+    co_return co_await io.loop->uring()->Writev(io.fd, v.iov(), v.niov(), offset, rw_flags);
   }
-  int fd = fd_;
-  co_return co_await Blocking([fd, &v, offset, rw_flags]() -> int64_t {
+  int fd = io.fd;
+  co_return co_await IoBlocking(io.loop, [fd, &v, offset, rw_flags]() -> int64_t {
     ssize_t r = pwritev2(fd, v.iov(), v.niov(), offset, rw_flags);
     return r < 0 ? -errno : r;
   });
 }
 
-Task<int64_t> FileNode::Fallocate(int mode, int64_t offset, int64_t len) {
-  Uring* ring = node().loop().uring();
-  if (use_uring_ && ring->SupportsFallocate()) co_return co_await ring->Fallocate(fd_, mode, offset, len);
-  int fd = fd_;
+Task<int64_t> IoFallocate(FileIo io, int mode, int64_t offset, int64_t len) {
+  Uring* ring = io.loop->uring();
+  if (io.use_uring && ring->SupportsFallocate()) {
+    co_return co_await ring->Fallocate(io.fd, mode, offset, len);
+  }
+  int fd = io.fd;
   auto call = [fd, mode, offset, len]() -> int64_t {
     return fallocate(fd, mode, offset, len) < 0 ? -errno : 0;
   };
-  if (!use_uring_) co_return co_await Blocking(call);
+  if (!io.use_uring) co_return co_await IoBlocking(io.loop, call);
   co_return call();
 }
 
-Task<int64_t> FileNode::Ftruncate(int64_t size) {
-  int fd = fd_;
+Task<int64_t> IoFtruncate(FileIo io, int64_t size) {
+  int fd = io.fd;
   auto call = [fd, size]() -> int64_t { return ftruncate(fd, size) < 0 ? -errno : 0; };
-  if (use_uring_) co_return call();
-  co_return co_await Blocking(call);
+  if (io.use_uring) co_return call();
+  co_return co_await IoBlocking(io.loop, call);
 }
 
-Task<int64_t> FileNode::Fdatasync() {
-  if (use_uring_) co_return co_await node().loop().uring()->Fsync(fd_, /*datasync=*/true);
-  int fd = fd_;
-  co_return co_await Blocking([fd]() -> int64_t { return fdatasync(fd) < 0 ? -errno : 0; });
+Task<int64_t> IoFdatasync(FileIo io) {
+  if (io.use_uring) co_return co_await io.loop->uring()->Fsync(io.fd, /*datasync=*/true);
+  int fd = io.fd;
+  co_return co_await IoBlocking(io.loop,
+                                [fd]() -> int64_t { return fdatasync(fd) < 0 ? -errno : 0; });
 }
 
-Task<absl::Status> FileNode::TransferAll(bool write, int64_t offset, const IoVec& qiov,
-                                         int rw_flags) {
+Task<absl::Status> IoTransferAll(FileIo io, bool write, int64_t offset, const IoVec& qiov,
+                                 int rw_flags) {
   // O_DIRECT needs buffers aligned to the probed buffer alignment: bounce the others.
-  if (direct_ && !qiov.IsAligned(buf_align_)) {
-    AlignedBuffer bounce(qiov.size(), std::max<uint32_t>(buf_align_, 512));
+  if (io.direct && !qiov.IsAligned(io.buf_align)) {
+    AlignedBuffer bounce(qiov.size(), std::max<uint32_t>(io.buf_align, 512));
     IoVec b(bounce.data(), qiov.size());
     if (write) qiov.CopyTo(0, bounce.data(), qiov.size());
-    absl::Status st = co_await TransferAll(write, offset, b, rw_flags);
+    absl::Status st = co_await IoTransferAll(io, write, offset, b, rw_flags);
     if (st.ok() && !write) qiov.CopyFrom(0, bounce.data(), qiov.size());
     co_return st;
   }
@@ -474,23 +518,72 @@ Task<absl::Status> FileNode::TransferAll(bool write, int64_t offset, const IoVec
     int64_t off = offset + static_cast<int64_t>(done);
     int64_t r;
     if (write) {
-      r = co_await Pwritev(rest, off, rw_flags);
+      r = co_await IoPwritev(io, rest, off, rw_flags);
     } else {
-      r = co_await Preadv(rest, off);
+      r = co_await IoPreadv(io, rest, off);
     }
     if (r == -EINTR || r == -EAGAIN) continue;
     if (r < 0) {
       co_return ErrnoStatus(static_cast<int>(-r),
-                            absl::StrFormat("%s: %s at offset %d failed", Who(),
+                            absl::StrFormat("'%s': %s at offset %d failed", io.filename,
                                             write ? "write" : "read", off));
     }
     if (r == 0) {
-      if (write) co_return ErrnoError(EIO, absl::StrFormat("%s: write made no progress", Who()));
+      if (write) {
+        co_return ErrnoError(EIO, absl::StrFormat("'%s': write made no progress", io.filename));
+      }
       qiov.Memset(done, 0, total - done);  // end of file: the rest reads as zeroes
       break;
     }
     done += static_cast<size_t>(r);
   }
+  co_return absl::OkStatus();
+}
+
+Task<absl::Status> PreallocateFull(FileIo io, int64_t cur, int64_t size) {
+  // Set the final size first so the file system can allocate in one go, then write zeroes.
+  int64_t r = co_await IoFtruncate(io, size);
+  if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Failed to resize the file");
+  // Write failures are reported as QEMU reports them, with the syscall's errno.
+  auto zero_error = [](const absl::Status& st) {
+    return ErrnoStatus(StatusErrno(st), "Could not write zeros for preallocation");
+  };
+  constexpr int64_t kChunk = 1 << 20;
+  AlignedBuffer zeroes(kChunk, 4096, true);
+  int64_t pos = cur;
+  int64_t align = io.request_align;
+  if (io.direct && pos < size && pos % align != 0) {
+    // O_DIRECT writes whole blocks, and the block holding the old end still has data:
+    // rewrite it as read (the file is already longer, so its tail reads as zeroes).
+    int64_t start = AlignDown(pos, align);
+    AlignedBuffer block(static_cast<size_t>(align), std::max<uint32_t>(io.buf_align, 4096));
+    IoVec b(block.data(), static_cast<size_t>(align));
+    absl::Status st = co_await IoTransferAll(io, false, start, b, 0);
+    if (st.ok()) st = co_await IoTransferAll(io, true, start, b, 0);
+    if (!st.ok()) co_return zero_error(st);
+    pos = start + align;
+  }
+  for (; pos < size;) {
+    int64_t len = std::min(kChunk, size - pos);
+    int64_t start = pos;
+    int64_t wlen = len;
+    if (io.direct) {  // O_DIRECT: write whole aligned blocks (all past the old end)
+      start = AlignDown(pos, align);
+      wlen = AlignUp(pos + len, align) - start;
+      if (wlen > kChunk) wlen = kChunk;
+      len = start + wlen - pos;
+    }
+    IoVec v(zeroes.data(), static_cast<size_t>(wlen));
+    absl::Status st = co_await IoTransferAll(io, true, start, v, 0);
+    if (!st.ok()) co_return zero_error(st);
+    pos += len;
+  }
+  if (io.direct) {  // whole blocks may have gone past the size
+    int64_t fix = co_await IoFtruncate(io, size);
+    if (fix < 0) co_return ErrnoStatus(static_cast<int>(-fix), "Failed to resize the file");
+  }
+  int64_t synced = co_await IoFdatasync(io);
+  if (synced < 0) co_return ErrnoStatus(static_cast<int>(-synced), "Could not flush file to disk");
   co_return absl::OkStatus();
 }
 
@@ -578,7 +671,7 @@ Task<absl::StatusOr<BlockStatus>> FileNode::GetBlockStatus(int64_t offset, int64
                                                            bool want_zero) {
   BlockStatus s;
   s.map = offset;
-  s.file = &node();
+  s.file = nullptr;  // this node: the core names the queried edge
   s.flags = kStatusData | kStatusOffsetValid;
   s.bytes = bytes;
   if (!want_zero) co_return s;
@@ -661,50 +754,7 @@ Task<absl::Status> FileNode::Preallocate(PreallocMode mode, int64_t cur, int64_t
     if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Could not preallocate new data");
     co_return absl::OkStatus();
   }
-  // Full: set the final size first so the file system can allocate in one go, then write
-  // zeroes.
-  int64_t r = co_await Ftruncate(size);
-  if (r < 0) co_return ErrnoStatus(static_cast<int>(-r), "Failed to resize the file");
-  // Write failures are reported as QEMU reports them, with the syscall's errno.
-  auto zero_error = [](const absl::Status& st) {
-    return ErrnoStatus(StatusErrno(st), "Could not write zeros for preallocation");
-  };
-  constexpr int64_t kChunk = 1 << 20;
-  AlignedBuffer zeroes(kChunk, 4096, true);
-  int64_t pos = cur;
-  if (direct_ && pos < size && pos % request_align_ != 0) {
-    // O_DIRECT writes whole blocks, and the block holding the old end still has data:
-    // rewrite it as read (the file is already longer, so its tail reads as zeroes).
-    int64_t start = AlignDown(pos, request_align_);
-    AlignedBuffer block(request_align_, std::max<uint32_t>(buf_align_, 4096));
-    IoVec b(block.data(), request_align_);
-    absl::Status st = co_await TransferAll(false, start, b, 0);
-    if (st.ok()) st = co_await TransferAll(true, start, b, 0);
-    if (!st.ok()) co_return zero_error(st);
-    pos = start + request_align_;
-  }
-  for (; pos < size;) {
-    int64_t len = std::min(kChunk, size - pos);
-    int64_t start = pos;
-    int64_t wlen = len;
-    if (direct_) {  // O_DIRECT: write whole aligned blocks (all past the old end)
-      start = AlignDown(pos, request_align_);
-      wlen = AlignUp(pos + len, request_align_) - start;
-      if (wlen > kChunk) wlen = kChunk;
-      len = start + wlen - pos;
-    }
-    IoVec v(zeroes.data(), static_cast<size_t>(wlen));
-    absl::Status st = co_await TransferAll(true, start, v, 0);
-    if (!st.ok()) co_return zero_error(st);
-    pos += len;
-  }
-  if (direct_) {
-    int64_t fix = co_await Ftruncate(size);
-    if (fix < 0) co_return ErrnoStatus(static_cast<int>(-fix), "Failed to resize the file");
-  }
-  int64_t s = co_await Fdatasync();
-  if (s < 0) co_return ErrnoStatus(static_cast<int>(-s), "Could not flush file to disk");
-  co_return absl::OkStatus();
+  co_return co_await PreallocateFull(Io(), cur, size);
 }
 
 // ---- create ------------------------------------------------------------------------------------
@@ -792,19 +842,10 @@ Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
         }
         break;
       case PreallocMode::kFull: {
-        if (ftruncate(fd, target) != 0) {
-          status = ErrnoStatus(errno, "Could not resize file");
-          break;
-        }
-        std::vector<uint8_t> zeroes(1 << 20, 0);
-        for (int64_t pos = 0; pos < target && status.ok();) {
-          size_t len = static_cast<size_t>(std::min<int64_t>(zeroes.size(), target - pos));
-          ssize_t w = pwrite(fd, zeroes.data(), len, pos);
-          if (w < 0 && errno == EINTR) continue;
-          if (w <= 0) status = ErrnoStatus(w < 0 ? errno : EIO, "Could not write zeros for preallocation");
-          else pos += w;
-        }
-        if (status.ok() && fsync(fd) != 0) status = ErrnoStatus(errno, "Could not flush file to disk");
+        // The open node's path, through the loop's I/O engine (never blocking the loop).
+        EventLoop& loop = ctx.graph.loop();
+        FileIo io{&loop, fd, loop.uring() != nullptr, /*direct=*/false, 1, 1, filename};
+        status = co_await PreallocateFull(io, 0, target);
         break;
       }
       case PreallocMode::kMetadata:

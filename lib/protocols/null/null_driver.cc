@@ -72,7 +72,7 @@ class NullNode final : public NodeDriver {
     s.flags = kStatusOffsetValid | (read_zeroes_ ? kStatusZero : 0);
     s.bytes = bytes;
     s.map = offset;
-    s.file = &node();
+    s.file = nullptr;  // this node: the core names the queried edge
     co_return s;
   }
   void FillInfo(nlohmann::json& info) override { info["read-zeroes"] = read_zeroes_; }
