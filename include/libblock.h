@@ -530,7 +530,8 @@ LB_API int lb_reap_events(lb_context *ctx, unsigned min, unsigned max, int64_t t
  * exports and jobs, whose work does not come from lb_aio_* requests): waits until the loop
  * has something to do (lb_get_fd() readable: I/O, timers, completions) or `timeout_ns`
  * elapsed (< 0: no limit; 0: only what is ready now), and does it. Events it produces
- * stay queued for lb_reap/lb_reap_events (and lb_get_fd() stays readable while some are).
+ * stay queued for lb_reap/lb_reap_events (and lb_get_fd() stays readable while some are, so
+ * while events wait to be reaped it returns without waiting).
  * Returns the number of events waiting to be reaped, or a negative errno (-EINVAL for a
  * NULL context). With nothing in flight and `timeout_ns` < 0 it waits until something
  * wakes the loop. Since 0.2. */
