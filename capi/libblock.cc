@@ -29,6 +29,7 @@
 #include "libblock.h"
 #include "libblock_config.h"
 #include "util/checked_math.h"
+#include "util/size_parse.h"
 #include "util/status.h"
 
 struct lb_context {
@@ -41,7 +42,13 @@ struct lb_context {
   // Asynchronous requests: accepted and not yet reaped, and completions waiting to be reaped.
   unsigned inflight = 0;
   unsigned max_inflight = 1024;
-  std::deque<lb_completion> completions;
+  // Events waiting to be reaped (lb_reap takes the LB_EVENT_REQUEST ones, lb_reap_events all).
+  struct Event {
+    uint32_t kind;
+    void* user_data;
+    int64_t result;
+  };
+  std::deque<Event> completions;
   // Inside lb_reap, which collects completions itself and leaves the fd readable on return
   // if some are left: completions then need no eventfd write each.
   bool reaping = false;
@@ -318,7 +325,7 @@ int Submit(lb_backend* be, libblock::Task<absl::Status> task, void* user_data) {
   }
   ++ctx->inflight;
   ctx->loop->Spawn(std::move(task), [ctx, user_data](absl::Status st) {
-    ctx->completions.push_back({user_data, -StatusErrno(st)});
+    ctx->completions.push_back({LB_EVENT_REQUEST, user_data, -StatusErrno(st)});
     if (!ctx->reaping) ctx->loop->Kick();
   });
   ctx->loop->PrepareForPoll();
@@ -361,6 +368,9 @@ int SyncVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t off
   return Check(st);
 }
 
+// The node that holds an extent's data (the one qemu-img map names), or null.
+const libblock::Node* DataNode(const libblock::BlockStatus& st) { return st.file_node(); }
+
 // Static storage for the type and choices strings of option descriptions.
 const char* TypeName(libblock::OptionType t) {
   switch (t) {
@@ -386,6 +396,115 @@ const char* ChoicesText(const libblock::OptionSpec& spec) {
     }
   }
   return t.c_str();
+}
+
+// Milliseconds for EventLoop::RunOnce from a C ABI timeout (< 0: no limit), rounded up.
+int WaitMs(int64_t timeout_ns) {
+  if (timeout_ns < 0) return -1;
+  return static_cast<int>(std::min<int64_t>(timeout_ns / 1000000 + (timeout_ns % 1000000 != 0),
+                                            1 << 30));
+}
+
+// lb_reap and lb_reap_events: runs the loop and hands queued events to `take` (which says
+// whether it took one: lb_reap leaves kinds it cannot express), at most `max`, waiting for
+// `min` while requests are in flight that could still complete.
+template <typename Take>
+int ReapEvents(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_ns, Take take) {
+  libblock::EventLoop& loop = *ctx->loop;
+  ctx->reaping = true;
+  struct ReapingScope {
+    lb_context* ctx;
+    ~ReapingScope() { ctx->reaping = false; }
+  } reaping_scope{ctx};
+  int64_t deadline = timeout_ns < 0 ? -1 : libblock::EventLoop::NowNs() + timeout_ns;
+  unsigned got = 0;
+  auto collect = [&] {
+    for (auto it = ctx->completions.begin(); got < max && it != ctx->completions.end();) {
+      if (!take(got, *it)) {
+        ++it;
+        continue;
+      }
+      ++got;
+      if (it->kind == LB_EVENT_REQUEST) --ctx->inflight;
+      it = ctx->completions.erase(it);
+    }
+  };
+  collect();
+  bool ran = false;
+  // Wait for `min`, as long as something is in flight that could still complete.
+  while (got < min && ctx->inflight > 0) {
+    int wait_ms = -1;
+    if (deadline >= 0) {
+      int64_t left = deadline - libblock::EventLoop::NowNs();
+      if (left <= 0) break;
+      wait_ms = WaitMs(left);
+    }
+    loop.RunOnce(true, wait_ms);
+    ran = true;
+    collect();
+  }
+  // Then whatever else is ready now, without waiting (a loop run above already took
+  // everything that was ready when it woke; another pass would cost a syscall for nothing).
+  if (got < max && !ran) {
+    loop.RunOnce(false);
+    collect();
+  }
+  loop.PrepareForPoll();
+  if (!ctx->completions.empty()) loop.Kick();
+  return static_cast<int>(got);
+}
+
+// A backing file name as the new image at `filename` refers to it: relative names are
+// relative to the image's directory, as in QEMU; absolute names, "proto:" names and json:
+// texts are taken as they are.
+std::string BackingPathForCreate(std::string_view filename, std::string_view backing) {
+  if (backing.empty() || backing.front() == '/' || libblock::IsJsonFilename(backing)) {
+    return std::string(backing);
+  }
+  size_t stop = backing.find_first_of(":/");
+  if (stop != std::string_view::npos && backing[stop] == ':') return std::string(backing);
+  size_t slash = filename.rfind('/');
+  if (slash == std::string_view::npos) return std::string(backing);
+  return std::string(filename.substr(0, slash + 1)) + std::string(backing);
+}
+
+// The size lb_create_ex creates with: `size` when set, else the options' "size", else the
+// backing file's (qemu-img create's order). The options are validated first (with a
+// placeholder size), so that what the format refuses fails before any backing file opens.
+absl::StatusOr<uint64_t> CreateSize(lb_context* ctx, const char* filename, const char* format,
+                                    const libblock::Options& opts, int64_t size) {
+  if (std::optional<std::string> text = opts.GetString("size")) {
+    // As Graph::Create will read it; a bad one fails there, with its message.
+    absl::StatusOr<uint64_t> parsed = libblock::ParseSize(*text);
+    return parsed.ok() ? *parsed : 0;
+  }
+  if (size >= 0) return static_cast<uint64_t>(size);
+  libblock::Options check = opts;
+  check.Set("size", uint64_t{0});
+  LB_RETURN_IF_ERROR(ctx->graph->Create(filename, format, std::move(check), /*validate_only=*/true));
+  std::optional<std::string> backing = opts.GetString("backing_file");
+  if (!backing) {
+    return ErrnoError(EINVAL, absl::StrFormat("%s: Image creation needs a size parameter", filename));
+  }
+  std::optional<std::string> backing_fmt = opts.GetString("backing_fmt");
+  if (!backing_fmt) {
+    return ErrnoError(EINVAL, absl::StrFormat("%s: Backing file specified without backing format",
+                                              filename));
+  }
+  libblock::Options bopts;
+  bopts.Set("driver", *backing_fmt);
+  bopts.Set("read-only", true);
+  bopts.Set("force-share", true);
+  absl::StatusOr<libblock::Node*> node =
+      ctx->graph->Open(BackingPathForCreate(filename, *backing), std::move(bopts), {});
+  if (!node.ok()) return libblock::Prepend(node.status(), absl::StrFormat("%s: ", filename));
+  int64_t length = (*node)->size();
+  ctx->graph->Unref(*node);
+  if (length < 0) {
+    return ErrnoError(static_cast<int>(-length),
+                      absl::StrFormat("%s: Could not get size of '%s'", filename, *backing));
+  }
+  return static_cast<uint64_t>(length);
 }
 
 }  // namespace
@@ -522,20 +641,27 @@ LB_API int lb_create_options(lb_context* ctx, const char* format, const char* fi
     if (!ctx || !format || (max > 0 && !out)) return NullArgument("lb_create_options");
     auto specs = ctx->graph->CreateOptions(format, filename ? filename : "");
     if (!specs.ok()) return Fail(specs.status());
-    for (size_t i = 0; i < specs->size() && i < max; ++i) {
+    size_t n = std::min(specs->size(), max);
+    if (n == 0) return static_cast<int>(specs->size());
+    // The caller's element size is out[0].struct_size: it is the array's stride, and only
+    // that many bytes of each element are the caller's to write (an older caller's struct is
+    // a prefix of ours; a newer one's has fields we do not know).
+    size_t stride = out[0].struct_size;
+    if (stride < offsetof(lb_option_desc, help) + sizeof(const char*)) {
+      return Fail(EINVAL, "lb_option_desc struct_size is too small");
+    }
+    auto* bytes = reinterpret_cast<unsigned char*>(out);
+    for (size_t i = 0; i < n; ++i) {
       const libblock::OptionSpec& s = (*specs)[i];
-      if (out[i].struct_size < offsetof(lb_option_desc, help) + sizeof(const char*)) {
-        return Fail(EINVAL, "lb_option_desc struct_size is too small");
-      }
       lb_option_desc d = {};
-      d.struct_size = out[i].struct_size;
+      d.struct_size = stride;
       // The schema's strings are NUL-terminated literals.
       d.name = s.name.data();
       d.type = TypeName(s.type);
       d.default_value = s.default_value.empty() ? nullptr : s.default_value.data();
       d.help = s.help.data();
       d.choices = ChoicesText(s);
-      std::memcpy(&out[i], &d, std::min(out[i].struct_size, sizeof(d)));
+      std::memcpy(bytes + i * stride, &d, std::min(stride, sizeof(d)));
     }
     return static_cast<int>(specs->size());
   });
@@ -828,9 +954,13 @@ LB_API int lb_block_status(lb_backend* be, uint64_t offset, uint64_t count, uint
     full.has_host_offset = (st->flags & libblock::kStatusOffsetValid) != 0;
     full.host_offset = full.has_host_offset ? static_cast<uint64_t>(st->map) : 0;
     full.depth = static_cast<uint32_t>(st->depth);
-    if (libblock::Node* holder = st->file_node()) {
+    if (const libblock::Node* holder = DataNode(*st)) {
       be->extent_filename = libblock::DisplayFilename(*holder);
       full.filename = be->extent_filename.c_str();
+      const std::string& name = holder->name();
+      size_t n = std::min(name.size(), sizeof(full.node_name) - 1);  // names are < 32 bytes
+      std::memcpy(full.node_name, name.data(), n);
+      full.node_name[n] = '\0';
     }
     // Callers built against an older, shorter lb_extent get only the fields they know.
     size_t keep = out->struct_size;
@@ -917,44 +1047,95 @@ LB_API int lb_reap(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_
   return Guard([&]() -> int {
     if (!ctx || (max > 0 && !out)) return NullArgument("lb_reap");
     if (min > max) return Fail(EINVAL, "lb_reap: min is larger than max");
+    // Request completions only: events of other kinds stay queued for lb_reap_events.
+    return ReapEvents(ctx, min, max, timeout_ns, [out](unsigned i, const lb_context::Event& e) {
+      if (e.kind != LB_EVENT_REQUEST) return false;
+      out[i] = lb_completion{e.user_data, static_cast<int>(e.result)};
+      return true;
+    });
+  });
+}
+
+// ---- since 0.2 ---------------------------------------------------------------------------------
+
+LB_API int lb_reap_events(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_ns,
+                          lb_event* out) {
+  return Guard([&]() -> int {
+    if (!ctx || (max > 0 && !out)) return NullArgument("lb_reap_events");
+    if (min > max) return Fail(EINVAL, "lb_reap_events: min is larger than max");
+    size_t stride = max > 0 ? out[0].struct_size : sizeof(lb_event);
+    if (stride < offsetof(lb_event, result) + sizeof(int64_t)) {
+      return Fail(EINVAL, "lb_event struct_size is too small");
+    }
+    auto* bytes = reinterpret_cast<unsigned char*>(out);
+    return ReapEvents(ctx, min, max, timeout_ns,
+                      [bytes, stride](unsigned i, const lb_context::Event& e) {
+                        lb_event ev = LB_EVENT_INIT;
+                        ev.struct_size = stride;
+                        ev.kind = e.kind;
+                        ev.user_data = e.user_data;
+                        ev.result = e.result;
+                        std::memcpy(bytes + i * stride, &ev, std::min(stride, sizeof(ev)));
+                        return true;
+                      });
+  });
+}
+
+LB_API int lb_context_run(lb_context* ctx, int64_t timeout_ns) {
+  return Guard([&]() -> int {
+    if (!ctx) return NullArgument("lb_context_run");
     libblock::EventLoop& loop = *ctx->loop;
-    ctx->reaping = true;
+    ctx->reaping = true;  // completions need no kick each: the fd is kicked below if needed
     struct ReapingScope {
       lb_context* ctx;
       ~ReapingScope() { ctx->reaping = false; }
     } reaping_scope{ctx};
-    int64_t deadline = timeout_ns < 0 ? -1 : libblock::EventLoop::NowNs() + timeout_ns;
-    unsigned got = 0;
-    auto collect = [&] {
-      while (got < max && !ctx->completions.empty()) {
-        out[got++] = ctx->completions.front();
-        ctx->completions.pop_front();
-        --ctx->inflight;
-      }
-    };
-    collect();
-    bool ran = false;
-    // Wait for `min`, as long as something is in flight that could still complete.
-    while (got < min && ctx->inflight > 0) {
-      int wait_ms = -1;
-      if (deadline >= 0) {
-        int64_t left = deadline - libblock::EventLoop::NowNs();
-        if (left <= 0) break;
-        wait_ms = static_cast<int>(std::min<int64_t>((left + 999999) / 1000000, 1 << 30));
-      }
-      loop.RunOnce(true, wait_ms);
-      ran = true;
-      collect();
-    }
-    // Then whatever else is ready now, without waiting (a loop run above already took
-    // everything that was ready when it woke; another pass would cost a syscall for nothing).
-    if (got < max && !ran) {
-      loop.RunOnce(false);
-      collect();
-    }
+    loop.RunOnce(timeout_ns != 0, WaitMs(timeout_ns));
     loop.PrepareForPoll();
     if (!ctx->completions.empty()) loop.Kick();
-    return static_cast<int>(got);
+    return static_cast<int>(std::min<size_t>(ctx->completions.size(), INT32_MAX));
+  });
+}
+
+LB_API int lb_parse_size(const char* text, uint64_t* out) {
+  return Guard([&]() -> int {
+    if (!text || !out) return NullArgument("lb_parse_size");
+    libblock::ParsedSize p = libblock::ParseQemuSize(text);
+    if (p.error == ERANGE) {
+      return Fail(ERANGE, absl::StrFormat("size '%s' is out of range (the limit is 2^64 - 1)", text));
+    }
+    if (p.error) {
+      return Fail(EINVAL, absl::StrFormat("invalid size '%s': expected a number with an optional "
+                                          "suffix k, M, G, T, P or E", text));
+    }
+    *out = p.value;
+    return p.deprecated_hex_suffix ? 1 : 0;
+  });
+}
+
+LB_API int lb_create_ex(lb_context* ctx, const lb_create_args* args, uint64_t* size_out) {
+  return Guard([&]() -> int {
+    if (!ctx || !args) return NullArgument("lb_create_ex");
+    if (args->struct_size < offsetof(lb_create_args, flags) + sizeof(uint32_t)) {
+      return Fail(EINVAL, "lb_create_args struct_size is too small");
+    }
+    if (!args->filename || !args->format) return NullArgument("lb_create_ex");
+    if (args->flags & ~LB_CREATE_VALIDATE_ONLY) return UnknownFlags();
+    if (args->size < 0 && args->size != LB_CREATE_SIZE_UNSET) {
+      return Fail(EINVAL, "lb_create_args.size is negative and not LB_CREATE_SIZE_UNSET");
+    }
+    auto opts = ParseOptions(args->options);
+    if (!opts.ok()) return Fail(opts.status());
+    auto size = CreateSize(ctx, args->filename, args->format, *opts, args->size);
+    if (!size.ok()) return Fail(size.status());
+    opts->SetDefault("size", *size);
+    if (int r = Check(ctx->graph->Create(args->filename, args->format, std::move(*opts),
+                                         args->flags & LB_CREATE_VALIDATE_ONLY));
+        r < 0) {
+      return r;
+    }
+    if (size_out) *size_out = *size;
+    return 0;
   });
 }
 

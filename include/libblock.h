@@ -53,7 +53,7 @@ extern "C" {
 #endif
 
 #define LB_VERSION_MAJOR 0
-#define LB_VERSION_MINOR 1
+#define LB_VERSION_MINOR 2
 #define LB_VERSION_MICRO 0
 /* e.g. 100 for 0.1.0: compare with >= in preprocessor checks */
 #define LB_VERSION_NUMBER (LB_VERSION_MAJOR * 10000 + LB_VERSION_MINOR * 100 + LB_VERSION_MICRO)
@@ -65,7 +65,7 @@ typedef struct lb_options lb_options;
 
 /* ---- library ----------------------------------------------------------------------------- */
 
-/* The library version, e.g. "0.1.0". Static storage. Since 0.1. */
+/* The library version, e.g. "0.2.0". Static storage. Since 0.1. */
 LB_API const char *lb_version(void);
 
 /* The message of the last failure on this thread ("" if none). Never NULL. The string is
@@ -136,8 +136,10 @@ typedef struct lb_option_desc {
  * own, as qemu-img create -o help shows). With `filename` NULL, only the format's own options
  * (what qemu-img create -o help prints without a filename). Strings
  * are static. Returns the number of options, or a negative errno (-EINVAL unknown format,
- * -ENOTSUP a format that cannot create). Writes at most `max` entries to `out` (each
- * entry's struct_size must be set; `out` may be NULL with max 0). Since 0.1. */
+ * -ENOTSUP a format that cannot create). Writes at most `max` entries to `out` (`out` may be
+ * NULL with max 0). out[0].struct_size must be set to the caller's sizeof(lb_option_desc):
+ * it is the array's stride, every entry written gets it as its struct_size, and only its
+ * first struct_size bytes are written. Since 0.1 (the stride rule since 0.2). */
 LB_API int lb_create_options(lb_context *ctx, const char *format, const char *filename,
                              lb_option_desc *out, size_t max);
 
@@ -389,8 +391,13 @@ typedef struct lb_extent {
                            column shows it (bytes as given); NULL when no file holds it.
                            Valid until the next lb_block_status on the backend or until it
                            closes. Since 0.1. */
+  char node_name[32];   /* the name of the node that holds the data (the node `filename`
+                           names: its protocol node for a format's data, a backing file's for
+                           data from the chain, a data file's), NUL-terminated; "" when no
+                           node holds it (unallocated, past the end of a backing file). Node
+                           names are shorter than 32 bytes, as in QEMU. Since 0.2. */
 } lb_extent;
-#define LB_EXTENT_INIT {sizeof(lb_extent), 0, 0, false, 0, 0, NULL}
+#define LB_EXTENT_INIT {sizeof(lb_extent), 0, 0, false, 0, 0, NULL, {0}}
 
 /* Describes the extent starting at `offset` (at most `count` bytes) through the whole
  * backing chain, as qemu-img map does. `flags` must be 0. Since 0.1. */
@@ -438,6 +445,97 @@ LB_API int lb_get_fd(lb_context *ctx);
  * Since 0.1. */
 LB_API int lb_reap(lb_context *ctx, unsigned min, unsigned max, int64_t timeout_ns,
                    lb_completion *out);
+
+/* ---- since 0.2 ---------------------------------------------------------------------------- */
+
+/* -- sizes -- */
+
+/* Parses a size as QEMU does (qemu_strtosz, as qemu-img reads sizes, offsets and lengths):
+ * digits, optionally a fraction, and an optional suffix b/B (bytes), k/K, m/M, g/G, t/T, p/P
+ * or e/E (powers of 1024); or a hex number "0x...". "1.5G" is 1610612736; a fraction needs a
+ * suffix other than B ("1.5" is invalid, "1.0" is 1) and the result is QEMU's to the byte
+ * ("0.0000000001T" is 110: the fraction is taken at double precision and the result rounded
+ * half up), computed in integer arithmetic. Leading whitespace and '+' are accepted; '-',
+ * exponents ("1.5e3"; but "1.5e" is 1.5 EiB) and trailing characters are not.
+ * Returns 0, or 1 when the text used a form QEMU accepts with a deprecation warning (a
+ * multiplier suffix on a hex number, "0x10k"), with the value in *out; -EINVAL when the
+ * text is malformed (or NULL), -ERANGE when the value is 2^64 or more (*out unchanged).
+ * Thread-safe. Since 0.2. */
+LB_API int lb_parse_size(const char *text, uint64_t *out);
+
+/* -- creating -- */
+
+/* lb_create_args.size when the size is not given: it comes from the options' "size", else
+ * from the backing file (a "backing_file" creation option), as qemu-img create without a
+ * size operand. Since 0.2. */
+#define LB_CREATE_SIZE_UNSET (-1)
+
+/* Everything a create can say. Initialise with LB_CREATE_ARGS_INIT. Since 0.2. */
+typedef struct lb_create_args {
+  size_t struct_size;
+  const char *filename; /* the image to create */
+  const char *format;   /* "raw", or a protocol such as "file" */
+  const char *options;  /* creation options "key=value,...", may be NULL (as lb_create's) */
+  int64_t size;         /* bytes, or LB_CREATE_SIZE_UNSET; a "size" option overrides it */
+  uint32_t flags;       /* LB_CREATE_* */
+} lb_create_args;
+#define LB_CREATE_ARGS_INIT {sizeof(lb_create_args), NULL, NULL, NULL, LB_CREATE_SIZE_UNSET, 0}
+
+/* lb_create with a size that may be left unset, reporting the size used in *size_out (may
+ * be NULL; written on success, with LB_CREATE_VALIDATE_ONLY too, so a tool can print it
+ * before creating). Without a size (neither args->size nor a "size" option) the size is
+ * the backing file's: the "backing_file" option's image, named relative to the new image's
+ * directory unless absolute, opened read-only and without locking others out (qemu-img's
+ * force-share), with the format "backing_fmt" names (required, as in qemu-img: "Backing
+ * file specified without backing format"), its own backing chain included. With neither:
+ * -EINVAL, "FILENAME: Image creation needs a size parameter" (qemu-img's message). Options
+ * are checked before the backing file is opened, so a format without backing files fails
+ * first with -ENOTSUP ("FILENAME: Backing file not supported for file format 'raw'").
+ * Errors: those of lb_create, and those of opening the backing file. Since 0.2. */
+LB_API int lb_create_ex(lb_context *ctx, const lb_create_args *args, uint64_t *size_out);
+
+/* -- events and the loop -- */
+
+/* lb_event kinds. A caller must ignore (but still count as reaped) kinds it does not know:
+ * later versions add job and export events. */
+#define LB_EVENT_REQUEST 1 /* an lb_aio_* request completed: user_data, result */
+
+/* One event of a context, as lb_reap_events hands them out. An output struct: the caller
+ * sets struct_size (LB_EVENT_INIT) and the library writes only that many bytes. Fields
+ * are only ever added at the end; a kind that needs more than `result` says which
+ * reserved fields it uses. Since 0.2. */
+typedef struct lb_event {
+  size_t struct_size;
+  uint32_t kind;        /* LB_EVENT_* */
+  uint32_t flags;       /* 0 for LB_EVENT_REQUEST; per kind */
+  void *user_data;      /* LB_EVENT_REQUEST: as given to the submission */
+  int64_t result;       /* LB_EVENT_REQUEST: 0 or a negative errno */
+  uint64_t reserved[4]; /* 0 unless the kind says otherwise */
+} lb_event;
+#define LB_EVENT_INIT {sizeof(lb_event), 0, 0, NULL, 0, {0, 0, 0, 0}}
+
+/* lb_reap for every kind of event: runs the context's loop and collects events into `out`
+ * (room for `max`), as lb_reap collects completions (same `min`, `timeout_ns` and return
+ * value; it waits for `min` only while something is in flight that can still produce an
+ * event). out[0].struct_size gives the caller's sizeof(lb_event): it is the array's
+ * stride, and only that many bytes of each entry are written (each gets it as its
+ * struct_size). lb_reap and lb_reap_events take from the same queue of request
+ * completions, in order; lb_reap hands out only LB_EVENT_REQUEST events and leaves others
+ * queued. Errors: -EINVAL (NULL arguments, min > max, struct_size smaller than up to
+ * `result`). Since 0.2. */
+LB_API int lb_reap_events(lb_context *ctx, unsigned min, unsigned max, int64_t timeout_ns,
+                          lb_event *out);
+
+/* Runs one iteration of the context's loop whether or not requests are in flight (for
+ * exports and jobs, whose work does not come from lb_aio_* requests): waits until the loop
+ * has something to do (lb_get_fd() readable: I/O, timers, completions) or `timeout_ns`
+ * elapsed (< 0: no limit; 0: only what is ready now), and does it. Events it produces
+ * stay queued for lb_reap/lb_reap_events (and lb_get_fd() stays readable while some are, so
+ * while events wait to be reaped it returns without waiting).
+ * Returns the number of events waiting to be reaped, or a negative errno (-EINVAL for a
+ * NULL context). With nothing in flight and `timeout_ns` < 0 it waits until something
+ * wakes the loop. Since 0.2. */
+LB_API int lb_context_run(lb_context *ctx, int64_t timeout_ns);
 
 #ifdef __cplusplus
 }

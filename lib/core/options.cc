@@ -5,8 +5,8 @@
 //  - key=value: elements split at single commas, ",," is a literal comma; the first element may
 //    be an implied value. Unlike QEMU's keyval parser, "a=1,a.b=2" is accepted: -drive style
 //    options legitimately combine "file=x" with "file.locking=off".
-//  - Sizes: qemu_strtosz syntax. Fractions are evaluated exactly in decimal and rounded down to
-//    whole bytes, so "1.5k" is 1536 and "0.1k" is 102.
+//  - Sizes: qemu_strtosz, with QEMU 7.2's values to the byte (util/size_parse.h, the parser
+//    lb_parse_size exports): "1.5k" is 1536, "0.1k" 102, "0.0000000001T" 110.
 #include "core/options.h"
 
 #include <algorithm>
@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "nlohmann/json.hpp"
 #include "util/status.h"
+#include "util/size_parse.h"
 
 namespace libblock {
 namespace {
@@ -66,38 +67,6 @@ bool AccumulateDigits(std::string_view text, size_t* pos, int base, uint64_t* va
     }
   }
   return ok;
-}
-
-// floor(0.<digits> * 2^shift), computed exactly by doubling the decimal fraction `shift` times
-// and collecting the carries out of the integer position.
-uint64_t FractionTimesPowerOfTwo(std::string_view digits, int shift) {
-  while (!digits.empty() && digits.back() == '0') digits.remove_suffix(1);
-  std::vector<uint8_t> fraction(digits.begin(), digits.end());
-  for (uint8_t& d : fraction) d -= '0';
-  uint64_t result = 0;
-  for (int i = 0; i < shift; ++i) {
-    int carry = 0;
-    for (size_t j = fraction.size(); j-- > 0;) {
-      int v = fraction[j] * 2 + carry;
-      fraction[j] = static_cast<uint8_t>(v % 10);
-      carry = v / 10;
-    }
-    result = result * 2 + static_cast<uint64_t>(carry);
-  }
-  return result;
-}
-
-int SuffixShift(char c) {
-  switch (c) {
-    case 'b': case 'B': return 0;
-    case 'k': case 'K': return 10;
-    case 'm': case 'M': return 20;
-    case 'g': case 'G': return 30;
-    case 't': case 'T': return 40;
-    case 'p': case 'P': return 50;
-    case 'e': case 'E': return 60;
-    default: return -1;
-  }
 }
 
 std::string EscapeCommas(std::string_view text) {
@@ -559,37 +528,14 @@ absl::StatusOr<Options> ParseJsonFilename(std::string_view filename) {
 }
 
 absl::StatusOr<uint64_t> ParseSize(std::string_view text) {
-  auto fail = [&](std::string_view why) {
-    return InvalidArgument(absl::StrFormat("invalid size '%s': %s", text, why));
-  };
-  if (text.empty()) return fail("empty");
-  if (text[0] == '-') return fail("negative sizes are not allowed");
-  bool hex = HasHexPrefix(text);
-  size_t pos = hex ? 2 : 0;
-  size_t digits_start = pos;
-  uint64_t whole = 0;
-  bool fits = AccumulateDigits(text, &pos, hex ? 16 : 10, &whole);
-  if (pos == digits_start) return fail("expected a number");
-  std::string_view fraction;
-  if (!hex && pos < text.size() && text[pos] == '.') {
-    size_t start = ++pos;
-    while (pos < text.size() && IsDigit(text[pos])) ++pos;
-    if (pos == start) return fail("expected digits after '.'");
-    fraction = text.substr(start, pos - start);
+  // A NUL would end QEMU's string early; here it cannot be part of a size.
+  ParsedSize p = text.find('\0') == std::string_view::npos ? ParseQemuSize(std::string(text).c_str())
+                                                          : ParsedSize{EINVAL};
+  if (p.error == ERANGE) {
+    return InvalidArgument(absl::StrFormat("invalid size '%s': too large (the limit is 2^64 - 1 bytes)", text));
   }
-  int shift = 0;
-  if (pos < text.size() && SuffixShift(text[pos]) >= 0) shift = SuffixShift(text[pos++]);
-  if (pos < text.size()) {
-    return fail(absl::StrFormat("unexpected '%s'", text.substr(pos)));
-  }
-  if (!fits || whole > (std::numeric_limits<uint64_t>::max() >> shift)) {
-    return fail("too large (the limit is 2^64 - 1 bytes)");
-  }
-  if (shift == 0 && fraction.find_first_not_of('0') != std::string_view::npos) {
-    return fail("fractional number of bytes");
-  }
-  // whole <= max >> shift and the fraction adds less than 2^shift, so this cannot overflow.
-  return (whole << shift) + FractionTimesPowerOfTwo(fraction, shift);
+  if (p.error) return InvalidArgument(absl::StrFormat("invalid size '%s'", text));
+  return p.value;
 }
 
 absl::StatusOr<bool> ParseBool(std::string_view text) {

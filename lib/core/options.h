@@ -97,10 +97,11 @@ bool IsJsonFilename(std::string_view filename);
 // deeper than 64 levels are InvalidArgument errors.
 absl::StatusOr<Options> ParseJsonFilename(std::string_view filename);
 
-// A byte count as QEMU's qemu_strtosz reads it: decimal digits with an optional fraction, or 0x
-// hex digits (greedy, so "0x1e" is 30), then an optional one-letter suffix B/K/M/G/T/P/E in
-// either case (powers of 1024; none = bytes). The result must be below 2^64; fractions of a
-// byte are dropped ("1.5k" = 1536), but a fraction without a unit larger than bytes is an error.
+// A byte count as QEMU's qemu_strtosz reads it (util/size_parse.h: QEMU 7.2's values to the
+// byte): decimal digits with an optional fraction, or 0x hex digits (greedy, so "0x1e" is
+// 30), then an optional one-letter suffix B/K/M/G/T/P/E in either case (powers of 1024;
+// none = bytes). The result must be below 2^64; a fraction without a unit larger than bytes
+// is an error. Failures are EINVAL, "invalid size 'TEXT'" (+ ": too large ..." for range).
 absl::StatusOr<uint64_t> ParseSize(std::string_view text);
 // "on"/"off", "yes"/"no", "true"/"false", case-sensitive like QEMU.
 absl::StatusOr<bool> ParseBool(std::string_view text);

@@ -34,7 +34,6 @@ void DefaultChildPerm(ChildRole role, const ChildPermContext& ctx, Perm perm, Pe
     Perm p = perm & kPermConsistentRead;
     Perm s = (shared & kPermWrite) ? (kPermWrite | kPermResize) : 0;
     s |= kPermConsistentRead | kPermWriteUnchanged;
-    if (ctx.parent_inactive) s |= kPermWrite | kPermResize;
     *nperm = p;
     *nshared = s;
     return;
@@ -56,7 +55,6 @@ void DefaultChildPerm(ChildRole role, const ChildPermContext& ctx, Perm perm, Pe
     if (p & kPermWriteUnchanged) p |= kPermWrite;
     if (p & kPermWrite) p |= kPermResize;
   }
-  if (ctx.parent_inactive) s |= kPermWrite | kPermResize;
   *nperm = p;
   *nshared = s;
 }

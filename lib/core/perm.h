@@ -36,7 +36,6 @@ inline constexpr ChildRole kRoleImage = kRoleData | kRoleMetadata;
 // State of the parent node that the default rules depend on.
 struct ChildPermContext {
   bool parent_writable = false;   // the parent is (or is becoming) read-write
-  bool parent_inactive = false;   // incoming migration: the parent does no I/O yet
 };
 
 // QEMU's default child permissions (bdrv_default_perms), derived from the parent's cumulative

@@ -14,6 +14,33 @@ typedef const char *(*error_fn)(void);
 typedef int (*context_new_fn)(uint32_t, lb_context **);
 typedef void (*context_free_fn)(lb_context *);
 typedef int (*open_fn)(lb_context *, const char *, const char *, uint32_t, lb_backend **);
+typedef int (*parse_size_fn)(const char *, uint64_t *);
+
+/* Symbols carry the version node of the release that added them: 0.1's stay in
+ * LIBBLOCK_0.1, 0.2's are in LIBBLOCK_0.2 only. */
+static int check_versions(void *h) {
+  static const char *const v01[] = {"lb_reap", "lb_create", "lb_block_status", "lb_open"};
+  static const char *const v02[] = {"lb_parse_size", "lb_create_ex", "lb_reap_events",
+                                    "lb_context_run"};
+  parse_size_fn parse_size;
+  uint64_t v = 0;
+  size_t i;
+  for (i = 0; i < sizeof v01 / sizeof v01[0]; i++) {
+    if (!dlvsym(h, v01[i], "LIBBLOCK_0.1") || dlvsym(h, v01[i], "LIBBLOCK_0.2")) {
+      fprintf(stderr, "%s is not (only) in LIBBLOCK_0.1\n", v01[i]);
+      return 1;
+    }
+  }
+  for (i = 0; i < sizeof v02 / sizeof v02[0]; i++) {
+    if (!dlvsym(h, v02[i], "LIBBLOCK_0.2") || dlvsym(h, v02[i], "LIBBLOCK_0.1")) {
+      fprintf(stderr, "%s is not (only) in LIBBLOCK_0.2\n", v02[i]);
+      return 1;
+    }
+  }
+  *(void **)&parse_size = dlvsym(h, "lb_parse_size", "LIBBLOCK_0.2");
+  if (parse_size("1.5G", &v) != 0 || v != 1610612736u) return 1;
+  return 0;
+}
 
 static void *use_library(void *arg) {
   const char *path = arg;
@@ -40,6 +67,7 @@ static void *use_library(void *arg) {
       fprintf(stderr, "dlsym failed\n");
       return (void *)1;
     }
+    if (check_versions(h) != 0) return (void *)1;
     if (strlen(version()) == 0 || context_new(0, &ctx) != 0) return (void *)1;
     /* a failure sets the thread-local message */
     if (open_image(ctx, "/nonexistent/disk.img", NULL, 0, &be) >= 0) return (void *)1;

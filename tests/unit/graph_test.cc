@@ -64,7 +64,7 @@ TEST_CASE("permission names use QEMU's wording", "[perm]") {
 
 TEST_CASE("default child permissions follow QEMU's per-role rules", "[perm]") {
   Perm p, s;
-  ChildPermContext writable{true, false}, readonly{false, false};
+  ChildPermContext writable{true}, readonly{false};
   // filtered: everything passes through
   DefaultChildPerm(kRoleFiltered | kRolePrimary, writable, kPermConsistentRead | kPermWrite,
                    kPermConsistentRead, &p, &s);
@@ -76,8 +76,6 @@ TEST_CASE("default child permissions follow QEMU's per-role rules", "[perm]") {
   REQUIRE(s == kPermAll);
   DefaultChildPerm(kRoleCow, writable, kPermAll, kPermConsistentRead, &p, &s);
   REQUIRE(s == (kPermConsistentRead | kPermWriteUnchanged));
-  DefaultChildPerm(kRoleCow, {true, true}, kPermAll, kPermConsistentRead, &p, &s);
-  REQUIRE(s == kPermAll);  // inactive parent: others may write
   // metadata: write+resize whenever the parent is writable, never shared
   DefaultChildPerm(kRoleMetadata, writable, 0, kPermAll, &p, &s);
   REQUIRE(p == (kPermConsistentRead | kPermWrite | kPermResize));

@@ -177,19 +177,25 @@ TEST_CASE("ParseSize accepts qemu_strtosz forms", "[options]") {
     REQUIRE(parsed.ok());
     return *parsed;
   };
+  // Values as qemu-img 7.2 reports them (qemu-img create -f raw x SIZE).
   CHECK(size("0") == 0);
   CHECK(size("512") == 512);
   CHECK(size("512b") == 512);
   CHECK(size("4k") == 4096);
   CHECK(size("4K") == 4096);
   CHECK(size("1.5M") == 1572864);
-  CHECK(size("0.1k") == 102);  // rounded down to whole bytes
+  CHECK(size("0.1k") == 102);
+  CHECK(size("0.0000000001T") == 110);  // 109.95: rounded half up
+  CHECK(size("0.0005k") == 1);
   CHECK(size("1.0") == 1);
+  CHECK(size("1.") == 1);
+  CHECK(size(" 1") == 1);
+  CHECK(size("+1k") == 1024);
   CHECK(size("2g") == (uint64_t{2} << 30));
   CHECK(size("3T") == (uint64_t{3} << 40));
   CHECK(size("1P") == (uint64_t{1} << 50));
   CHECK(size("1E") == (uint64_t{1} << 60));
-  CHECK(size("15.9999999999999999999E") == 18446744073709551615u);
+  CHECK(size("15.9999999999999999999E") == (uint64_t{15} << 60));  // the fraction rounds to 1.0
   CHECK(size("0x1000") == 4096);
   CHECK(size("0X1000") == 4096);
   CHECK(size("0x1e") == 30);  // 'e' is a hex digit, not the exabyte suffix
@@ -209,18 +215,18 @@ TEST_CASE("ParseSize rejects malformed and out-of-range sizes", "[options]") {
   CHECK(error("20000000000000000000").find("too large") != std::string::npos);
   CHECK(error("18446744073709551616").find("too large") != std::string::npos);
   CHECK(error("0x10000000000000000").find("too large") != std::string::npos);
-  CHECK(error("-1") == "invalid size '-1': negative sizes are not allowed");
-  CHECK(error("1x") == "invalid size '1x': unexpected 'x'");
-  CHECK(error("1kb") == "invalid size '1kb': unexpected 'b'");
-  CHECK(error("") == "invalid size '': empty");
-  CHECK(error("k") == "invalid size 'k': expected a number");
-  CHECK(error("0.5") == "invalid size '0.5': fractional number of bytes");
-  CHECK(error("1.5b").find("fractional") != std::string::npos);
-  CHECK(error("1.") == "invalid size '1.': expected digits after '.'");
-  CHECK(error(".5k").find("expected a number") != std::string::npos);
-  CHECK(error("0x1.8k").find("unexpected '.8k'") != std::string::npos);
-  CHECK(error(" 1").find("expected a number") != std::string::npos);
-  CHECK(error("1 ").find("unexpected ' '") != std::string::npos);
+  CHECK(error("-1") == "invalid size '-1'");
+  CHECK(error("1x") == "invalid size '1x'");
+  CHECK(error("1kb") == "invalid size '1kb'");
+  CHECK(error("") == "invalid size ''");
+  CHECK(error("k") == "invalid size 'k'");
+  CHECK(error("0.5") == "invalid size '0.5'");
+  CHECK(error("1.5b") == "invalid size '1.5b'");
+  CHECK(error(".5k") == "invalid size '.5k'");
+  CHECK(error("0x1.8k") == "invalid size '0x1.8k'");
+  CHECK(error("1.5e3") == "invalid size '1.5e3'");
+  CHECK(error("1 ") == "invalid size '1 '");
+  CHECK(error(std::string_view("1\0k", 3)).find("invalid size") == 0);
 }
 
 TEST_CASE("ParseBool and ParseInt", "[options]") {

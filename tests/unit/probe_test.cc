@@ -11,12 +11,12 @@
 #include <string_view>
 #include <vector>
 
+#include "core/registry.h"
 #include "formats/bochs/bochs_probe.h"
 #include "formats/cloop/cloop_probe.h"
 #include "formats/dmg/dmg_probe.h"
 #include "formats/luks/luks_probe.h"
 #include "formats/parallels/parallels_probe.h"
-#include "formats/probe.h"
 #include "formats/qcow/qcow_probe.h"
 #include "formats/qcow2/qcow2_probe.h"
 #include "formats/qed/qed_probe.h"
@@ -62,8 +62,9 @@ struct Probed {
 Probed ProbeBytes(const std::string& bytes, std::string_view filename = "") {
   // An exactly-sized heap copy, so that a probe reading past `len` trips the sanitizers.
   std::vector<uint8_t> copy(bytes.begin(), bytes.end());
-  ProbeResult r = ProbeFormat(copy.data(), copy.size(), filename);
-  return {std::string(r.format), r.score};
+  ProbeMatch m = Registry::Builtin().ProbeFormat(copy.data(), copy.size(), filename);
+  REQUIRE(m.driver != nullptr);
+  return {std::string(m.driver->name), m.score};
 }
 
 // The first kProbeBufferSize bytes of a file (fewer if it is shorter).
@@ -268,7 +269,7 @@ TEST_CASE("truncated buffers are safe and probe as the zero-padded start QEMU se
         const int score = p.probe(prefix.data(), len, "");
         CHECK((score >= 0 && score <= 100));
       }
-      const ProbeResult r = ProbeFormat(prefix.data(), len, "");
+      const Probed r = ProbeBytes(std::string(prefix.begin(), prefix.begin() + len));
       CHECK((r.score >= 1 && r.score <= 100));
     }
   }
@@ -293,7 +294,7 @@ TEST_CASE("truncated buffers are safe and probe as the zero-padded start QEMU se
     }
   }
   // A null buffer of length 0 is an empty image.
-  CHECK(ProbeFormat(nullptr, 0, "empty.dmg").format == "raw");
+  CHECK(Registry::Builtin().ProbeFormat(nullptr, 0, "empty.dmg").driver->name == "raw");
 }
 
 TEST_CASE("short files probe as QEMU probes them", "[probe]") {

@@ -33,28 +33,23 @@ int Run(Context& ctx, const CreateArgs& a) {
   }
   if (!a.backing.empty()) lb_options_set(o, "backing_file", a.backing.c_str());
   if (!a.backing_format.empty()) lb_options_set(o, "backing_fmt", a.backing_format.c_str());
-  uint64_t size = 0;
-  if (a.size) {
-    if (lb_options_get(o, "size")) {
-      lb_options_free(o);
-      Error(a.filename + ": The image size must be specified only once");
-      return 1;
-    }
-    size = *a.size;
-    lb_options_set(o, "size", std::to_string(size).c_str());
-  } else if (const char* s = lb_options_get(o, "size")) {
-    std::optional<int64_t> v = ParseSize(s);
-    size = v ? static_cast<uint64_t>(*v) : 0;
-  } else if (a.backing.empty()) {
+  if (a.size && lb_options_get(o, "size")) {
     lb_options_free(o);
-    Error(a.filename + ": Image creation needs a size parameter");
+    Error(a.filename + ": The image size must be specified only once");
     return 1;
   }
   char* text = lb_options_to_string(o);
-  // Like qemu-img, check everything before saying "Formatting".
-  if (int r = lb_create(ctx.get(), a.filename.c_str(), a.format.c_str(), text, size,
-                        LB_CREATE_VALIDATE_ONLY);
-      r < 0) {
+  lb_create_args args = LB_CREATE_ARGS_INIT;
+  args.filename = a.filename.c_str();
+  args.format = a.format.c_str();
+  args.options = text;
+  // Without a size the library takes the options' "size", else the backing file's, and
+  // fails with qemu-img's "Image creation needs a size parameter".
+  args.size = a.size ? static_cast<int64_t>(*a.size) : LB_CREATE_SIZE_UNSET;
+  // Like qemu-img, check everything before saying "Formatting"; the check reports the size.
+  args.flags = LB_CREATE_VALIDATE_ONLY;
+  uint64_t size = 0;
+  if (int r = lb_create_ex(ctx.get(), &args, &size); r < 0) {
     Error(CreateError(a.filename, a.format, r));
     lb_free(text);
     lb_options_free(o);
@@ -78,7 +73,9 @@ int Run(Context& ctx, const CreateArgs& a) {
     printf("%s\n", line.c_str());
   }
   lb_options_free(o);
-  int r = lb_create(ctx.get(), a.filename.c_str(), a.format.c_str(), text, size, 0);
+  args.flags = 0;
+  args.size = static_cast<int64_t>(size);
+  int r = lb_create_ex(ctx.get(), &args, nullptr);
   lb_free(text);
   if (r < 0) {
     Error(CreateError(a.filename, a.format, r));

@@ -30,8 +30,8 @@ struct SizeArg {
   uint64_t bytes = 0;
 };
 
-// qemu's option size syntax (the "size" parameter): a number below 2^64, exact when it is
-// an integer, with an optional suffix; prints qemu-img's messages on failure.
+// qemu's option size syntax (the "size" parameter, qemu_strtosz as lb_parse_size parses
+// it): a number below 2^64 with an optional suffix; prints qemu-img's messages on failure.
 std::optional<uint64_t> ParseSizeParameter(const std::string& text) {
   auto malformed = [] {
     Error("Parameter 'size' expects a non-negative number below 2^64");
@@ -44,35 +44,15 @@ std::optional<uint64_t> ParseSizeParameter(const std::string& text) {
     Error("Value '" + text + "' is out of range for parameter 'size'");
     return std::nullopt;
   };
-  const char* s = text.c_str();
-  while (isspace(static_cast<unsigned char>(*s))) ++s;
-  if (*s == '-' || *s == '\0') return malformed();
-  char* end = nullptr;
-  errno = 0;
-  unsigned long long whole = strtoull(s, &end, 0);
-  if (end != s && *end == '\0') {
-    if (errno == ERANGE) return out_of_range();
-    return whole;
+  uint64_t bytes = 0;
+  int r = lb_parse_size(text.c_str(), &bytes);
+  if (r == -ERANGE) return out_of_range();
+  if (r < 0) return malformed();
+  if (r == 1) {
+    fprintf(stderr, "blkimg: warning: Using a multiplier suffix on hex numbers is deprecated: %s\n",
+            text.c_str());
   }
-  errno = 0;
-  double number = strtod(s, &end);
-  if (end == s || std::isnan(number) || std::isinf(number)) return malformed();
-  double mult = 1;
-  switch (*end) {
-    case '\0': return malformed();  // a fraction of a byte
-    case 'b': case 'B': break;
-    case 'k': case 'K': mult = 0x1p10; break;
-    case 'm': case 'M': mult = 0x1p20; break;
-    case 'g': case 'G': mult = 0x1p30; break;
-    case 't': case 'T': mult = 0x1p40; break;
-    case 'p': case 'P': mult = 0x1p50; break;
-    case 'e': case 'E': mult = 0x1p60; break;
-    default: return malformed();
-  }
-  if (end[1] != '\0') return malformed();
-  double bytes = number * mult;
-  if (bytes >= 0x1p64) return out_of_range();
-  return static_cast<uint64_t>(bytes);
+  return bytes;
 }
 
 std::optional<SizeArg> ParseSizeArg(const std::string& text) {

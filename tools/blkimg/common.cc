@@ -154,59 +154,17 @@ bool TargetGuard::Check(Context& ctx, const std::string& filename, uint32_t cach
   return true;
 }
 
-namespace {
-
-int SuffixShift(char c) {
-  switch (c) {
-    case 'b': case 'B': return 0;
-    case 'k': case 'K': return 10;
-    case 'm': case 'M': return 20;
-    case 'g': case 'G': return 30;
-    case 't': case 'T': return 40;
-    case 'p': case 'P': return 50;
-    case 'e': case 'E': return 60;
-    default: return -1;
-  }
-}
-
-}  // namespace
-
 NumError StrToSz(std::string_view text_view, int64_t* out) {
   std::string text(text_view);
-  const char* p = text.c_str();
-  while (isspace(static_cast<unsigned char>(*p))) ++p;  // as strtod, which QEMU uses
-  bool hex = (p[0] == '0' && (p[1] == 'x' || p[1] == 'X'));
-  long double whole = 0, fraction = 0;
-  if (hex) {
-    p += 2;
-    if (!isxdigit(static_cast<unsigned char>(*p))) return NumError::kInvalid;
-    for (; isxdigit(static_cast<unsigned char>(*p)); ++p) {
-      int digit = isdigit(static_cast<unsigned char>(*p)) ? *p - '0' : (tolower(*p) - 'a' + 10);
-      whole = whole * 16 + digit;
-    }
-  } else {
-    if (!isdigit(static_cast<unsigned char>(*p))) return NumError::kInvalid;
-    for (; isdigit(static_cast<unsigned char>(*p)); ++p) whole = whole * 10 + (*p - '0');
-    if (*p == '.') {
-      ++p;
-      long double scale = 0.1L;
-      for (; isdigit(static_cast<unsigned char>(*p)); ++p, scale /= 10) {
-        fraction += (*p - '0') * scale;
-      }
-      if (*p == '\0' || SuffixShift(*p) <= 0) return NumError::kInvalid;  // bytes are whole
-    }
+  uint64_t value = 0;
+  int r = lb_parse_size(text.c_str(), &value);
+  if (r == -ERANGE) return NumError::kRange;
+  if (r < 0) return NumError::kInvalid;
+  if (r == 1) {
+    fprintf(stderr, "blkimg: warning: Using a multiplier suffix on hex numbers is deprecated: %s\n",
+            text.c_str());
   }
-  int shift = 0;
-  if (*p) {
-    shift = SuffixShift(*p);
-    if (shift < 0 || p[1] != '\0') return NumError::kInvalid;
-    if (hex) {
-      fprintf(stderr, "blkimg: warning: Using a multiplier suffix on hex numbers is deprecated: %s\n",
-              text.c_str());
-    }
-  }
-  long double value = std::floor((whole + fraction) * std::ldexp(1.0L, shift));
-  if (value > static_cast<long double>(INT64_MAX)) return NumError::kRange;
+  if (value > static_cast<uint64_t>(INT64_MAX)) return NumError::kRange;
   *out = static_cast<int64_t>(value);
   return NumError::kNone;
 }

@@ -99,9 +99,10 @@ class TargetGuard {
   lb_backend* be_ = nullptr;
 };
 
-// qemu_strtosz, the size syntax of qemu-img's cvtnum and of qemu-io: DIGITS[.DIGITS][SUFFIX]
-// or 0xHEX[SUFFIX], suffixes b, k/K, M, G, T, P, E (powers of 1024; a fraction needs one).
-// kRange for values of 2^63 or more. Warns (on stderr) about suffixes on hex numbers.
+// qemu_strtosz, the size syntax of qemu-img's cvtnum and of qemu-io, as the library parses
+// it (lb_parse_size): DIGITS[.DIGITS][SUFFIX] or 0xHEX[SUFFIX], suffixes b, k/K, M, G, T, P,
+// E (powers of 1024; a fraction needs one). kRange for values of 2^63 or more. Warns (on
+// stderr) about suffixes on hex numbers, as qemu-img does.
 enum class NumError { kNone, kInvalid, kRange };
 NumError StrToSz(std::string_view text, int64_t* out);
 // StrToSz's value, or nullopt when malformed or too large.
