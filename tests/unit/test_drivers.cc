@@ -15,6 +15,7 @@ namespace libblock::testing {
 namespace {
 
 bool g_refuse_all = false;
+int g_prepare_reopen_calls = 0;
 TestProtoStats g_last_closed;
 
 constexpr OptionSpec kProtoSpecs[] = {
@@ -142,8 +143,15 @@ namespace {
 constexpr std::string_view kRoles[] = {"image", "data", "metadata"};
 constexpr OptionSpec kFmtSpecs[] = {
     {"role", OptionType::kEnum, "image", "role of the file child", kRoles},
+    {"backing-file", OptionType::kString, "", "backing file named by the 'header'"},
+    {"backing-fmt", OptionType::kString, "", "backing format named by the 'header'"},
+    {"reopen-mark", OptionType::kBool, "off",
+     "a read-write -> read-only reopen writes \"clean\" at offset 0 of the file, after a sleep"},
+    {"reopen-fail", OptionType::kBool, "off", "PrepareReopen fails, after suspending"},
 };
 constexpr OptionSchema kFmtSchema{"test-fmt", kFmtSpecs};
+
+constexpr std::string_view kHeaderMagic = "LBTESTFMT\n";
 
 class TestFmt final : public NodeDriver {
  public:
@@ -154,8 +162,56 @@ class TestFmt final : public NodeDriver {
     absl::StatusOr<Child*> file = co_await ctx.OpenChild("file", role | kRolePrimary, false);
     if (!file.ok()) co_return file.status();
     file_ = *file;
-    absl::StatusOr<Child*> backing = co_await ctx.OpenChild("backing", kRoleCow, true);
-    if (!backing.ok()) co_return backing.status();
+    // The "header": the file's first bytes when they start with the magic (lines
+    // "backing=NAME", "backing-fmt=FMT"), or the backing-file/backing-fmt options.
+    BackingHeader header;
+    char buf[512] = {};
+    int64_t n = std::min<int64_t>(sizeof(buf), file_->node()->size());
+    if (n > 0) {
+      absl::Status st = co_await file_->Pread(0, buf, n);
+      if (!st.ok()) co_return st;
+    }
+    std::string_view text(buf, static_cast<size_t>(n));
+    if (text.substr(0, kHeaderMagic.size()) == kHeaderMagic) {
+      text.remove_prefix(kHeaderMagic.size());
+      while (!text.empty()) {
+        size_t eol = text.find('\n');
+        if (eol == std::string_view::npos) break;
+        std::string_view line = text.substr(0, eol);
+        text.remove_prefix(eol + 1);
+        if (line.substr(0, 8) == "backing=") header.filename = std::string(line.substr(8));
+        if (line.substr(0, 12) == "backing-fmt=") header.format = std::string(line.substr(12));
+      }
+    }
+    if (auto f = ctx.values.FindString("backing-file")) header.filename = *f;
+    if (auto f = ctx.values.FindString("backing-fmt")) header.format = *f;
+    reopen_mark_ = ctx.values.GetBool("reopen-mark");
+    reopen_fail_ = ctx.values.GetBool("reopen-fail");
+    ctx.SetBacking(std::move(header));
+    co_return absl::OkStatus();
+  }
+  bool CanReopenOption(std::string_view name) const override {
+    return name == "reopen-mark" || name == "reopen-fail";
+  }
+  // Suspends (a sleep, then a write to the file while its edge still allows it), as qcow2's
+  // cache flush and dirty-bit clearing will.
+  Task<absl::Status> PrepareReopen(const ReopenState& state, Transaction& tran) override {
+    bool mark = state.values.GetBool("reopen-mark");
+    bool fail = state.values.GetBool("reopen-fail");
+    ++g_prepare_reopen_calls;
+    if (mark && !state.was_read_only && state.flags.read_only) {
+      co_await node().loop().Sleep(1000000);
+      absl::Status st = co_await file_->Pwrite(0, "clean", 5);
+      if (!st.ok()) co_return st;
+    }
+    if (fail) {
+      co_await node().loop().Yield();
+      co_return ErrnoError(EIO, "test-fmt refuses the reopen");
+    }
+    tran.OnCommit([this, mark, fail] {
+      reopen_mark_ = mark;
+      reopen_fail_ = fail;
+    });
     co_return absl::OkStatus();
   }
   absl::StatusOr<int64_t> GetLength() override { return file_->node()->size(); }
@@ -168,6 +224,8 @@ class TestFmt final : public NodeDriver {
 
  private:
   Child* file_ = nullptr;
+  bool reopen_mark_ = false;
+  bool reopen_fail_ = false;
 };
 
 constexpr OptionSpec kDelaySpecs[] = {
@@ -218,6 +276,8 @@ const Driver kTestDelay = {
 }  // namespace
 
 void SetTestProtoRefuseAll(bool refuse) { g_refuse_all = refuse; }
+
+int TestFmtPrepareReopenCalls() { return g_prepare_reopen_calls; }
 
 const TestProtoStats& LastClosedStats() { return g_last_closed; }
 

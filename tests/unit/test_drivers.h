@@ -4,8 +4,13 @@
 //                any cumulative permission containing one of those bits; `align`,
 //                `max-transfer`, `fua`, `has-zeroes`, `has-discard`, `serialise-writes` declare limits and capabilities;
 //                every request that reaches it is recorded (TestProtoStats).
-//   test-fmt     a format with a "file" child of role `role` (image|data|metadata) and an
-//                optional "backing" (cow) child; data passes through to "file".
+//   test-fmt     a format with a "file" child of role `role` (image|data|metadata) and a
+//                backing file (opened by the core) named by its "header": the file's first
+//                bytes "LBTESTFMT\nbacking=NAME\nbacking-fmt=FMT\n", or the options
+//                `backing-file`/`backing-fmt`; data passes through to "file". Its
+//                PrepareReopen suspends: `reopen-mark` writes "clean" at offset 0 of the file
+//                on a read-write -> read-only reopen (after a 1 ms sleep), `reopen-fail`
+//                refuses the reopen after yielding.
 //   test-delay   a filter that delays every read/write by `ns` nanoseconds.
 #ifndef LIBBLOCK_TESTS_TEST_DRIVERS_H_
 #define LIBBLOCK_TESTS_TEST_DRIVERS_H_
@@ -40,6 +45,9 @@ const Registry& TestRegistry();
 
 // While set, every test-proto node refuses every PreparePerm (even relaxations).
 void SetTestProtoRefuseAll(bool refuse);
+
+// How many times a test-fmt node's PrepareReopen was called (in this process).
+int TestFmtPrepareReopenCalls();
 
 }  // namespace libblock::testing
 
