@@ -1117,9 +1117,11 @@ Task<absl::Status> Graph::PrepareReopenTree(Node& n, Options changes, InheritedF
     bool driver_option = schema && schema->Find(key) && n.impl_->CanReopenOption(key);
     bool allowed = ReopenableGenericOption(key) || driver_option;
     if (allowed) {
-      if (driver_option &&
-          (!given.Has(key) || OptionValueText(*given.Get(key)) != OptionValueText(value))) {
-        changed.Set(key, value);
+      if (driver_option) {
+        // Compared with what it is now: the value given before, or the default.
+        std::string now = given.Has(key) ? OptionValueText(*given.Get(key))
+                                         : std::string(schema->Find(key)->default_value);
+        if (now != OptionValueText(value)) changed.Set(key, value);
       }
       given.Set(key, value);
       continue;

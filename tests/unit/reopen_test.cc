@@ -262,6 +262,14 @@ TEST_CASE("a driver's PrepareReopen is a coroutine that runs drained", "[reopen]
   REQUIRE(read->ok());
   REQUIRE(buf == "clean");  // queued behind the reopen: it saw the driver's write
   REQUIRE(ReadFile(path).substr(0, 6) == "cleand");
+  REQUIRE(testing::TestFmtLastReopenChanges() == "");  // only read-only changed
+
+  // The driver is told which of its options change: not those given their current value.
+  Graph::ReopenRequest opts;
+  opts.changes.Set("reopen-mark", std::string("off"));
+  opts.changes.Set("reopen-fail", std::string("off"));  // the default
+  REQUIRE(env.graph.Reopen(*node, std::move(opts)).ok());
+  REQUIRE(testing::TestFmtLastReopenChanges() == "reopen-mark=off");
 }
 
 TEST_CASE("a failing coroutine PrepareReopen aborts the whole reopen", "[reopen][drain]") {

@@ -16,6 +16,7 @@ namespace {
 
 bool g_refuse_all = false;
 int g_prepare_reopen_calls = 0;
+std::string g_last_reopen_changes;
 TestProtoStats g_last_closed;
 
 constexpr OptionSpec kProtoSpecs[] = {
@@ -199,6 +200,7 @@ class TestFmt final : public NodeDriver {
     bool mark = state.values.GetBool("reopen-mark");
     bool fail = state.values.GetBool("reopen-fail");
     ++g_prepare_reopen_calls;
+    g_last_reopen_changes = state.changed.ToString();
     if (mark && !state.was_read_only && state.flags.read_only) {
       co_await node().loop().Sleep(1000000);
       absl::Status st = co_await file_->Pwrite(0, "clean", 5);
@@ -278,6 +280,7 @@ const Driver kTestDelay = {
 void SetTestProtoRefuseAll(bool refuse) { g_refuse_all = refuse; }
 
 int TestFmtPrepareReopenCalls() { return g_prepare_reopen_calls; }
+const std::string& TestFmtLastReopenChanges() { return g_last_reopen_changes; }
 
 const TestProtoStats& LastClosedStats() { return g_last_closed; }
 

@@ -16,6 +16,7 @@
 #define LIBBLOCK_TESTS_TEST_DRIVERS_H_
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -48,6 +49,8 @@ void SetTestProtoRefuseAll(bool refuse);
 
 // How many times a test-fmt node's PrepareReopen was called (in this process).
 int TestFmtPrepareReopenCalls();
+// ReopenState::changed of the last test-fmt PrepareReopen, as "key=value,...".
+const std::string& TestFmtLastReopenChanges();
 
 }  // namespace libblock::testing
 
