@@ -10,7 +10,11 @@
 // Transaction: the new permission masks are computed for every affected node in topological
 // order (parents first), every node is checked (parent conflicts, read-only, the driver's
 // veto, image lock bytes), and then all of it commits or all of it is undone. Giving up
-// permissions never fails.
+// permissions never fails. Several changes can share one transaction (the primitives' forms
+// taking a Transaction&, then Graph::Commit), so the check runs once over their sum.
+//
+// A format's backing file is opened by the core after the driver's Open (OpenBacking), from
+// what the driver read in its header (OpenContext::SetBacking) or the "backing" options.
 #ifndef LIBBLOCK_CORE_GRAPH_H_
 #define LIBBLOCK_CORE_GRAPH_H_
 

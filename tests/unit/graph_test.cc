@@ -726,6 +726,13 @@ TEST_CASE("backing options, node references, null and LB_OPEN_NO_BACKING", "[gra
     REQUIRE(Message(f.OpenNode(f.TopOpts(top, "backing=nosuch")).status()) ==
             "Cannot find device='nosuch' nor node-name='nosuch'");
   }
+  SECTION("the header as options; a protocol-prefixed name is not made relative") {
+    Node* n = f.MustOpenNode(f.TopOpts(top, "backing-file=test-proto://b,backing-fmt=test-proto"));
+    Node* b = f.BackingOf(n);
+    REQUIRE(b->driver().name == "test-proto");
+    REQUIRE(b->filename() == "test-proto://b");
+    f.graph.Unref(n);
+  }
   SECTION("a format without backing files refuses backing options") {
     REQUIRE(Message(f.OpenNode("driver=raw,file.driver=file,backing=,file.filename=" + top).status()) ==
             "Block format 'raw' does not support the option 'backing'");
