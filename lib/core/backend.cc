@@ -253,18 +253,22 @@ absl::Status Backend::ReopenOptions(Options changes, bool write, bool share_rw, 
   return absl::OkStatus();
 }
 
-void Backend::DrainBegin() {
-  ++quiesce_;
-  Node* node = root();
-  loop_.RunUntil([&] { return in_flight_ == 0 && (!node || node->in_flight() == 0); });
-}
-
-void Backend::DrainEnd() {
-  if (quiesce_ > 0 && --quiesce_ == 0) {
+void Backend::Drained(bool begin) {
+  if (begin) {
+    ++quiesce_;
+  } else if (quiesce_ > 0 && --quiesce_ == 0) {
     internal::CurrentLoopScope scope(&loop_);
     queued_.WakeAll();
   }
 }
+
+void Backend::DrainBegin() {
+  Drained(true);
+  Node* node = root();
+  loop_.RunUntil([&] { return in_flight_ == 0 && (!node || node->in_flight() == 0); });
+}
+
+void Backend::DrainEnd() { Drained(false); }
 
 absl::Status Backend::Close() {
   if (closed_) return absl::OkStatus();

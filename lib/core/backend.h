@@ -58,6 +58,10 @@ class Backend final : public ChildParent {
   Perm shared() const { return root_ ? root_->shared() : kPermAll; }
   std::string ParentDescription() const override;
   void Orphaned(Child* child) override;
+  // A drained section over the root (or below it): new requests queue until it ends.
+  void Drained(bool begin) override;
+  bool quiesced() const { return quiesce_ > 0; }
+  int queued() const { return queued_count_; }
 
   int64_t size() const;
   int in_flight() const { return in_flight_; }

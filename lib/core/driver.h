@@ -146,6 +146,11 @@ struct ReopenState {
   // auto-read-only (as Open may).
   NodeFlags& flags;
   const OptionValues& values;  // the driver's options, validated against its schema
+  // The driver options whose values change (only ones CanReopenOption accepted), as given.
+  const Options& changed;
+  // The current mode: read_only here and !flags.read_only is a read-only -> read-write
+  // reopen, the reverse one to read-only (qcow2 flushes its caches and clears its dirty bit).
+  bool was_read_only = false;
 };
 
 class NodeDriver {
@@ -182,11 +187,14 @@ class NodeDriver {
   // Reopen (QEMU's bdrv_reopen_prepare/commit/abort). `state` holds the node's generic settings
   // and driver options as they will be after the reopen; flags() still shows the current ones
   // (and I/O still runs with them) until the transaction commits. Prepare and check what the
-  // new state needs (a new descriptor, validated sizes), undo it on abort, switch to it on
-  // commit. Only options CanReopenOption accepts can differ from the current ones; the core
-  // refuses changes to the others ("Cannot change the option 'NAME'").
-  virtual absl::Status PrepareReopen(const ReopenState& state, Transaction& tran) {
-    return absl::OkStatus();
+  // new state needs (a new descriptor, validated sizes, cached metadata written back), undo it
+  // on abort, switch to it on commit. A coroutine: it runs inside a drained section (no request
+  // from the node's parents is in flight or starts before the transaction ends) and may do I/O
+  // to its children, whose edges still have their current permissions. Only options
+  // CanReopenOption accepts can differ from the current ones; the core refuses changes to the
+  // others ("Cannot change the option 'NAME'").
+  virtual Task<absl::Status> PrepareReopen(const ReopenState& state, Transaction& tran) {
+    co_return absl::OkStatus();
   }
   // Whether the driver option `name` (of the driver's schema) may change in a reopen.
   virtual bool CanReopenOption(std::string_view name) const { return false; }

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "util/checked_math.h"
 #include "core/event_loop.h"
@@ -146,7 +149,127 @@ void Node::Drain() {
   loop().RunUntil([this] { return in_flight_ == 0; });
 }
 
+void Node::Drained(bool begin) {
+  quiesce_counter_ += begin ? 1 : -1;
+  for (Child* p : std::vector<Child*>(parents_)) p->parent()->Drained(begin);
+}
+
+// ---- DrainedSection ----------------------------------------------------------------------------
+
+DrainedSection::DrainedSection(Graph& graph, Node& node) : graph_(graph) {
+  std::function<void(Node*)> collect = [&](Node* n) {
+    if (std::find(nodes_.begin(), nodes_.end(), n) != nodes_.end()) return;
+    nodes_.push_back(n);
+    for (Child* c : n->children()) collect(c->node());
+  };
+  collect(&node);
+  for (Node* n : nodes_) {
+    graph_.Ref(n);
+    n->Drained(true);
+  }
+}
+
+DrainedSection::~DrainedSection() { End(); }
+
+void DrainedSection::End() {
+  if (ended_) return;
+  ended_ = true;
+  for (Node* n : nodes_) n->Drained(false);
+  for (Node* n : nodes_) graph_.Unref(n);
+}
+
+namespace {
+// A node of `nodes` or above them (the parents that were quiesced) with a request in flight.
+Node* FirstBusy(const std::vector<Node*>& nodes) {
+  std::set<Node*> seen;
+  std::vector<Node*> stack(nodes.begin(), nodes.end());
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second) continue;
+    if (n->in_flight() > 0) return n;
+    for (Child* p : n->parents()) {
+      if (Node* pn = p->parent()->AsNode()) stack.push_back(pn);
+    }
+  }
+  return nullptr;
+}
+}  // namespace
+
+bool DrainedSection::Idle() const { return FirstBusy(nodes_) == nullptr; }
+
+Task<void> DrainedSection::Wait() {
+  // A backend's requests are in flight on its root node from admission on (nothing suspends
+  // in between), so the nodes' counts cover backends too.
+  for (;;) {
+    Node* busy = FirstBusy(nodes_);
+    if (!busy) co_return;
+    co_await busy->WaitIdle();
+  }
+}
+
+void DrainedSection::WaitSync() {
+  graph_.loop().RunUntil([this] { return Idle(); });
+}
+
 // ---- OpenContext -------------------------------------------------------------------------------
+
+namespace {
+
+// What a child with `role` inherits from a parent with flags `pf` (QEMU's
+// bdrv_inherited_options): backing files default to read-only, other children share the
+// parent's mode; lower layers default to discard=unmap.
+OpenParams ChildOpenParams(const NodeFlags& pf, ChildRole role) {
+  OpenParams params;
+  params.inherit = InheritFrom(pf);
+  if (role & kRoleCow) {
+    params.inherit.read_only = true;
+    params.inherit.auto_read_only = false;
+  } else {
+    params.inherit.read_only = pf.read_only;
+    params.inherit.auto_read_only = pf.auto_read_only;
+  }
+  params.inherit.unmap = true;
+  return params;
+}
+
+// QEMU's path_has_protocol: a ':' before any '/' ("nbd:...", "null-co://").
+bool HasProtocolPrefix(std::string_view name) {
+  size_t stop = name.find_first_of(":/");
+  return stop != std::string_view::npos && name[stop] == ':';
+}
+
+// A backing filename from an image header, resolved as QEMU's path_combine does: relative
+// names are relative to the directory of the overlay's filename; absolute names, json: names
+// and names with a protocol prefix stay as they are.
+absl::StatusOr<std::string> ResolveBackingName(std::string_view overlay, std::string_view name) {
+  if (name.empty() || name[0] == '/' || IsJsonFilename(name) || HasProtocolPrefix(name)) {
+    return std::string(name);
+  }
+  if (IsJsonFilename(overlay)) {
+    return ErrnoError(EINVAL, absl::StrFormat("Cannot use relative backing file names for '%s'",
+                                              overlay));
+  }
+  size_t slash = overlay.rfind('/');
+  if (slash == std::string_view::npos) {
+    // "a.img" names a file of the current directory: so does its backing file. A protocol
+    // prefix stays in front ("file:a.img" -> "file:b.img").
+    size_t colon = HasProtocolPrefix(overlay) ? overlay.find(':') : std::string_view::npos;
+    if (colon == std::string_view::npos) return std::string(name);
+    return std::string(overlay.substr(0, colon + 1)) + std::string(name);
+  }
+  return std::string(overlay.substr(0, slash + 1)) + std::string(name);
+}
+
+// What identifies an image in a backing chain: the real path of a local file, else its name.
+std::string ChainKey(const std::string& name) {
+  if (name.empty() || IsJsonFilename(name) || HasProtocolPrefix(name)) return name;
+  char buf[PATH_MAX];
+  if (realpath(name.c_str(), buf)) return buf;
+  return name;
+}
+
+}  // namespace
 
 Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, ChildRole role,
                                                      bool allow_none) {
@@ -189,18 +312,9 @@ Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, Child
     // filter are never format-probed: a filter passes its file through as it is (QEMU 7.2
     // opens preallocate's or blkdebug's file without probing), so no raw node whose guards
     // belong to probed images is slipped in under it.
-    OpenParams params;
+    OpenParams params = ChildOpenParams(pf, role);
     params.protocol_only = (parent_is_format && !(role & kRoleCow)) || (role & kRoleMetadata) ||
                            (role & kRoleFiltered);
-    params.inherit = InheritFrom(pf);
-    if (role & kRoleCow) {
-      params.inherit.read_only = true;
-      params.inherit.auto_read_only = false;
-    } else {
-      params.inherit.read_only = pf.read_only;
-      params.inherit.auto_read_only = pf.auto_read_only;
-    }
-    params.inherit.unmap = true;
     absl::StatusOr<Node*> opened =
         co_await graph.OpenCo(std::move(child_filename), std::move(child_options), params);
     if (!opened.ok()) co_return opened.status();
@@ -443,6 +557,7 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
   if (drv->kind == DriverKind::kProtocol) node->filename_ = filename;
 
   OpenContext ctx{*this, *node, filename, std::move(options), {}, probed_file};
+  ctx.params = params;
   if (drv->options) {
     absl::StatusOr<OptionValues> values = ConsumeOptions(*drv->options, ctx.options);
     if (values.ok()) {
@@ -454,6 +569,12 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
   if (st.ok()) st = co_await node->impl_->Open(ctx);
   if (st.ok()) {
     node->opened_ = true;
+    if (node->filename_.empty()) {
+      if (Child* primary = node->primary_child()) node->filename_ = primary->node()->filename();
+    }
+    st = co_await OpenBacking(ctx);
+  }
+  if (st.ok()) {
     if (!ctx.options.empty()) {
       const std::string& key = ctx.options.begin()->first;
       st = ErrnoError(EINVAL, drv->kind == DriverKind::kProtocol
@@ -462,9 +583,6 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
     }
   }
   if (st.ok()) {
-    if (node->filename_.empty()) {
-      if (Child* primary = node->primary_child()) node->filename_ = primary->node()->filename();
-    }
     node->RefreshLimits();
     st = node->RefreshSize();
   }
@@ -474,6 +592,105 @@ Task<absl::StatusOr<Node*>> Graph::OpenCo(std::string filename, Options options,
     co_return st;
   }
   co_return node;
+}
+
+Task<absl::Status> Graph::OpenBacking(OpenContext& ctx) {
+  Node& node = ctx.node;
+  std::optional<OptionValue> reference = ctx.options.Take("backing");
+  Options options = ctx.options.ExtractPrefix("backing");
+  if (!ctx.backing) {
+    // Not a format with backing files: the options stay, and are reported as unknown.
+    if (reference) ctx.options.Set("backing", *reference);
+    for (const auto& [key, value] : options) ctx.options.Set(absl::StrCat("backing.", key), value);
+    co_return absl::OkStatus();
+  }
+  const std::string* ref = reference ? std::get_if<std::string>(&*reference) : nullptr;
+  if (reference && !ref) {
+    co_return ErrnoError(EINVAL, "option 'backing' must name a node, or be null for none");
+  }
+  // "backing": null (json: names; the empty string in key=value syntax, as QEMU's keyval
+  // null): no backing file.
+  if (ref && ref->empty()) {
+    if (!options.empty()) {
+      co_return ErrnoError(EINVAL, "Option 'backing' is null: no other backing options may be given");
+    }
+    co_return absl::OkStatus();
+  }
+  if (node.flags_.no_backing) co_return absl::OkStatus();  // LB_OPEN_NO_BACKING
+
+  Node* backing = nullptr;
+  if (ref) {
+    if (!options.empty()) {
+      co_return ErrnoError(EINVAL, "Cannot reference an existing block device with additional "
+                                   "options or a new filename");
+    }
+    backing = FindNode(*ref);
+    if (!backing) {
+      co_return ErrnoError(ENOENT, absl::StrFormat("Cannot find device='%s' nor node-name='%s'",
+                                                   *ref, *ref));
+    }
+    Ref(backing);
+  } else {
+    // The header names the file unless the options say where it is.
+    std::string filename;
+    bool located = options.Has("file") || options.HasPrefix("file") || options.Has("filename");
+    if (!located) {
+      if (!ctx.backing->filename || ctx.backing->filename->empty()) {
+        if (options.empty()) co_return absl::OkStatus();  // no backing file
+      } else {
+        absl::StatusOr<std::string> resolved =
+            ResolveBackingName(node.filename(), *ctx.backing->filename);
+        if (!resolved.ok()) co_return resolved.status();
+        filename = std::move(*resolved);
+      }
+    }
+    if (ctx.backing->format && !options.Has("driver")) options.Set("driver", *ctx.backing->format);
+
+    // Loops and depth: the chain is named by the files of its images, top first.
+    std::string self = ChainKey(node.filename());
+    std::string key = ChainKey(!filename.empty() ? filename
+                               : options.GetString("file.filename")
+                                     .value_or(options.GetString("filename").value_or(options.ToString())));
+    std::vector<std::string> chain = ctx.params.overlays;
+    chain.push_back(self);
+    if (std::find(chain.begin(), chain.end(), key) != chain.end()) {
+      std::string shown;
+      for (const std::string& c : chain) absl::StrAppend(&shown, "'", c, "' -> ");
+      absl::StrAppend(&shown, "'", key, "'");
+      co_return ErrnoError(ELOOP, absl::StrFormat("Backing file chain loops: %s", shown));
+    }
+    if (static_cast<int>(chain.size()) >= kMaxBackingChain) {
+      co_return ErrnoError(EMLINK, absl::StrFormat(
+          "The backing chain of '%s' is longer than %d images (at '%s')", chain.front(),
+          kMaxBackingChain, key));
+    }
+
+    // DESIGN 1.6: a format is never probed for an image that will be written. A backing
+    // file without a known format is probed only while it stays read-only, and one that
+    // probes as raw is pinned read-only (a writer could turn its first sector into another
+    // format's header naming any file as its backing file).
+    bool probing = !options.Has("driver");
+    if (probing) {
+      std::optional<std::string> ro = options.GetString("read-only");
+      if (ro && (*ro == "off" || *ro == "false" || *ro == "no")) {
+        co_return ErrnoError(EPERM, absl::StrFormat(
+            "Could not open backing file '%s' read-write: its format is not known (neither the "
+            "image nor the options name it) and probing an image that is written could be "
+            "spoofed; give its format", filename.empty() ? key : filename));
+      }
+    }
+    OpenParams params = ChildOpenParams(node.flags_, kRoleCow);
+    params.overlays = std::move(chain);
+    absl::StatusOr<Node*> opened = co_await OpenCo(filename, std::move(options), params);
+    if (!opened.ok()) co_return Prepend(opened.status(), "Could not open backing file: ");
+    backing = *opened;
+    if (probing && backing->flags_.probed && backing->driver_.name == "raw") {
+      backing->probed_raw_backing_ = true;
+    }
+  }
+  absl::StatusOr<Child*> edge = AttachChild(node, *backing, "backing", kRoleCow);
+  Unref(backing);  // the edge holds it now (or it is closed)
+  co_return edge.status();
 }
 
 Task<absl::StatusOr<const Driver*>> Graph::ProbeFormat(Node& file, std::string_view filename) {
@@ -581,6 +798,12 @@ void Graph::Link(Child* child, Transaction& tran) {
   Node* n = child->node_;
   n->parents_.push_back(child);
   tran.OnAbort([n, child] { std::erase(n->parents_, child); });
+  // The new parent is quiesced as often as its new child is drained.
+  int q = n->quiesce_counter_;
+  for (int i = 0; i < q; ++i) child->parent()->Drained(true);
+  if (q) tran.OnAbort([child, q] {
+    for (int i = 0; i < q; ++i) child->parent()->Drained(false);
+  });
 }
 
 void Graph::Unlink(Child* child, Transaction& tran) {
@@ -593,6 +816,11 @@ void Graph::Unlink(Child* child, Transaction& tran) {
   auto pos = std::find(n->parents_.begin(), n->parents_.end(), child) - n->parents_.begin();
   std::erase(n->parents_, child);
   tran.OnAbort([n, child, pos] { n->parents_.insert(n->parents_.begin() + pos, child); });
+  int q = n->quiesce_counter_;
+  for (int i = 0; i < q; ++i) child->parent()->Drained(false);
+  if (q) tran.OnAbort([child, q] {
+    for (int i = 0; i < q; ++i) child->parent()->Drained(true);
+  });
 }
 
 namespace {
@@ -605,28 +833,54 @@ bool IsDescendant(const Node* ancestor, const Node* candidate) {
 }
 }  // namespace
 
+absl::Status Graph::Commit(Transaction& tran) {
+  std::vector<Node*> roots = tran.perm_roots();
+  bool relaxing = tran.relaxing();
+  tran.ClearPermRefresh();
+  if (!roots.empty()) {
+    absl::Status st = RefreshPerms(roots, tran, relaxing);
+    if (!st.ok()) {
+      tran.Abort();
+      return st;
+    }
+  }
+  tran.Commit();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Child*> Graph::AttachChild(ChildParent& parent, Node& child, std::string name,
                                           ChildRole role, Perm perm, Perm shared) {
+  Transaction tran;
+  absl::StatusOr<Child*> edge = AttachChild(parent, child, std::move(name), role, perm, shared, tran);
+  if (!edge.ok()) {
+    tran.Abort();
+    return edge;
+  }
+  LB_RETURN_IF_ERROR(Commit(tran));
+  return edge;
+}
+
+absl::StatusOr<Child*> Graph::AttachChild(ChildParent& parent, Node& child, std::string name,
+                                          ChildRole role, Perm perm, Perm shared,
+                                          Transaction& tran) {
   Node* parent_node = parent.AsNode();
   if (parent_node && IsDescendant(&child, parent_node)) {
     return ErrnoError(EINVAL, absl::StrFormat("Making '%s' a child of '%s' would create a cycle",
                                               child.name(), parent_node->name()));
   }
-  auto edge = std::make_unique<Child>(&parent, &child, std::move(name), role);
+  Child* edge = new Child(&parent, &child, std::move(name), role);
   edge->perm_ = parent_node ? 0 : perm;
   edge->shared_ = parent_node ? kPermAll : shared;
-  Transaction tran;
-  Link(edge.get(), tran);
-  std::vector<Node*> roots = {parent_node ? parent_node : &child};
-  absl::Status st = RefreshPerms(roots, tran, /*relaxing=*/false);
-  if (!st.ok()) {
-    tran.Abort();
-    return st;
-  }
-  tran.Commit();
   ++child.refcnt_;
-  ChildrenChanged(&parent);
-  return edge.release();
+  // Registered before Link's undo steps, so it runs after them.
+  tran.OnAbort([edge, c = &child] {
+    --c->refcnt_;
+    delete edge;
+  });
+  Link(edge, tran);
+  tran.NeedPermRefresh(parent_node ? parent_node : &child, /*relaxing=*/false);
+  tran.AfterCommit([this, p = &parent] { ChildrenChanged(p); });
+  return edge;
 }
 
 void Graph::ChildrenChanged(ChildParent* parent) {
@@ -637,18 +891,34 @@ void Graph::ChildrenChanged(ChildParent* parent) {
 }
 
 void Graph::DetachChild(Child* child) {
+  Transaction tran;
+  DetachChild(child, tran);
+  (void)Commit(tran);  // relaxing: cannot fail
+}
+
+void Graph::DetachChild(Child* child, Transaction& tran) {
   Node* node = child->node_;
   ChildParent* parent = child->parent();
-  Transaction tran;
   Unlink(child, tran);
-  (void)RefreshPerms({node}, tran, /*relaxing=*/true);
-  tran.Commit();
-  delete child;
-  ChildrenChanged(parent);
-  Unref(node);
+  tran.NeedPermRefresh(node, /*relaxing=*/true);
+  tran.AfterCommit([this, child, node, parent] {
+    delete child;
+    ChildrenChanged(parent);
+    Unref(node);
+  });
 }
 
 absl::Status Graph::ReplaceChild(Child* child, Node& new_node) {
+  Transaction tran;
+  absl::Status st = ReplaceChild(child, new_node, tran);
+  if (!st.ok()) {
+    tran.Abort();
+    return st;
+  }
+  return Commit(tran);
+}
+
+absl::Status Graph::ReplaceChild(Child* child, Node& new_node, Transaction& tran) {
   Node* old = child->node_;
   if (old == &new_node) return absl::OkStatus();
   Node* parent_node = child->parent()->AsNode();
@@ -656,35 +926,79 @@ absl::Status Graph::ReplaceChild(Child* child, Node& new_node) {
     return ErrnoError(EINVAL, absl::StrFormat("Making '%s' a child of '%s' would create a cycle",
                                               new_node.name(), parent_node->name()));
   }
-  Transaction tran;
   Unlink(child, tran);
   tran.Assign(&child->node_, &new_node);
   Link(child, tran);
-  std::vector<Node*> roots = {parent_node ? parent_node : &new_node, old};
-  absl::Status st = RefreshPerms(roots, tran, /*relaxing=*/false);
-  if (!st.ok()) {
-    tran.Abort();
-    return st;
-  }
-  tran.Commit();
   ++new_node.refcnt_;
-  ChildrenChanged(child->parent());
-  Unref(old);
+  tran.OnAbort([n = &new_node] { --n->refcnt_; });
+  tran.NeedPermRefresh(parent_node ? parent_node : &new_node, /*relaxing=*/false);
+  tran.NeedPermRefresh(old, /*relaxing=*/false);
+  tran.AfterCommit([this, parent = child->parent(), old] {
+    ChildrenChanged(parent);
+    Unref(old);
+  });
   return absl::OkStatus();
 }
 
 absl::Status Graph::SetEdgePerm(Child* child, Perm perm, Perm shared) {
-  bool relaxing = (perm & ~child->perm_) == 0 && (child->shared_ & ~shared) == 0;
   Transaction tran;
+  SetEdgePerm(child, perm, shared, tran);
+  return Commit(tran);
+}
+
+void Graph::SetEdgePerm(Child* child, Perm perm, Perm shared, Transaction& tran) {
+  bool relaxing = (perm & ~child->perm_) == 0 && (child->shared_ & ~shared) == 0;
   tran.Assign(&child->perm_, perm);
   tran.Assign(&child->shared_, shared);
-  absl::Status st = RefreshPerms({child->node_}, tran, relaxing);
+  tran.NeedPermRefresh(child->node_, relaxing);
+}
+
+absl::Status Graph::ReplaceNode(Node& from, Node& to, const std::vector<Child*>& except) {
+  Transaction tran;
+  absl::Status st = ReplaceNode(from, to, except, tran);
   if (!st.ok()) {
     tran.Abort();
     return st;
   }
-  tran.Commit();
+  return Commit(tran);
+}
+
+absl::Status Graph::ReplaceNode(Node& from, Node& to, const std::vector<Child*>& except,
+                                Transaction& tran) {
+  if (&from == &to) return absl::OkStatus();
+  for (Child* c : std::vector<Child*>(from.parents_)) {
+    if (std::find(except.begin(), except.end(), c) != except.end()) continue;
+    // A parent that `to` reaches (a filter inserted above `from`, `to` itself) keeps its
+    // edge: moving it would make a cycle.
+    Node* pn = c->parent()->AsNode();
+    if (pn && IsDescendant(&to, pn)) continue;
+    LB_RETURN_IF_ERROR(ReplaceChild(c, to, tran));
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<Node*> Graph::InsertFilterAbove(Node& node, Options filter_options) {
+  filter_options.Set("file", node.name());
+  LB_ASSIGN_OR_RETURN(Node* filter, Open("", std::move(filter_options)));
+  absl::Status st;
+  Child* below = filter->primary_child();
+  if (filter->driver().kind != DriverKind::kFilter) {
+    st = ErrnoError(EINVAL, absl::StrFormat("'%s' is not a filter driver", filter->driver().name));
+  } else if (!below || below->node() != &node) {
+    st = ErrnoError(EINVAL, absl::StrFormat("filter '%s' does not filter node '%s'",
+                                            filter->name(), node.name()));
+  } else {
+    Transaction tran;
+    st = ReplaceNode(node, *filter, {}, tran);
+    if (st.ok()) {
+      st = Commit(tran);
+    } else {
+      tran.Abort();
+    }
+  }
+  Unref(filter);  // its new parents hold it (or, on failure, it closes)
+  if (!st.ok()) return st;
+  return filter;
 }
 
 // One node of a reopen: what it will be once the transaction commits.
@@ -705,69 +1019,73 @@ absl::Status Graph::Reopen(Node& node, bool read_only,
 }
 
 absl::Status Graph::Reopen(Node& node, ReopenRequest request) {
-  // Like QEMU, drain what is reopened: requests in flight finish in the old mode, on the old
-  // descriptors (the file protocol closes its old one on commit), before anything changes.
-  // Nothing new starts before the commit unless a driver runs the loop while it prepares.
-  std::vector<Node*> subtree;
-  std::function<void(Node*)> collect = [&](Node* n) {
-    if (std::find(subtree.begin(), subtree.end(), n) != subtree.end()) return;
-    subtree.push_back(n);
-    for (Child* c : n->children_) collect(c->node_);
-  };
-  collect(&node);
-  loop_.RunUntil([&] {
-    return std::all_of(subtree.begin(), subtree.end(), [](Node* n) { return n->in_flight_ == 0; });
-  });
+  return loop_.Run(ReopenCo(node, std::move(request)));
+}
 
+Task<absl::Status> Graph::ReopenCo(Node& node, ReopenRequest request) {
   Transaction tran;
-  for (const EdgeUpdate& u : request.edge_updates) {
-    tran.Assign(&u.child->perm_, u.perm);
-    tran.Assign(&u.child->shared_, u.shared);
+  absl::Status st = co_await ReopenCo(node, std::move(request), tran);
+  if (!st.ok()) {
+    tran.Abort();
+    co_return st;
   }
+  co_return Commit(tran);
+}
+
+Task<absl::Status> Graph::ReopenCo(Node& node, ReopenRequest request, Transaction& tran) {
+  // Like QEMU, drain what is reopened: requests in flight finish in the old mode, on the old
+  // descriptors (the file protocol closes its old one on commit), before anything changes, and
+  // the parents above start nothing new until the transaction ends.
+  auto section = std::make_shared<DrainedSection>(*this, node);
+  // Registered first, so it runs after every other undo step of this reopen.
+  tran.OnAbort([section] { section->End(); });
+  co_await section->Wait();
+
+  for (const EdgeUpdate& u : request.edge_updates) SetEdgePerm(u.child, u.perm, u.shared, tran);
   // The node keeps whatever it inherited at open unless the request changes it.
   InheritedFlags inherit = InheritFrom(node.flags_);
   if (request.writethrough) inherit.writethrough = *request.writethrough;
-  std::deque<ReopenEntry> entries;
-  absl::Status st = PrepareReopenTree(node, std::move(request.changes), inherit, entries, tran);
-  if (st.ok()) {
-    // Permissions are computed for the new modes while I/O still runs in the old ones (a
-    // filter may still write while it gives up its permissions); the modes flip on commit.
-    for (ReopenEntry& e : entries) {
-      tran.Assign(&e.node->pending_read_only_, std::optional<bool>(e.flags.read_only));
-    }
-    st = RefreshPerms({&node}, tran, /*relaxing=*/false);
+  auto entries = std::make_shared<std::deque<ReopenEntry>>();
+  absl::Status st = co_await PrepareReopenTree(node, std::move(request.changes), inherit, entries, tran);
+  if (!st.ok()) co_return st;
+  // Permissions are computed (by Commit) for the new modes while I/O still runs in the old
+  // ones (a filter may still write while it gives up its permissions); the modes flip on
+  // commit.
+  for (ReopenEntry& e : *entries) {
+    tran.Assign(&e.node->pending_read_only_, std::optional<bool>(e.flags.read_only));
   }
-  if (!st.ok()) {
-    tran.Abort();
-    return st;
-  }
+  tran.NeedPermRefresh(&node, /*relaxing=*/false);
   // After the drivers' and the permissions' commits: the settings themselves.
-  for (ReopenEntry& e : entries) {
-    tran.OnCommit([&e] {
-      Node* n = e.node;
-      n->flags_ = e.flags;
+  for (ReopenEntry& e : *entries) {
+    tran.OnCommit([entries, e = &e] {
+      Node* n = e->node;
+      n->flags_ = e->flags;
       n->pending_read_only_.reset();
-      n->generic_options_ = e.generic;
+      n->generic_options_ = e->generic;
       if (const OptionSchema* schema = n->driver_.options) {
         for (const OptionSpec& spec : schema->specs) n->open_options_.Erase(spec.name);
       }
-      for (const auto& [key, value] : e.own) n->open_options_.Set(key, value);
+      for (const auto& [key, value] : e->own) n->open_options_.Set(key, value);
     });
   }
-  tran.Commit();
-  // Limits and sizes follow the new settings, children first (a raw window over its file).
-  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
-    it->node->RefreshLimits();
-    (void)it->node->RefreshSize();
-  }
-  for (Child* p : node.parents_) ChildrenChanged(p->parent());
-  return absl::OkStatus();
+  // Limits and sizes follow the new settings, children first (a raw window over its file);
+  // then the section ends and queued requests run in the new mode.
+  tran.AfterCommit([this, entries, n = &node] {
+    for (auto it = entries->rbegin(); it != entries->rend(); ++it) {
+      it->node->RefreshLimits();
+      (void)it->node->RefreshSize();
+    }
+    for (Child* p : n->parents_) ChildrenChanged(p->parent());
+  });
+  tran.AfterCommit([section] { section->End(); });
+  co_return absl::OkStatus();
 }
 
-absl::Status Graph::PrepareReopenTree(Node& n, Options changes, const InheritedFlags& inherit,
-                                      std::deque<ReopenEntry>& entries, Transaction& tran) {
-  for (const ReopenEntry& e : entries) {
-    if (e.node == &n) return absl::OkStatus();  // below two parents: the first one's changes
+Task<absl::Status> Graph::PrepareReopenTree(Node& n, Options changes, InheritedFlags inherit,
+                                            std::shared_ptr<std::deque<ReopenEntry>> entries,
+                                            Transaction& tran) {
+  for (const ReopenEntry& e : *entries) {
+    if (e.node == &n) co_return absl::OkStatus();  // below two parents: the first one's changes
   }
   // Children's options go to them; a reference must name the current child.
   std::vector<Options> child_changes;
@@ -778,9 +1096,9 @@ absl::Status Graph::PrepareReopenTree(Node& n, Options changes, const InheritedF
     std::string name = OptionValueText(*ref);
     if (name == c->node_->name()) continue;
     if (!FindNode(name)) {
-      return ErrnoError(ENOENT, absl::StrFormat("Cannot find device='' nor node-name='%s'", name));
+      co_return ErrnoError(ENOENT, absl::StrFormat("Cannot find device='' nor node-name='%s'", name));
     }
-    return ErrnoError(EINVAL, absl::StrFormat("Cannot change the option '%s'", c->name()));
+    co_return ErrnoError(EINVAL, absl::StrFormat("Cannot change the option '%s'", c->name()));
   }
 
   // The node's options afterwards: what it was given, with the changes it may take over them.
@@ -794,10 +1112,17 @@ absl::Status Graph::PrepareReopenTree(Node& n, Options changes, const InheritedF
     }
   }
   std::optional<std::string> refused;
+  Options changed;  // driver options that take a new value
   for (const auto& [key, value] : changes) {
-    bool allowed = ReopenableGenericOption(key) ||
-                   (schema && schema->Find(key) && n.impl_->CanReopenOption(key));
+    bool driver_option = schema && schema->Find(key) && n.impl_->CanReopenOption(key);
+    bool allowed = ReopenableGenericOption(key) || driver_option;
     if (allowed) {
+      if (driver_option) {
+        // Compared with what it is now: the value given before, or the default.
+        std::string now = given.Has(key) ? OptionValueText(*given.Get(key))
+                                         : std::string(schema->Find(key)->default_value);
+        if (now != OptionValueText(value)) changed.Set(key, value);
+      }
       given.Set(key, value);
       continue;
     }
@@ -810,14 +1135,14 @@ absl::Status Graph::PrepareReopenTree(Node& n, Options changes, const InheritedF
   params.inherit = inherit;
   Options rest = given;
   absl::StatusOr<GenericOptions> generic = ParseGenericOptions(n.driver_, rest, params);
-  if (!generic.ok()) return generic.status();
+  if (!generic.ok()) co_return generic.status();
   OptionValues values;
   if (schema) {
     absl::StatusOr<OptionValues> parsed = ConsumeOptions(*schema, rest);
-    if (!parsed.ok()) return parsed.status();
+    if (!parsed.ok()) co_return parsed.status();
     values = std::move(*parsed);
   }
-  ReopenEntry& e = entries.emplace_back();
+  ReopenEntry& e = entries->emplace_back();
   e.node = &n;
   e.flags = generic->flags;
   e.flags.probed = n.flags_.probed;
@@ -825,9 +1150,17 @@ absl::Status Graph::PrepareReopenTree(Node& n, Options changes, const InheritedF
   e.generic = GivenGenericOptions(given);
   e.own = given;
   for (const OptionSpec& spec : kGenericSpecs) e.own.Erase(spec.name);
-  LB_RETURN_IF_ERROR(n.impl_->PrepareReopen(ReopenState{e.flags, e.values}, tran));
+  if (n.probed_raw_backing_ && !e.flags.read_only) {
+    co_return ErrnoError(EPERM, absl::StrFormat(
+        "Cannot make backing file '%s' writable: its format was probed as raw (probing an image "
+        "that is written could be spoofed); open it with an explicit format",
+        n.filename()));
+  }
+  ReopenState state{e.flags, e.values, changed, n.flags_.read_only};
+  absl::Status prepared = co_await n.impl_->PrepareReopen(state, tran);
+  if (!prepared.ok()) co_return prepared;
   if (refused) {
-    return ErrnoError(EINVAL, absl::StrFormat("Cannot change the option '%s'", *refused));
+    co_return ErrnoError(EINVAL, absl::StrFormat("Cannot change the option '%s'", *refused));
   }
 
   // Then the children, inheriting from this node's new settings as they did at open
@@ -840,10 +1173,11 @@ absl::Status Graph::PrepareReopenTree(Node& n, Options changes, const InheritedF
       child_inherit.auto_read_only = false;
     }
     child_inherit.unmap = true;
-    LB_RETURN_IF_ERROR(
-        PrepareReopenTree(*c->node_, std::move(child_changes[i]), child_inherit, entries, tran));
+    absl::Status child_st = co_await PrepareReopenTree(*c->node_, std::move(child_changes[i]),
+                                                       child_inherit, entries, tran);
+    if (!child_st.ok()) co_return child_st;
   }
-  return absl::OkStatus();
+  co_return absl::OkStatus();
 }
 
 absl::Status Graph::CheckParentConflicts(const Node& node) const {

@@ -44,6 +44,11 @@ class ChildParent {
   // The graph cut this parent's edge `child` (the graph is being destroyed); the edge is
   // deleted right after this call.
   virtual void Orphaned(Child* child) {}
+  // Drained sections (Graph::DrainedSection): a child of this parent entered (begin) or left
+  // a drained section. Calls nest and pair up; while any is open the parent submits no new
+  // request to its children (a backend queues its callers', a node quiesces its own parents).
+  // An edge moving between nodes carries the drain counts over (Graph::Link/Unlink).
+  virtual void Drained(bool begin) {}
 };
 
 enum class DetectZeroes { kOff, kOn, kUnmap };
@@ -146,6 +151,10 @@ class Node final : public ChildParent {
 
   std::string ParentDescription() const override;
   Node* AsNode() override { return this; }
+  // This node is quiesced (a drained section covers it or a node below it): its parents are
+  // told in turn.
+  void Drained(bool begin) override;
+  bool drained() const { return quiesce_counter_ > 0; }
 
   // ---- request accounting (core/io.cc) -----------------------------------------------------
   int in_flight() const { return in_flight_; }
@@ -184,6 +193,7 @@ class Node final : public ChildParent {
   bool closing_ = false;
   bool opened_ = false;           // the driver's Open succeeded
   std::optional<bool> pending_read_only_;  // set while a reopen is being prepared
+  bool probed_raw_backing_ = false;  // a backing file probed as raw: never made writable
 
   Perm perm_ = 0;
   Perm shared_ = kPermAll;
@@ -191,6 +201,7 @@ class Node final : public ChildParent {
   int64_t size_ = 0;
 
   int in_flight_ = 0;
+  int quiesce_counter_ = 0;   // open drained sections over this node (nested, counted)
   CoQueue idle_waiters_;
   uint64_t write_gen_ = 0;    // bumped by every write; flushes skip when nothing changed
   uint64_t flushed_gen_ = 0;

@@ -182,8 +182,17 @@ absl::Status FlattenJson(const nlohmann::json& node, const std::string& key, int
       break;
     }
     case nlohmann::json::value_t::number_float: value = node.get<double>(); break;
-    case nlohmann::json::value_t::null:
+    case nlohmann::json::value_t::null: {
+      // "backing": null (no backing file) is the one null QEMU's block options take; it is
+      // the empty string here, as in QEMU's key=value syntax.
+      std::string_view k = key;
+      constexpr std::string_view kSuffix = ".backing";
+      if (k == "backing" || (k.size() > kSuffix.size() && k.substr(k.size() - kSuffix.size()) == kSuffix)) {
+        value = std::string();
+        break;
+      }
       return InvalidArgument(absl::StrFormat("%s: value of '%s' is null", kJsonError, key));
+    }
     default:
       return InvalidArgument(absl::StrFormat("%s: unsupported value for '%s'", kJsonError, key));
   }

@@ -92,7 +92,7 @@ bool IsJsonFilename(std::string_view filename);
 // Parses a "json:{...}" pseudo-filename (prefix included). Nested objects flatten to dotted keys,
 // arrays to "key.0", "key.1", ...; empty objects and arrays vanish. Strings become std::string,
 // booleans bool, integers int64_t (uint64_t above INT64_MAX), other numbers double. Invalid JSON,
-// a non-object top level, null values, empty keys, keys repeated within an object or after
+// a non-object top level, null values (but "backing": null, which becomes ""), empty keys, keys repeated within an object or after
 // flattening, and nesting
 // deeper than 64 levels are InvalidArgument errors.
 absl::StatusOr<Options> ParseJsonFilename(std::string_view filename);

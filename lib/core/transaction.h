@@ -3,6 +3,12 @@
 // Each step of a change records how to undo itself (abort) and what to finish once every
 // step has succeeded (commit). Abort actions run in reverse order, so a half-done change
 // unwinds exactly; a transaction destroyed without Commit aborts.
+//
+// Graph changes staged into one transaction (Graph::AttachChild(..., tran), ReplaceChild,
+// ReopenCo, ...) only record which nodes need their permissions recomputed; Graph::Commit
+// recomputes and checks them once, over the combined change, and then commits. Work that must
+// wait until every commit action ran (closing a node that lost its last parent, ending a
+// drained section) is registered with AfterCommit.
 #ifndef LIBBLOCK_CORE_TRANSACTION_H_
 #define LIBBLOCK_CORE_TRANSACTION_H_
 
@@ -11,6 +17,8 @@
 #include <vector>
 
 namespace libblock {
+
+class Node;
 
 class Transaction {
  public:
@@ -23,6 +31,22 @@ class Transaction {
 
   void OnAbort(std::function<void()> fn) { abort_.push_back(std::move(fn)); }
   void OnCommit(std::function<void()> fn) { commit_.push_back(std::move(fn)); }
+  // Runs after every commit action, in registration order; dropped on abort.
+  void AfterCommit(std::function<void()> fn) { after_.push_back(std::move(fn)); }
+
+  // Permission refresh bookkeeping for Graph::Commit: the roots below which masks change, and
+  // whether every staged step only gives permissions up (then nothing may refuse it).
+  void NeedPermRefresh(Node* root, bool relaxing) {
+    perm_roots_.push_back(root);
+    relaxing_ = relaxing_ && relaxing;
+  }
+  const std::vector<Node*>& perm_roots() const { return perm_roots_; }
+  bool relaxing() const { return relaxing_; }
+  void ClearPermRefresh() {
+    perm_roots_.clear();
+    relaxing_ = true;
+  }
+  bool finished() const { return finished_; }
 
   // Sets *slot to value now and restores the old value on abort.
   template <typename T>
@@ -37,10 +61,13 @@ class Transaction {
     abort_.clear();
     auto commits = std::move(commit_);
     for (auto& fn : commits) fn();
+    auto after = std::move(after_);
+    for (auto& fn : after) fn();
   }
   void Abort() {
     finished_ = true;
     commit_.clear();
+    after_.clear();
     auto aborts = std::move(abort_);
     for (auto it = aborts.rbegin(); it != aborts.rend(); ++it) (*it)();
   }
@@ -48,6 +75,9 @@ class Transaction {
  private:
   std::vector<std::function<void()>> abort_;
   std::vector<std::function<void()>> commit_;
+  std::vector<std::function<void()>> after_;
+  std::vector<Node*> perm_roots_;
+  bool relaxing_ = true;
   bool finished_ = false;
 };
 

@@ -1,6 +1,9 @@
 // The block graph: permission rules, conflict messages, all-or-nothing transactions, node
 // names, reopen, attach/detach/replace, and the open path's option handling.
 #include <catch2/catch.hpp>
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <map>
 #include <string>
 #include <vector>
@@ -431,6 +434,373 @@ TEST_CASE("a backend outliving its graph is orphaned, not left dangling", "[grap
   uint8_t buf[16];
   REQUIRE(StatusErrno(be->PreadSync(0, buf, sizeof buf)) == ECANCELED);
   REQUIRE(be->Close().ok());
+}
+
+}  // namespace
+}  // namespace libblock
+
+namespace libblock {
+namespace {
+
+// A parent that is neither a node nor a backend (a block job's edge, say).
+struct TestParent : ChildParent {
+  std::string ParentDescription() const override { return "the test job"; }
+};
+
+TEST_CASE("one transaction replaces a backing child and reopens the base read-write",
+          "[graph][transaction]") {
+  Fixture f;
+  Node* mid = f.MustOpenNode("driver=test-proto,node-name=mid");
+  Node* base = f.MustOpenNode("driver=test-proto,node-name=base,read-only=on,veto=2");
+  Node* top = f.MustOpenNode("driver=test-fmt,node-name=top,file.driver=test-proto,backing=mid");
+  // share-rw: top's backing edge then shares write (QEMU's rule for cow children)
+  auto be = f.MustAttach(top, {.share_rw = true});
+  f.graph.Unref(top);
+  Child* backing = top->FindChild("backing");
+  REQUIRE(backing->node() == mid);
+  TestParent job;
+
+  // Replace mid by base, reopen base read-write and let a writer onto it, as commit does. A
+  // writer on base alone would be refused (read-only); the combined change is checked once.
+  // base vetoes write: the whole change is undone.
+  std::string before = f.Snapshot();
+  {
+    Transaction tran;
+    REQUIRE(f.graph.ReplaceChild(backing, *base, tran).ok());
+    Graph::ReopenRequest rw;
+    rw.changes.Set("read-only", false);
+    absl::Status st = f.loop->Run(f.graph.ReopenCo(*base, std::move(rw), tran));
+    REQUIRE(st.ok());
+    auto edge = f.graph.AttachChild(job, *base, "job", kRoleData,
+                                    kPermConsistentRead | kPermWrite, kPermAll, tran);
+    REQUIRE(edge.ok());
+    REQUIRE(backing->node() == base);  // staged: the structure already changed
+    st = f.graph.Commit(tran);
+    REQUIRE(Message(st) == "test-proto vetoes 'write'");
+  }
+  REQUIRE(backing->node() == mid);
+  REQUIRE(base->flags().read_only);
+  REQUIRE(base->parents().empty());
+  REQUIRE(f.Snapshot() == before);
+  REQUIRE_FALSE(be->quiesced());  // the reopen's drained section ended with the abort
+
+  // The same change onto a base that accepts writers commits as a whole.
+  Node* base2 = f.MustOpenNode("driver=test-proto,node-name=base2,read-only=on");
+  Child* job_edge = nullptr;
+  {
+    Transaction tran;
+    REQUIRE(f.graph.ReplaceChild(backing, *base2, tran).ok());
+    Graph::ReopenRequest rw;
+    rw.changes.Set("read-only", false);
+    REQUIRE(f.loop->Run(f.graph.ReopenCo(*base2, std::move(rw), tran)).ok());
+    auto edge = f.graph.AttachChild(job, *base2, "job", kRoleData,
+                                    kPermConsistentRead | kPermWrite, kPermAll, tran);
+    REQUIRE(edge.ok());
+    job_edge = *edge;
+    REQUIRE(f.graph.Commit(tran).ok());
+  }
+  REQUIRE(backing->node() == base2);
+  REQUIRE_FALSE(base2->flags().read_only);
+  REQUIRE((base2->perm() & kPermWrite) != 0);
+  REQUIRE(mid->parents().empty());
+  f.graph.DetachChild(job_edge);
+  for (Node* n : {mid, base, base2}) f.graph.Unref(n);
+}
+
+TEST_CASE("ReplaceNode moves every parent and refuses what the new node cannot take",
+          "[graph][transaction]") {
+  Fixture f;
+  Node* a = f.MustOpenNode("driver=test-proto,node-name=a");
+  Node* ro = f.MustOpenNode("driver=test-proto,node-name=ro,read-only=on");
+  Node* shared = f.MustOpenNode("driver=test-proto,node-name=shared");
+  Node* b = f.MustOpenNode("driver=test-proto,node-name=b");
+  auto writer = f.MustAttach(a, {.name = "w", .share_rw = true});
+  auto reader = f.MustAttach(a, {.name = "r", .read_only = true, .share_rw = true});
+  auto other = f.MustAttach(shared, {.name = "o", .read_only = true});  // shares no write
+
+  std::string before = f.Snapshot();
+  REQUIRE(Message(f.graph.ReplaceNode(*a, *ro)) == "Block node is read-only");
+  REQUIRE(f.Snapshot() == before);
+  REQUIRE_THAT(Message(f.graph.ReplaceNode(*a, *shared)),
+               Catch::StartsWith("Permission conflict on node 'shared': permissions 'write'"));
+  REQUIRE(f.Snapshot() == before);
+  REQUIRE(writer->root() == a);
+
+  // All but the excepted edge move; permissions follow.
+  REQUIRE(f.graph.ReplaceNode(*a, *b, {reader->root_child()}).ok());
+  REQUIRE(writer->root() == b);
+  REQUIRE(reader->root() == a);
+  REQUIRE(b->perm() == (kPermConsistentRead | kPermWrite));
+  REQUIRE(a->perm() == kPermConsistentRead);
+  REQUIRE(f.graph.ReplaceNode(*a, *b).ok());
+  REQUIRE(reader->root() == b);
+  REQUIRE(a->parents().empty());
+  REQUIRE(a->perm() == 0);
+  for (Node* n : {a, ro, shared, b}) f.graph.Unref(n);
+}
+
+TEST_CASE("InsertFilterAbove puts a filter above a node, taking over all its parents",
+          "[graph][transaction]") {
+  Fixture f;
+  Node* a = f.MustOpenNode("driver=test-proto,node-name=a,size=64k");
+  auto writer = f.MustAttach(a, {.name = "w", .share_rw = true});
+  auto reader = f.MustAttach(a, {.name = "r", .read_only = true, .share_rw = true});
+  f.graph.Unref(a);
+  size_t nodes = f.graph.nodes().size();
+
+  // Refused: not a filter; a permission the node refuses. Nothing changes, no node is left.
+  std::string before = f.Snapshot();
+  auto opts = ParseKeyValueOptions("driver=test-fmt");
+  REQUIRE(opts.ok());
+  auto not_filter = f.graph.InsertFilterAbove(*a, *opts);
+  REQUIRE_FALSE(not_filter.ok());
+  REQUIRE(f.Snapshot() == before);
+  opts = ParseKeyValueOptions("driver=test-delay,ns=1000,node-name=delay");
+  REQUIRE(opts.ok());
+  testing::SetTestProtoRefuseAll(true);
+  auto refused = f.graph.InsertFilterAbove(*a, *opts);
+  testing::SetTestProtoRefuseAll(false);
+  REQUIRE(Message(refused.status()) == "test-proto refuses every permission change");
+  REQUIRE(f.Snapshot() == before);
+  REQUIRE(f.graph.nodes().size() == nodes);
+
+  auto filter = f.graph.InsertFilterAbove(*a, *opts);
+  INFO(filter.status().ToString());
+  REQUIRE(filter.ok());
+  Node* delay = *filter;
+  REQUIRE(writer->root() == delay);
+  REQUIRE(reader->root() == delay);
+  REQUIRE(a->parents().size() == 1);
+  REQUIRE(a->parents()[0]->parent() == delay);
+  REQUIRE(delay->perm() == (kPermConsistentRead | kPermWrite));
+  REQUIRE((a->perm() & kPermWrite) != 0);
+  f.Write(*writer, 0, "through");
+  REQUIRE(std::string(testing::DataOf(*a).begin(), testing::DataOf(*a).begin() + 7) == "through");
+}
+
+TEST_CASE("a drained section quiesces the backends above and waits for requests in flight",
+          "[graph][drain]") {
+  Fixture f;
+  Node* delay = f.MustOpenNode(
+      "driver=test-delay,ns=2000000,node-name=delay,file.driver=test-proto,file.node-name=p");
+  auto be = f.MustAttach(delay, {});
+  f.graph.Unref(delay);
+  Node* p = f.graph.FindNode("p");
+  std::string data = "abcd";
+  IoVec v(data.data(), data.size());
+
+  // A write in flight (sleeping in the filter) when the section begins: it completes first.
+  bool first_done = false;
+  f.loop->Spawn(be->Write(0, 4, v), [&](absl::Status st) { first_done = st.ok(); });
+  REQUIRE(be->in_flight() == 1);
+  {
+    DrainedSection section(f.graph, *p);  // below the filter: the backend above is quiesced
+    REQUIRE(be->quiesced());
+    REQUIRE(p->drained());
+    REQUIRE(delay->drained());
+    section.WaitSync();
+    REQUIRE(first_done);
+    REQUIRE(testing::StatsOf(*p).writes == 1);
+
+    bool second_done = false;
+    f.loop->Spawn(be->Write(512, 4, v), [&](absl::Status st) { second_done = st.ok(); });
+    REQUIRE(be->queued() == 1);
+    for (int i = 0; i < 20; ++i) f.loop->RunOnce(false, 1);
+    REQUIRE_FALSE(second_done);
+    REQUIRE(testing::StatsOf(*p).writes == 1);
+
+    // A backend attached to a drained node is quiesced too; detached, it is let go.
+    auto late = f.MustAttach(delay, {.read_only = true, .share_rw = true});
+    REQUIRE(late->quiesced());
+    REQUIRE(late->Close().ok());
+    REQUIRE_FALSE(late->quiesced());
+
+    section.End();
+    REQUIRE_FALSE(be->quiesced());
+    f.loop->RunUntil([&] { return second_done; });
+  }
+  REQUIRE(testing::StatsOf(*p).writes == 2);
+  REQUIRE_FALSE(p->drained());
+}
+
+}  // namespace
+}  // namespace libblock
+
+// ---- backing files ---------------------------------------------------------------------------
+
+namespace libblock {
+namespace {
+
+// test-fmt images on real files whose "header" names their backing file.
+struct BackingFixture : Fixture {
+  // Writes a test-fmt image `path` (4 KiB) naming `backing` (and `fmt`, when not empty).
+  void MakeImage(const std::string& path, const std::string& backing, const std::string& fmt = "") {
+    std::string header = "LBTESTFMT\n";
+    if (!backing.empty()) header += "backing=" + backing + "\n";
+    if (!fmt.empty()) header += "backing-fmt=" + fmt + "\n";
+    header.resize(4096, '\0');
+    testing::WriteFile(path, header);
+  }
+  std::string TopOpts(const std::string& path, const std::string& extra = "") {
+    return "driver=test-fmt,node-name=top,file.driver=file,file.filename=" + path +
+           (extra.empty() ? "" : "," + extra);
+  }
+  Node* BackingOf(Node* n) {
+    Child* c = n->FindChild("backing");
+    return c ? c->node() : nullptr;
+  }
+};
+
+TEST_CASE("a format's backing file opens from its header, relative to the overlay", "[graph][backing]") {
+  BackingFixture f;
+  REQUIRE(mkdir(f.dir.File("sub").c_str(), 0755) == 0);
+  testing::WriteFile(f.dir.File("sub/base.img"), std::string(testing::kMiB, 'b'));
+  f.MakeImage(f.dir.File("sub/mid.img"), "base.img", "raw");
+  f.MakeImage(f.dir.File("sub/top.img"), f.dir.File("sub/mid.img"), "test-fmt");  // absolute
+  Node* top = f.MustOpenNode(f.TopOpts(f.dir.File("sub/top.img")));
+  Node* mid = f.BackingOf(top);
+  REQUIRE(mid);
+  REQUIRE(mid->driver().name == "test-fmt");
+  REQUIRE(mid->filename() == f.dir.File("sub/mid.img"));
+  REQUIRE(top->FindChild("backing")->role() == kRoleCow);
+  Node* base = f.BackingOf(mid);
+  REQUIRE(base);
+  REQUIRE(base->driver().name == "raw");
+  REQUIRE(base->filename() == f.dir.File("sub/base.img"));  // resolved against sub/, not the cwd
+  // Backing files are read-only, whatever the overlay's mode.
+  REQUIRE_FALSE(top->flags().read_only);
+  REQUIRE(mid->flags().read_only);
+  REQUIRE(base->flags().read_only);
+  f.graph.Unref(top);
+  REQUIRE(f.graph.nodes().empty());
+}
+
+TEST_CASE("backing options, node references, null and LB_OPEN_NO_BACKING", "[graph][backing]") {
+  BackingFixture f;
+  std::string top = f.dir.File("top.img");
+  testing::WriteFile(f.dir.File("base.img"), std::string(4096, 'b'));
+  testing::WriteFile(f.dir.File("other.img"), std::string(8192, 'o'));
+  f.MakeImage(top, "base.img", "raw");
+
+  SECTION("backing=null in json:, and the empty string") {
+    Node* n = f.MustOpenNode("", R"(json:{"driver": "test-fmt", "backing": null, "file": {"driver": "file", "filename": ")" +
+                                     top + R"("}})");
+    REQUIRE(n->FindChild("backing") == nullptr);
+    f.graph.Unref(n);
+    n = f.MustOpenNode(f.TopOpts(top, "backing="));
+    REQUIRE(n->FindChild("backing") == nullptr);
+    f.graph.Unref(n);
+    // null elsewhere is still an error
+    REQUIRE_THAT(Message(f.OpenNode("", R"(json:{"driver": "test-fmt", "file": null})").status()),
+                 Catch::Contains("'file' is null"));
+  }
+  SECTION("no_backing leaves it closed") {
+    auto opts = ParseKeyValueOptions(f.TopOpts(top));
+    REQUIRE(opts.ok());
+    OpenParams params;
+    params.inherit.no_backing = true;
+    auto n = f.graph.Open("", *opts, params);
+    REQUIRE(n.ok());
+    REQUIRE((*n)->FindChild("backing") == nullptr);
+    f.graph.Unref(*n);
+  }
+  SECTION("backing.* options win over the header") {
+    Node* n = f.MustOpenNode(f.TopOpts(top, "backing.driver=raw,backing.file.driver=file,backing.file.filename=" +
+                                                f.dir.File("other.img")));
+    REQUIRE(f.BackingOf(n)->size() == 8192);
+    f.graph.Unref(n);
+    // only the format: the header's file with another driver
+    n = f.MustOpenNode(f.TopOpts(top, "backing.driver=raw,backing.node-name=bk"));
+    REQUIRE(f.BackingOf(n)->name() == "bk");
+    REQUIRE(f.BackingOf(n)->size() == 4096);
+    f.graph.Unref(n);
+  }
+  SECTION("a node reference") {
+    Node* other = f.MustOpenNode("driver=test-proto,node-name=other,size=12k");
+    Node* n = f.MustOpenNode(f.TopOpts(top, "backing=other"));
+    REQUIRE(f.BackingOf(n) == other);
+    f.graph.Unref(n);
+    f.graph.Unref(other);
+    REQUIRE(Message(f.OpenNode(f.TopOpts(top, "backing=nosuch")).status()) ==
+            "Cannot find device='nosuch' nor node-name='nosuch'");
+  }
+  SECTION("the header as options; a protocol-prefixed name is not made relative") {
+    Node* n = f.MustOpenNode(f.TopOpts(top, "backing-file=test-proto://b,backing-fmt=test-proto"));
+    Node* b = f.BackingOf(n);
+    REQUIRE(b->driver().name == "test-proto");
+    REQUIRE(b->filename() == "test-proto://b");
+    f.graph.Unref(n);
+  }
+  SECTION("a format without backing files refuses backing options") {
+    REQUIRE(Message(f.OpenNode("driver=raw,file.driver=file,backing=,file.filename=" + top).status()) ==
+            "Block format 'raw' does not support the option 'backing'");
+  }
+  REQUIRE(f.graph.nodes().empty());
+}
+
+TEST_CASE("a backing file whose format is not known is probed only read-only", "[graph][backing]") {
+  BackingFixture f;
+  std::string top = f.dir.File("top.img");
+  testing::WriteFile(f.dir.File("base.img"), std::string(4096, 'b'));
+  f.MakeImage(top, "base.img");  // no backing format
+
+  Node* n = f.MustOpenNode(f.TopOpts(top));
+  Node* base = f.BackingOf(n);
+  REQUIRE(base->driver().name == "raw");
+  REQUIRE(base->flags().probed);
+  REQUIRE(base->flags().read_only);
+  REQUIRE(f.warnings.empty());  // read-only: raw's probing warning does not apply
+  // A probed raw backing file never becomes writable (commit would reopen it read-write).
+  Graph::ReopenRequest rw;
+  rw.changes.Set("read-only", false);
+  REQUIRE_THAT(Message(f.graph.Reopen(*base, std::move(rw))),
+               Catch::StartsWith("Cannot make backing file '" + f.dir.File("base.img") + "' writable"));
+  REQUIRE(base->flags().read_only);
+  f.graph.Unref(n);
+
+  // Asked to open it read-write, the probe is refused.
+  absl::Status st = f.OpenNode(f.TopOpts(top, "backing.read-only=off")).status();
+  REQUIRE_THAT(Message(st), Catch::Contains("its format is not known") &&
+                                Catch::Contains(f.dir.File("base.img")));
+  // With a format, it may be.
+  n = f.MustOpenNode(f.TopOpts(top, "backing.read-only=off,backing.driver=raw"));
+  REQUIRE_FALSE(f.BackingOf(n)->flags().read_only);
+  f.graph.Unref(n);
+  REQUIRE(f.graph.nodes().empty());
+}
+
+TEST_CASE("backing chains that loop or are too long are refused, naming the files", "[graph][backing]") {
+  BackingFixture f;
+  std::string a = f.dir.File("a.img"), b = f.dir.File("b.img");
+  f.MakeImage(a, "b.img", "test-fmt");
+  f.MakeImage(b, "a.img", "test-fmt");
+  absl::Status st = f.OpenNode(f.TopOpts(a)).status();
+  INFO(Message(st));
+  REQUIRE(StatusErrno(st) == ELOOP);
+  REQUIRE_THAT(Message(st), Catch::Contains("Backing file chain loops: '" + a + "' -> '" + b +
+                                            "' -> '" + a + "'"));
+  f.MakeImage(a, "a.img", "test-fmt");  // itself
+  st = f.OpenNode(f.TopOpts(a)).status();
+  REQUIRE_THAT(Message(st), Catch::Contains("loops: '" + a + "' -> '" + a + "'"));
+  REQUIRE(f.graph.nodes().empty());
+
+  // A chain of kMaxBackingChain images opens; one more is refused.
+  for (int i = 0; i < kMaxBackingChain; ++i) {
+    f.MakeImage(f.dir.File("c" + std::to_string(i) + ".img"),
+                i + 1 < kMaxBackingChain ? "c" + std::to_string(i + 1) + ".img" : "", "test-fmt");
+  }
+  Node* n = f.MustOpenNode(f.TopOpts(f.dir.File("c0.img")));
+  int depth = 0;
+  for (Node* x = n; x; x = f.BackingOf(x)) ++depth;
+  REQUIRE(depth == kMaxBackingChain);
+  f.graph.Unref(n);
+  f.MakeImage(f.dir.File("c" + std::to_string(kMaxBackingChain - 1) + ".img"), "last.img", "test-fmt");
+  f.MakeImage(f.dir.File("last.img"), "", "");
+  st = f.OpenNode(f.TopOpts(f.dir.File("c0.img"))).status();
+  REQUIRE(StatusErrno(st) == EMLINK);
+  REQUIRE_THAT(Message(st), Catch::Contains("is longer than " + std::to_string(kMaxBackingChain) +
+                                            " images (at '" + f.dir.File("last.img") + "')"));
+  REQUIRE(f.graph.nodes().empty());
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "core/graph.h"
 #include "core/info.h"
 #include "core/options.h"
+#include "test_drivers.h"
 #include "test_support.h"
 #include "util/status.h"
 
@@ -226,6 +227,72 @@ TEST_CASE("null-co changes none of its options", "[reopen][null]") {
           "Cannot change the option 'latency-ns'");
   opts = ParseKeyValueOptions("size=4096,read-only=off");
   REQUIRE(be->ReopenOptions(std::move(*opts), true, false, false, false, std::nullopt).ok());
+}
+
+TEST_CASE("a driver's PrepareReopen is a coroutine that runs drained", "[reopen][drain]") {
+  testing::GraphEnv env(testing::TestRegistry());
+  std::string path = env.dir.File("t.img");
+  WriteFile(path, std::string(64 * kKiB, 'd'));
+  auto be = env.MustOpenBackend("driver=test-fmt,reopen-mark=on,node-name=t,file.driver=file,file.filename=" + path,
+                                {.share_rw = true});
+  Node* node = be->root();
+  int calls = testing::TestFmtPrepareReopenCalls();
+
+  // Read-write -> read-only: the driver sleeps, then writes "clean" through its file edge
+  // (as qcow2 will flush its caches and clear its dirty bit). Meanwhile the backend above
+  // queues what it is asked.
+  Graph::ReopenRequest ro;
+  ro.changes.Set("read-only", true);
+  ro.edge_updates = {{be->root_child(), kPermConsistentRead, be->shared()}};
+  std::optional<absl::Status> reopened;
+  env.loop->Spawn(env.graph.ReopenCo(*node, std::move(ro)), [&](absl::Status st) { reopened = st; });
+  REQUIRE_FALSE(reopened.has_value());  // suspended inside PrepareReopen
+  REQUIRE(testing::TestFmtPrepareReopenCalls() == calls + 1);
+  REQUIRE(be->quiesced());
+  std::string buf(5, '\0');
+  IoVec v(buf.data(), buf.size());
+  std::optional<absl::Status> read;
+  env.loop->Spawn(be->Read(0, 5, v), [&](absl::Status st) { read = st; });
+  REQUIRE(be->queued() == 1);
+  env.loop->RunUntil([&] { return reopened.has_value(); });
+  INFO(reopened->ToString());
+  REQUIRE(reopened->ok());
+  REQUIRE(node->flags().read_only);
+  env.loop->RunUntil([&] { return read.has_value(); });
+  REQUIRE(read->ok());
+  REQUIRE(buf == "clean");  // queued behind the reopen: it saw the driver's write
+  REQUIRE(ReadFile(path).substr(0, 6) == "cleand");
+  REQUIRE(testing::TestFmtLastReopenChanges() == "");  // only read-only changed
+
+  // The driver is told which of its options change: not those given their current value.
+  Graph::ReopenRequest opts;
+  opts.changes.Set("reopen-mark", std::string("off"));
+  opts.changes.Set("reopen-fail", std::string("off"));  // the default
+  REQUIRE(env.graph.Reopen(*node, std::move(opts)).ok());
+  REQUIRE(testing::TestFmtLastReopenChanges() == "reopen-mark=off");
+}
+
+TEST_CASE("a failing coroutine PrepareReopen aborts the whole reopen", "[reopen][drain]") {
+  testing::GraphEnv env(testing::TestRegistry());
+  std::string path = env.dir.File("t.img");
+  WriteFile(path, std::string(64 * kKiB, 'd'));
+  auto be = env.MustOpenBackend("driver=test-fmt,node-name=t,file.driver=file,file.filename=" + path);
+  Node* node = be->root();
+  Node* file = node->FindChild("file")->node();
+  int fd_flags = FdFlagsFor(path).at(0);
+  absl::StatusOr<Options> opts = ParseKeyValueOptions("read-only=on,reopen-fail=on,cache.direct=on");
+  REQUIRE(opts.ok());
+  absl::Status st = be->ReopenOptions(std::move(*opts), false, false, false, false, std::nullopt);
+  REQUIRE(Message(st) == "test-fmt refuses the reopen");
+  REQUIRE_FALSE(node->flags().read_only);
+  REQUIRE_FALSE(file->flags().read_only);
+  REQUIRE(node->open_options().GetString("reopen-fail") == std::nullopt);
+  REQUIRE((be->perm() & kPermWrite) != 0);
+  REQUIRE_FALSE(be->quiesced());
+  REQUIRE_FALSE(node->drained());
+  REQUIRE(FdFlagsFor(path).at(0) == fd_flags);
+  env.Write(*be, 0, "still writable");
+  REQUIRE(ReadFile(path).substr(0, 14) == "still writable");
 }
 
 }  // namespace

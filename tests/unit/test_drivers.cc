@@ -16,6 +16,8 @@ namespace libblock::testing {
 namespace {
 
 bool g_refuse_all = false;
+int g_prepare_reopen_calls = 0;
+std::string g_last_reopen_changes;
 TestProtoStats g_last_closed;
 
 constexpr OptionSpec kProtoSpecs[] = {
@@ -149,8 +151,15 @@ constexpr OptionSpec kFmtSpecs[] = {
     {"recurse", OptionType::kBool, "off", "alloc: report allocated sectors with kStatusRecurse"},
     {"compressed", OptionType::kBool, "off", "alloc: report allocated sectors as compressed"},
     {"zero-init", OptionType::kBool, "off", "the driver's has-zero-init answer"},
+    {"backing-file", OptionType::kString, "", "backing file named by the 'header'"},
+    {"backing-fmt", OptionType::kString, "", "backing format named by the 'header'"},
+    {"reopen-mark", OptionType::kBool, "off",
+     "a read-write -> read-only reopen writes \"clean\" at offset 0 of the file, after a sleep"},
+    {"reopen-fail", OptionType::kBool, "off", "PrepareReopen fails, after suspending"},
 };
 constexpr OptionSchema kFmtSchema{"test-fmt", kFmtSpecs};
+
+constexpr std::string_view kHeaderMagic = "LBTESTFMT\n";
 
 class TestFmt final : public NodeDriver {
  public:
@@ -161,9 +170,32 @@ class TestFmt final : public NodeDriver {
     absl::StatusOr<Child*> file = co_await ctx.OpenChild("file", role | kRolePrimary, false);
     if (!file.ok()) co_return file.status();
     file_ = *file;
-    absl::StatusOr<Child*> backing = co_await ctx.OpenChild("backing", kRoleCow, true);
-    if (!backing.ok()) co_return backing.status();
-    backing_ = *backing;
+    // The "header": the file's first bytes when they start with the magic (lines
+    // "backing=NAME", "backing-fmt=FMT"), or the backing-file/backing-fmt options.
+    BackingHeader header;
+    char buf[512] = {};
+    int64_t n = std::min<int64_t>(sizeof(buf), file_->node()->size());
+    if (n > 0) {
+      absl::Status st = co_await file_->Pread(0, buf, n);
+      if (!st.ok()) co_return st;
+    }
+    std::string_view text(buf, static_cast<size_t>(n));
+    if (text.substr(0, kHeaderMagic.size()) == kHeaderMagic) {
+      text.remove_prefix(kHeaderMagic.size());
+      while (!text.empty()) {
+        size_t eol = text.find('\n');
+        if (eol == std::string_view::npos) break;
+        std::string_view line = text.substr(0, eol);
+        text.remove_prefix(eol + 1);
+        if (line.substr(0, 8) == "backing=") header.filename = std::string(line.substr(8));
+        if (line.substr(0, 12) == "backing-fmt=") header.format = std::string(line.substr(12));
+      }
+    }
+    if (auto f = ctx.values.FindString("backing-file")) header.filename = *f;
+    if (auto f = ctx.values.FindString("backing-fmt")) header.format = *f;
+    reopen_mark_ = ctx.values.GetBool("reopen-mark");
+    reopen_fail_ = ctx.values.GetBool("reopen-fail");
+    ctx.SetBacking(std::move(header));
     zero_init_ = ctx.values.GetBool("zero-init");
     if (ctx.values.GetBool("alloc")) {
       alloc_.emplace((file_->node()->size() + kSector - 1) / kSector, false);
@@ -171,6 +203,31 @@ class TestFmt final : public NodeDriver {
       compressed_ = ctx.values.GetBool("compressed");
       caps_.block_status = true;
     }
+    co_return absl::OkStatus();
+  }
+  bool CanReopenOption(std::string_view name) const override {
+    return name == "reopen-mark" || name == "reopen-fail";
+  }
+  // Suspends (a sleep, then a write to the file while its edge still allows it), as qcow2's
+  // cache flush and dirty-bit clearing will.
+  Task<absl::Status> PrepareReopen(const ReopenState& state, Transaction& tran) override {
+    bool mark = state.values.GetBool("reopen-mark");
+    bool fail = state.values.GetBool("reopen-fail");
+    ++g_prepare_reopen_calls;
+    g_last_reopen_changes = state.changed.ToString();
+    if (mark && !state.was_read_only && state.flags.read_only) {
+      co_await node().loop().Sleep(1000000);
+      absl::Status st = co_await file_->Pwrite(0, "clean", 5);
+      if (!st.ok()) co_return st;
+    }
+    if (fail) {
+      co_await node().loop().Yield();
+      co_return ErrnoError(EIO, "test-fmt refuses the reopen");
+    }
+    tran.OnCommit([this, mark, fail] {
+      reopen_mark_ = mark;
+      reopen_fail_ = fail;
+    });
     co_return absl::OkStatus();
   }
   void RefreshLimits(BlockLimits& limits) override {
@@ -187,10 +244,10 @@ class TestFmt final : public NodeDriver {
       IoVec part = q.Slice(static_cast<size_t>(done), static_cast<size_t>(len));
       if (allocated) {
         LB_CO_RETURN_IF_ERROR(co_await file_->Read(pos, len, part, f));
-      } else if (backing_ && pos < backing_->node()->size()) {
-        int64_t from_backing = std::min(len, backing_->node()->size() - pos);
+      } else if (backing() && pos < backing()->node()->size()) {
+        int64_t from_backing = std::min(len, backing()->node()->size() - pos);
         IoVec head = part.Slice(0, static_cast<size_t>(from_backing));
-        LB_CO_RETURN_IF_ERROR(co_await backing_->Read(pos, from_backing, head, f));
+        LB_CO_RETURN_IF_ERROR(co_await backing()->Read(pos, from_backing, head, f));
         if (from_backing < len) {
           part.Memset(static_cast<size_t>(from_backing), 0, static_cast<size_t>(len - from_backing));
         }
@@ -226,6 +283,8 @@ class TestFmt final : public NodeDriver {
 
  private:
   static constexpr int64_t kSector = 512;
+  // The backing child, opened by the core after Open (none with backing=null or no_backing).
+  Child* backing() const { return node().FindChild("backing"); }
   // The length of the run of sectors from `pos` (at most `max`) that share one allocation
   // state, and that state.
   int64_t Run(int64_t pos, int64_t max, bool* allocated) const {
@@ -240,11 +299,12 @@ class TestFmt final : public NodeDriver {
   }
 
   Child* file_ = nullptr;
-  Child* backing_ = nullptr;
   std::optional<std::vector<bool>> alloc_;  // set with alloc=on: one entry per sector
   bool recurse_ = false;
   bool compressed_ = false;
   bool zero_init_ = false;
+  bool reopen_mark_ = false;
+  bool reopen_fail_ = false;
 };
 
 constexpr OptionSpec kDelaySpecs[] = {
@@ -295,6 +355,9 @@ const Driver kTestDelay = {
 }  // namespace
 
 void SetTestProtoRefuseAll(bool refuse) { g_refuse_all = refuse; }
+
+int TestFmtPrepareReopenCalls() { return g_prepare_reopen_calls; }
+const std::string& TestFmtLastReopenChanges() { return g_last_reopen_changes; }
 
 const TestProtoStats& LastClosedStats() { return g_last_closed; }
 

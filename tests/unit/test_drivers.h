@@ -4,9 +4,14 @@
 //                any cumulative permission containing one of those bits; `align`,
 //                `max-transfer`, `fua`, `has-zeroes`, `has-discard`, `serialise-writes` declare limits and capabilities;
 //                every request that reaches it is recorded (TestProtoStats).
-//   test-fmt     a format with a "file" child of role `role` (image|data|metadata) and an
-//                optional "backing" (cow) child; data passes through to "file". With `alloc`,
-//                a copy-on-write format over 512-byte sectors: written sectors are allocated
+//   test-fmt     a format with a "file" child of role `role` (image|data|metadata) and a
+//                backing file (opened by the core) named by its "header": the file's first
+//                bytes "LBTESTFMT\nbacking=NAME\nbacking-fmt=FMT\n", or the options
+//                `backing-file`/`backing-fmt`; data passes through to "file". Its
+//                PrepareReopen suspends: `reopen-mark` writes "clean" at offset 0 of the file
+//                on a read-write -> read-only reopen (after a 1 ms sleep), `reopen-fail`
+//                refuses the reopen after yielding.
+//                With `alloc`, a copy-on-write format over 512-byte sectors: written sectors are allocated
 //                (block status: data at the same offset of "file", plus recurse with
 //                `recurse`, or compressed with `compressed`), the others read from "backing"
 //                (zeroes without one, or past its end) and report as unallocated.
@@ -17,6 +22,7 @@
 #define LIBBLOCK_TESTS_TEST_DRIVERS_H_
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -46,6 +52,11 @@ const Registry& TestRegistry();
 
 // While set, every test-proto node refuses every PreparePerm (even relaxations).
 void SetTestProtoRefuseAll(bool refuse);
+
+// How many times a test-fmt node's PrepareReopen was called (in this process).
+int TestFmtPrepareReopenCalls();
+// ReopenState::changed of the last test-fmt PrepareReopen, as "key=value,...".
+const std::string& TestFmtLastReopenChanges();
 
 }  // namespace libblock::testing
 

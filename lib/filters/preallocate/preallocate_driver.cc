@@ -56,15 +56,23 @@ class PreallocateNode final : public FilterDriver {
   bool CanReopenOption(std::string_view name) const override {
     return name == "prealloc-align" || name == "prealloc-size";
   }
-  absl::Status PrepareReopen(const ReopenState& state, Transaction& tran) override {
+  // A reopen gives the preallocation back first, while the file edge still has write and
+  // resize: the same transaction may take them away (read-only, or a backend that stops
+  // writing), and the permission refresh that follows cannot wait for I/O. QEMU drops it on
+  // read-only reopens only; here every reopen does, and the next extending write preallocates
+  // again.
+  Task<absl::Status> PrepareReopen(const ReopenState& state, Transaction& tran) override {
     int64_t align = 0, size = 0;
-    LB_RETURN_IF_ERROR(ParseSizes(state.values, &align, &size));
-    LB_RETURN_IF_ERROR(CheckFileAlignment(align));
+    LB_CO_RETURN_IF_ERROR(ParseSizes(state.values, &align, &size));
+    LB_CO_RETURN_IF_ERROR(CheckFileAlignment(align));
+    if (state_ && CanWriteResize(filtered_->perm())) {
+      LB_CO_RETURN_IF_ERROR(co_await DropPreallocation());
+    }
     tran.OnCommit([this, align, size] {
       align_ = align;
       size_ = size;
     });
-    return absl::OkStatus();
+    co_return absl::OkStatus();
   }
 
   void ChildPerm(const Child& child, Perm perm, Perm shared, Perm* nperm, Perm* nshared) override {
@@ -79,11 +87,14 @@ class PreallocateNode final : public FilterDriver {
 
   absl::Status PreparePerm(Perm perm, Perm shared, Transaction& tran) override {
     if (CanWriteResize(perm) || !state_) return absl::OkStatus();
-    // Losing write/resize: give the preallocated space back now, while the file edge still
-    // has the permission to do it (it is recomputed after this node in the transaction).
-    absl::Status st = node().loop().Run(DropPreallocation());
     tran.OnCommit([this] { state_.reset(); });
-    return st;
+    // A reopen has already dropped it (PrepareReopen).
+    if (state_->file_end <= state_->data_end) return absl::OkStatus();
+    // Losing write/resize outside a reopen (the last writer detaches): give the preallocated
+    // space back now, while the file edge still has the permission to do it (it is recomputed
+    // after this node in the transaction). The loop runs here: permission changes are
+    // synchronous.
+    return node().loop().Run(DropPreallocation());
   }
 
   Task<absl::Status> Close() override {

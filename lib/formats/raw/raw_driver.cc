@@ -77,15 +77,15 @@ class RawNode final : public NodeDriver {
   bool CanReopenOption(std::string_view name) const override {
     return name == "offset" || name == "size";
   }
-  absl::Status PrepareReopen(const ReopenState& state, Transaction& tran) override {
+  Task<absl::Status> PrepareReopen(const ReopenState& state, Transaction& tran) override {
     int64_t offset = 0;
     std::optional<int64_t> size;
-    LB_RETURN_IF_ERROR(ParseWindow(state.values, &offset, &size));
+    LB_CO_RETURN_IF_ERROR(ParseWindow(state.values, &offset, &size));
     tran.OnCommit([this, offset, size] {
       offset_ = offset;
       size_ = size;
     });
-    return absl::OkStatus();
+    co_return absl::OkStatus();
   }
 
   void RefreshLimits(BlockLimits& limits) override {

@@ -132,7 +132,8 @@ class FileNode final : public NodeDriver {
   Task<absl::Status> Open(OpenContext& ctx) override;
   void RefreshLimits(BlockLimits& limits) override;
   absl::Status PreparePerm(Perm perm, Perm shared, Transaction& tran) override;
-  absl::Status PrepareReopen(const ReopenState& state, Transaction& tran) override;
+  Task<absl::Status> PrepareReopen(const ReopenState& state, Transaction& tran) override;
+  absl::Status PrepareReopenSync(const ReopenState& state, Transaction& tran);
   absl::StatusOr<int64_t> GetLength() override;
   // A new regular file reads as zeroes (holes or zeroed preallocation); a device keeps its
   // old contents.
@@ -369,7 +370,12 @@ absl::Status FileNode::PreparePerm(Perm perm, Perm shared, Transaction& tran) {
   return absl::OkStatus();
 }
 
-absl::Status FileNode::PrepareReopen(const ReopenState& state, Transaction& tran) {
+// Nothing here waits: a new descriptor is opened with open(2), as at open.
+Task<absl::Status> FileNode::PrepareReopen(const ReopenState& state, Transaction& tran) {
+  co_return PrepareReopenSync(state, tran);
+}
+
+absl::Status FileNode::PrepareReopenSync(const ReopenState& state, Transaction& tran) {
   bool read_only = state.flags.read_only, direct = state.flags.cache_direct;
   bool dsync = state.flags.writethrough, no_flush = state.flags.cache_no_flush;
   tran.OnCommit([this, no_flush] { no_flush_ = no_flush; });
