@@ -13,11 +13,14 @@
 // carries the fd and the record's generation, so an event from a registration that belongs
 // to a record since dropped is ignored. A record whose fd was closed behind its back (and the
 // number reused for another file) is recognised by the file identity when the number is next
-// registered: the old record is retired (its handler goes inert, its waiters fail with
-// EBADF) and the new one starts clean. epoll_ctl falls back between ADD and MOD (EEXIST,
-// ENOENT) so that the kernel's view and the record agree whatever was closed when.
+// registered (for anonymous-inode files, which share one identity: by an EPOLL_CTL_MOD that
+// answers ENOENT): the old record is retired (its handler goes inert, its waiters fail with
+// EBADF) and the new one starts clean. An ADD that meets EEXIST becomes a MOD; a MOD that
+// meets ENOENT marks the record stale instead of registering the number again, which would
+// give the old callbacks the new file.
+//
 // The loop starts no thread. The worker pool behind RunInThread (aio=threads, and the fallback
-// when io_uring is unavailable) is created on first use.
+// when io_uring is unavailable) and the CPU pool behind RunCpu are created on first use.
 //
 // Run() is reentrant: control-plane code (open, close, permission changes that need I/O) may
 // run the loop until its own task completes while other coroutines are suspended, the same
