@@ -1032,6 +1032,15 @@ LB_API int lb_context_set_max_inflight(lb_context* ctx, unsigned max) {
   return 0;
 }
 
+LB_API int lb_context_set_cpu_workers(lb_context* ctx, unsigned n) {
+  if (!ctx) return NullArgument("lb_context_set_cpu_workers");
+  if (n > 1024) return Fail(EINVAL, "at most 1024 CPU worker threads");
+  return Guard([&]() -> int {
+    ctx->loop->SetCpuWorkers(n);
+    return static_cast<int>(ctx->loop->cpu_workers());
+  });
+}
+
 LB_API int lb_context_get_inflight(lb_context* ctx) {
   if (!ctx) return NullArgument("lb_context_get_inflight");
   return static_cast<int>(ctx->inflight);

@@ -435,6 +435,14 @@ LB_API int lb_context_set_max_inflight(lb_context *ctx, unsigned max);
 /* Requests accepted and not yet reaped. Since 0.1. */
 LB_API int lb_context_get_inflight(lb_context *ctx);
 
+/* Sizes the context's pool of CPU worker threads, which compress and encrypt (separate from
+ * the threads doing blocking I/O for aio=threads, so that neither can hold up the other).
+ * `n` = 0 selects the default, the number of online CPUs. Threads are started on demand;
+ * lowering the size lets idle threads beyond it exit, and running jobs finish. Returns the
+ * size now in effect (>= 1). Call from the thread that drives the context.
+ * Errors: -EINVAL (NULL ctx, n > 1024). Since 0.2. */
+LB_API int lb_context_set_cpu_workers(lb_context *ctx, unsigned n);
+
 /* A file descriptor that is readable whenever the context has work to do or completions
  * to hand out: poll it, then call lb_reap. Owned by the context. Since 0.1. */
 LB_API int lb_get_fd(lb_context *ctx);

@@ -2,12 +2,15 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <thread>
 
 #include "core/thread_pool.h"
 #include "core/uring.h"
@@ -26,6 +29,12 @@ constexpr uint64_t kTimerFdTag = UINT64_MAX - 2;
 }  // namespace
 
 namespace internal {
+void ReportDetachedException(std::exception_ptr e) noexcept {
+  EventLoop* loop = current_loop;
+  if (!loop) std::terminate();
+  if (!loop->pending_exception_) loop->pending_exception_ = std::move(e);  // keep the first
+}
+
 CurrentLoopScope::CurrentLoopScope(EventLoop* loop) : saved_(current_loop) { current_loop = loop; }
 CurrentLoopScope::~CurrentLoopScope() { current_loop = saved_; }
 }  // namespace internal
@@ -46,6 +55,7 @@ absl::StatusOr<std::unique_ptr<EventLoop>> EventLoop::Create(const LoopOptions& 
 
 absl::Status EventLoop::Init(const LoopOptions& options) {
   max_workers_ = options.max_worker_threads;
+  SetCpuWorkers(options.cpu_worker_threads);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) return ErrnoStatus(errno, "epoll_create1");
   event_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -75,6 +85,7 @@ absl::Status EventLoop::Init(const LoopOptions& options) {
 }
 
 EventLoop::~EventLoop() {
+  cpu_pool_.reset();
   pool_.reset();  // joins workers; their completions land in remote_ and are dropped
   uring_.reset();
   if (event_fd_ >= 0) close(event_fd_);
@@ -85,6 +96,23 @@ EventLoop::~EventLoop() {
 ThreadPool& EventLoop::thread_pool() {
   if (!pool_) pool_ = std::make_unique<ThreadPool>(this, max_workers_);
   return *pool_;
+}
+
+namespace {
+unsigned CpuCount() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n ? n : 1;
+}
+}  // namespace
+
+void EventLoop::SetCpuWorkers(unsigned n) {
+  cpu_workers_ = n ? n : CpuCount();
+  if (cpu_pool_) cpu_pool_->SetMaxThreads(static_cast<int>(cpu_workers_));
+}
+
+ThreadPool& EventLoop::cpu_pool() {
+  if (!cpu_pool_) cpu_pool_ = std::make_unique<ThreadPool>(this, static_cast<int>(cpu_workers_));
+  return *cpu_pool_;
 }
 
 void EventLoop::Post(std::function<void()> fn) {
@@ -189,71 +217,354 @@ int EventLoop::TimeoutMs(bool block) const {
   return ms > INT_MAX ? INT_MAX : static_cast<int>(ms);
 }
 
-void EventLoop::UpdateFdWatch(int fd, FdWatch& w) {
-  uint32_t want = (w.in_waiter ? uint32_t{EPOLLIN} : 0u) | (w.out_waiter ? uint32_t{EPOLLOUT} : 0u);
-  if (want == w.registered) return;
-  struct epoll_event ev = {};
-  ev.events = want;
-  ev.data.u64 = static_cast<uint64_t>(fd);
-  if (want == 0) {
-    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
-  } else if (w.registered == 0) {
-    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
-  } else {
-    epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
-  }
-  w.registered = want;
+// ---- Waiters (cancellable sleeps and fd waits) ----------------------------------------
+
+void EventLoop::CancelPost::operator()() const noexcept {
+  // Runs on whichever thread requests the stop: hand over to the loop thread, where the
+  // waiter is found by id (or not at all, once it has finished).
+  EventLoop* l = loop;
+  uint64_t waiter_id = id;
+  l->Post([l, waiter_id] { l->FinishWaiterById(waiter_id, ErrnoStatus(ECANCELED, "wait cancelled")); });
 }
 
-Task<uint32_t> EventLoop::WaitFd(int fd, uint32_t events) {
+void EventLoop::FinishWaiter(Waiter* w, absl::Status status, uint32_t revents) {
+  waiters_.erase(w->id);
+  if (w->timer_id != 0) {
+    CancelTimer(w->timer_id);  // false when the timer itself is finishing us
+    w->timer_id = 0;
+    --waiter_timers_;
+  }
+  if (w->fd >= 0) {
+    if (FdRecord* rec = FindRecord(w->fd, w->generation)) {
+      auto& v = rec->waiters;
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (v[i] == w) {
+          v.erase(v.begin() + static_cast<ptrdiff_t>(i));
+          break;
+        }
+      }
+      (void)SyncFd(rec);  // may drop the record
+    }
+    w->fd = -1;
+  }
+  w->status = std::move(status);
+  w->revents = revents;
+}
+
+void EventLoop::FinishWaiterById(uint64_t id, absl::Status status) {
+  auto it = waiters_.find(id);
+  if (it == waiters_.end()) return;  // already finished
+  Waiter* w = it->second;
+  FinishWaiter(w, std::move(status), 0);
+  w->handle.resume();
+}
+
+Task<absl::Status> EventLoop::Sleep(int64_t ns, std::stop_token stop) {
+  struct Awaiter {
+    EventLoop* loop;
+    int64_t deadline;
+    std::stop_token stop;
+    Waiter w;
+    std::optional<std::stop_callback<CancelPost>> on_stop;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) {
+      w.id = loop->NextWaiterId();
+      w.handle = h;
+      loop->waiters_.emplace(w.id, &w);
+      uint64_t id = w.id;
+      EventLoop* l = loop;
+      w.timer_id = loop->AddTimer(deadline, [l, id] { l->FinishWaiterById(id, absl::OkStatus()); });
+      ++loop->waiter_timers_;
+      // Last: a stop already requested posts the cancellation at once.
+      on_stop.emplace(stop, CancelPost{loop, w.id});
+    }
+    absl::Status await_resume() { return std::move(w.status); }
+  };
+  Awaiter awaiter{this, NowNs() + (ns > 0 ? ns : 0), std::move(stop)};
+  absl::Status status = co_await awaiter;
+  co_return status;
+}
+
+// ---- File descriptors -------------------------------------------------------------------
+
+namespace {
+constexpr uint32_t kFdEvents = EPOLLIN | EPOLLOUT | EPOLLPRI;
+constexpr uint32_t kAlwaysReported = EPOLLERR | EPOLLHUP;
+// Tags of the loop's own fds sit at the top of the range; a record's generation never
+// reaches them.
+constexpr uint32_t kMaxGeneration = 0xfffffff0u;
+
+uint64_t FdTag(int fd, uint32_t generation) {
+  return (static_cast<uint64_t>(generation) << 32) | static_cast<uint32_t>(fd);
+}
+}  // namespace
+
+EventLoop::FdRecord* EventLoop::FindRecord(int fd, uint32_t generation) {
+  auto it = fds_.find(fd);
+  if (it == fds_.end() || it->second->generation != generation) return nullptr;
+  return it->second.get();
+}
+
+absl::StatusOr<EventLoop::FdRecord*> EventLoop::RecordFor(int fd) {
+  if (fd < 0) return ErrnoStatus(EBADF, "invalid file descriptor");
+  struct stat st;
+  if (fstat(fd, &st) < 0) return ErrnoStatus(errno, "fstat");
+  auto it = fds_.find(fd);
+  if (it != fds_.end()) {
+    FdRecord* rec = it->second.get();
+    bool same = rec->dev == st.st_dev && rec->ino == st.st_ino;
+    if (same && rec->registered != 0) {
+      // Files on an anonymous inode (eventfd, timerfd, ...) share one identity; the kernel
+      // tells whether the registered file is still the one behind this number.
+      struct epoll_event ev = {};
+      ev.events = rec->registered;
+      ev.data.u64 = FdTag(fd, rec->generation);
+      if (epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev) < 0 && errno == ENOENT) same = false;
+    }
+    if (same && !rec->stale) return rec;
+    // The fd this record was made for was closed and its number now names another file.
+    RetireRecord(rec);
+  }
+  auto rec = std::make_unique<FdRecord>();
+  rec->fd = fd;
+  rec->generation = next_generation_++;
+  if (next_generation_ > kMaxGeneration) next_generation_ = 1;
+  rec->dev = st.st_dev;
+  rec->ino = st.st_ino;
+  FdRecord* raw = rec.get();
+  fds_[fd] = std::move(rec);
+  return raw;
+}
+
+void EventLoop::RetireRecord(FdRecord* rec) {
+  // Whatever the kernel still holds for the old file under this number is not ours to touch
+  // (the number now names another file; EPOLL_CTL_DEL would hit that one). If the old file
+  // was closed for good the kernel already dropped it; if it lives on in a duplicate, its
+  // events carry the old generation and are ignored.
+  std::vector<Waiter*> waiters = std::move(rec->waiters);
+  std::unique_ptr<FdRecord> owned = std::move(fds_[rec->fd]);
+  fds_.erase(rec->fd);
+  for (Waiter* w : waiters) {
+    w->fd = -1;  // unlinked already
+    FinishWaiter(w, ErrnoStatus(EBADF, "file descriptor closed while waited on"), 0);
+    Schedule(w->handle);  // not from inside the caller's registration
+  }
+}
+
+absl::Status EventLoop::SyncFd(FdRecord* rec) {
+  uint32_t want = rec->has_handler ? rec->handler_events : 0;
+  for (const Waiter* w : rec->waiters) want |= w->events;
+  if (want != rec->registered) {
+    struct epoll_event ev = {};
+    ev.events = want;
+    ev.data.u64 = FdTag(rec->fd, rec->generation);
+    int r = 0;
+    if (want == 0) {
+      // EBADF/ENOENT: the fd was closed (the kernel dropped the registration with it).
+      epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, rec->fd, nullptr);
+    } else if (rec->registered == 0) {
+      r = epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, rec->fd, &ev);
+      // EEXIST: this very file is still registered under this number from a record dropped
+      // while its DEL could not reach it; take the registration over.
+      if (r < 0 && errno == EEXIST) r = epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, rec->fd, &ev);
+    } else {
+      r = epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, rec->fd, &ev);
+      if (r < 0 && errno == ENOENT) {
+        // The registration went away: the file was closed behind the record's back, and
+        // the number (if open at all) names another file, which must not get this record's
+        // callbacks. (Registering it again here would do exactly that.)
+        MarkStale(rec);
+        return ErrnoStatus(EBADF, "file descriptor closed while registered");
+      }
+    }
+    if (r < 0) {
+      int err = errno;
+      rec->registered = 0;
+      DropRecordIfUnused(rec);
+      return ErrnoStatus(err, "epoll_ctl");
+    }
+    rec->registered = want;
+  }
+  DropRecordIfUnused(rec);
+  return absl::OkStatus();
+}
+
+void EventLoop::MarkStale(FdRecord* rec) {
+  rec->stale = true;
+  rec->registered = 0;
+  std::vector<Waiter*> waiters = std::move(rec->waiters);
+  rec->waiters.clear();
+  for (Waiter* w : waiters) {
+    w->fd = -1;
+    // A waiter still being registered (no handle yet) learns it from SyncFd's status.
+    if (!w->handle) continue;
+    FinishWaiter(w, ErrnoStatus(EBADF, "file descriptor closed while waited on"), 0);
+    Schedule(w->handle);
+  }
+  DropRecordIfUnused(rec);  // a handler keeps it, inert, until reset
+}
+
+void EventLoop::DropRecordIfUnused(FdRecord* rec) {
+  if (rec->has_handler || !rec->waiters.empty()) return;
+  if (rec->registered != 0) epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, rec->fd, nullptr);
+  fds_.erase(rec->fd);
+}
+
+absl::StatusOr<FdHandler> EventLoop::AddFdHandler(int fd, uint32_t events, FdCallback callback) {
+  if (events & ~kFdEvents) return ErrnoStatus(EINVAL, "unsupported fd events");
+  if (!callback) return ErrnoStatus(EINVAL, "fd handler without a callback");
+  LB_ASSIGN_OR_RETURN(FdRecord* rec, RecordFor(fd));
+  if (rec->has_handler) return ErrnoStatus(EEXIST, "file descriptor already has a handler");
+  rec->has_handler = true;
+  rec->handler_events = events;
+  rec->callback = std::make_shared<FdCallback>(std::move(callback));
+  uint32_t generation = rec->generation;
+  absl::Status st = SyncFd(rec);
+  if (!st.ok()) {
+    if (FdRecord* again = FindRecord(fd, generation)) {
+      again->has_handler = false;
+      again->callback.reset();
+      DropRecordIfUnused(again);
+    }
+    return st;
+  }
+  return FdHandler(this, fd, generation);
+}
+
+absl::Status FdHandler::SetEvents(uint32_t events) {
+  if (!loop_) return ErrnoStatus(EBADF, "empty fd handler");
+  if (events & ~kFdEvents) return ErrnoStatus(EINVAL, "unsupported fd events");
+  EventLoop::FdRecord* rec = loop_->FindRecord(fd_, generation_);
+  if (!rec || !rec->has_handler || rec->stale) {
+    return ErrnoStatus(EBADF, "fd handler retired (fd closed)");
+  }
+  uint32_t old = rec->handler_events;
+  rec->handler_events = events;
+  absl::Status st = loop_->SyncFd(rec);
+  if (!st.ok()) {
+    if (EventLoop::FdRecord* again = loop_->FindRecord(fd_, generation_)) again->handler_events = old;
+  }
+  return st;
+}
+
+uint32_t FdHandler::events() const {
+  if (!loop_) return 0;
+  EventLoop::FdRecord* rec = loop_->FindRecord(fd_, generation_);
+  return rec && rec->has_handler && !rec->stale ? rec->handler_events : 0;
+}
+
+bool FdHandler::active() const {
+  if (!loop_) return false;
+  EventLoop::FdRecord* rec = loop_->FindRecord(fd_, generation_);
+  return rec && rec->has_handler && !rec->stale;
+}
+
+void FdHandler::Reset() {
+  if (!loop_) return;
+  if (EventLoop::FdRecord* rec = loop_->FindRecord(fd_, generation_)) {
+    rec->has_handler = false;
+    rec->handler_events = 0;
+    rec->callback.reset();  // a running callback keeps its own reference
+    (void)loop_->SyncFd(rec);
+  }
+  loop_ = nullptr;
+  fd_ = -1;
+}
+
+Task<absl::StatusOr<uint32_t>> EventLoop::WaitFd(int fd, uint32_t events, WaitOptions options) {
+  if ((events & ~kFdEvents) || (events & kFdEvents) == 0) {
+    co_return ErrnoStatus(EINVAL, "unsupported fd events");
+  }
   struct Awaiter {
     EventLoop* loop;
     int fd;
     uint32_t events;
-    uint32_t revents = 0;
+    WaitOptions options;
+    Waiter w;
+    std::optional<std::stop_callback<CancelPost>> on_stop;
     bool await_ready() const noexcept { return false; }
-    void await_suspend(std::coroutine_handle<> h) {
-      FdWatch& w = loop->fd_watches_[fd];
-      if (events & EPOLLIN) {
-        w.in_waiter = h;
-        w.in_revents = &revents;
-      } else {
-        w.out_waiter = h;
-        w.out_revents = &revents;
+    bool await_suspend(std::coroutine_handle<> h) {
+      auto rec = loop->RecordFor(fd);
+      if (!rec.ok()) {
+        w.status = rec.status();
+        return false;
       }
-      ++loop->fd_waiters_;
-      loop->UpdateFdWatch(fd, w);
+      w.id = loop->NextWaiterId();
+      w.fd = fd;
+      w.generation = (*rec)->generation;
+      w.events = events;
+      (*rec)->waiters.push_back(&w);
+      absl::Status st = loop->SyncFd(*rec);
+      if (!st.ok()) {
+        // SyncFd failed: unlink again (the record may have been dropped with it).
+        if (FdRecord* again = loop->FindRecord(fd, w.generation)) {
+          auto& v = again->waiters;
+          v.erase(std::remove(v.begin(), v.end(), &w), v.end());
+          loop->DropRecordIfUnused(again);
+        }
+        w.fd = -1;
+        w.status = std::move(st);
+        return false;
+      }
+      w.handle = h;  // from here on, whatever finishes the wait resumes it
+      loop->waiters_.emplace(w.id, &w);
+      if (options.timeout_ns >= 0) {
+        EventLoop* l = loop;
+        uint64_t id = w.id;
+        w.timer_id = loop->AddTimer(NowNs() + options.timeout_ns, [l, id] {
+          l->FinishWaiterById(id, ErrnoStatus(ETIMEDOUT, "timed out waiting for file descriptor"));
+        });
+        ++loop->waiter_timers_;
+      }
+      on_stop.emplace(options.stop, CancelPost{loop, w.id});
+      return true;
     }
-    // DispatchFd stored the result here (and dropped the watch once nobody waits): the
-    // first of two waiters woken by one event must not discard the other's revents.
-    uint32_t await_resume() const noexcept { return revents; }
+    absl::StatusOr<uint32_t> await_resume() {
+      if (!w.status.ok()) return std::move(w.status);
+      return w.revents;
+    }
   };
-  // A named awaiter: DispatchFd writes into it, so it must be the one object that is
-  // suspended (see RunInThread on GCC 12 and temporary awaiters).
-  Awaiter awaiter{this, fd, events};
-  co_return co_await awaiter;
+  // A named awaiter: the loop writes the result into it while it is suspended.
+  Awaiter awaiter{this, fd, events, std::move(options)};
+  absl::StatusOr<uint32_t> result = co_await awaiter;
+  co_return result;
 }
 
-void EventLoop::DispatchFd(int fd, uint32_t revents) {
-  auto it = fd_watches_.find(fd);
-  if (it == fd_watches_.end()) return;
-  FdWatch& w = it->second;
-  std::coroutine_handle<> in, out;
-  constexpr uint32_t kErr = EPOLLERR | EPOLLHUP;
-  if (w.in_waiter && (revents & (EPOLLIN | kErr))) {
-    in = std::exchange(w.in_waiter, {});
-    *std::exchange(w.in_revents, nullptr) = revents;
-    --fd_waiters_;
+void EventLoop::DispatchFd(uint64_t tag, uint32_t revents) {
+  int fd = static_cast<int>(static_cast<uint32_t>(tag));
+  uint32_t generation = static_cast<uint32_t>(tag >> 32);
+  FdRecord* rec = FindRecord(fd, generation);
+  if (!rec) return;  // a registration of a record since dropped or retired
+  // Waiters first (collected, unlinked, epoll updated once), then the handler, then the
+  // waiters resume: the handler's callback may drop the record.
+  std::vector<Waiter*> woken;
+  if (!rec->waiters.empty()) {
+    auto& v = rec->waiters;
+    for (size_t i = 0; i < v.size();) {
+      if (revents & (v[i]->events | kAlwaysReported)) {
+        woken.push_back(v[i]);
+        v.erase(v.begin() + static_cast<ptrdiff_t>(i));
+      } else {
+        ++i;
+      }
+    }
+    for (Waiter* w : woken) {
+      w->fd = -1;  // unlinked above
+      FinishWaiter(w, absl::OkStatus(), revents & (w->events | kAlwaysReported));
+    }
+    if (!woken.empty()) {
+      (void)SyncFd(rec);
+      rec = FindRecord(fd, generation);
+    }
   }
-  if (w.out_waiter && (revents & (EPOLLOUT | kErr))) {
-    out = std::exchange(w.out_waiter, {});
-    *std::exchange(w.out_revents, nullptr) = revents;
-    --fd_waiters_;
+  if (rec && rec->has_handler && rec->handler_events != 0) {
+    uint32_t mine = revents & (rec->handler_events | kAlwaysReported);
+    if (mine) {
+      std::shared_ptr<FdCallback> cb = rec->callback;
+      (*cb)(mine);
+    }
   }
-  UpdateFdWatch(fd, w);
-  if (!w.in_waiter && !w.out_waiter) fd_watches_.erase(it);
-  if (in) in.resume();
-  if (out) out.resume();
+  for (Waiter* w : woken) w->handle.resume();
 }
 
 Task<int64_t> EventLoop::RunInThread(std::function<int64_t()> fn) {
@@ -280,8 +591,8 @@ Task<int64_t> EventLoop::RunInThread(std::function<int64_t()> fn) {
 }
 
 int EventLoop::pending_waits() const {
-  return static_cast<int>(timers_.size()) + fd_waiters_ + thread_jobs_ +
-         (uring_ ? uring_->in_flight() : 0);
+  return static_cast<int>(timers_.size()) - waiter_timers_ + static_cast<int>(waiters_.size()) +
+         thread_jobs_ + cpu_jobs_ + (uring_ ? uring_->in_flight() : 0);
 }
 
 bool EventLoop::RunOnce(bool block, int max_wait_ms) {
@@ -326,13 +637,16 @@ bool EventLoop::RunOnce(bool block, int max_wait_ms) {
       (void)ignored;
       armed_deadline_ = -1;  // the timerfd is disarmed after firing
     } else {
-      DispatchFd(static_cast<int>(tag), events[i].events);
+      DispatchFd(tag, events[i].events);
     }
     progress = true;
   }
   size_t before = timers_.size();
   FireTimers();
   if (timers_.size() != before) progress = true;
+  // An exception that left a spawned coroutine: to whoever runs the loop, once the
+  // iteration is complete.
+  if (pending_exception_) [[unlikely]] std::rethrow_exception(std::exchange(pending_exception_, nullptr));
   return progress;
 }
 

@@ -18,13 +18,29 @@ ThreadPool::~ThreadPool() {
 
 int ThreadPool::thread_count() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int>(threads_.size());
+  return live_;
+}
+
+void ThreadPool::SetMaxThreads(int max_threads) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    max_threads_ = max_threads < 1 ? 1 : max_threads;
+  }
+  cv_.notify_all();  // idle threads above the cap exit
 }
 
 void ThreadPool::Submit(std::function<int64_t()> work, std::function<void(int64_t)> done) {
+  Submit([this, work = std::move(work), done = std::move(done)]() mutable {
+    int64_t result = work();
+    loop_->Post([done = std::move(done), result] { done(result); });
+  });
+}
+
+void ThreadPool::Submit(absl::AnyInvocable<void()> job) {
   std::lock_guard<std::mutex> lock(mu_);
-  jobs_.push_back({std::move(work), std::move(done)});
-  if (idle_ == 0 && static_cast<int>(threads_.size()) < max_threads_) {
+  jobs_.push_back(std::move(job));
+  if (idle_ == 0 && live_ < max_threads_) {
+    ++live_;
     threads_.emplace_back([this] { Worker(); });
   } else {
     cv_.notify_one();
@@ -35,14 +51,17 @@ void ThreadPool::Worker() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     ++idle_;
-    cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+    cv_.wait(lock, [this] { return stopping_ || !jobs_.empty() || live_ > max_threads_; });
     --idle_;
-    if (jobs_.empty()) return;  // stopping and nothing left
-    Job job = std::move(jobs_.front());
+    if (live_ > max_threads_ || jobs_.empty()) {  // over the cap, or stopping with nothing left
+      --live_;
+      return;
+    }
+    absl::AnyInvocable<void()> job = std::move(jobs_.front());
     jobs_.pop_front();
     lock.unlock();
-    int64_t result = job.work();
-    loop_->Post([done = std::move(job.done), result] { done(result); });
+    job();
+    job = nullptr;  // destroy the job's captures off the lock
     lock.lock();
   }
 }
