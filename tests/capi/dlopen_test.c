@@ -21,7 +21,7 @@ typedef int (*parse_size_fn)(const char *, uint64_t *);
 static int check_versions(void *h) {
   static const char *const v01[] = {"lb_reap", "lb_create", "lb_block_status", "lb_open"};
   static const char *const v02[] = {"lb_parse_size", "lb_create_ex", "lb_reap_events",
-                                    "lb_context_run"};
+                                    "lb_context_run", "lb_context_set_cpu_workers"};
   parse_size_fn parse_size;
   uint64_t v = 0;
   size_t i;
