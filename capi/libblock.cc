@@ -454,20 +454,6 @@ int ReapEvents(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_ns, 
   return static_cast<int>(got);
 }
 
-// A backing file name as the new image at `filename` refers to it: relative names are
-// relative to the image's directory, as in QEMU; absolute names, "proto:" names and json:
-// texts are taken as they are.
-std::string BackingPathForCreate(std::string_view filename, std::string_view backing) {
-  if (backing.empty() || backing.front() == '/' || libblock::IsJsonFilename(backing)) {
-    return std::string(backing);
-  }
-  size_t stop = backing.find_first_of(":/");
-  if (stop != std::string_view::npos && backing[stop] == ':') return std::string(backing);
-  size_t slash = filename.rfind('/');
-  if (slash == std::string_view::npos) return std::string(backing);
-  return std::string(filename.substr(0, slash + 1)) + std::string(backing);
-}
-
 // The size lb_create_ex creates with: `size` when set, else the options' "size", else the
 // backing file's (qemu-img create's order). The options are validated first (with a
 // placeholder size), so that what the format refuses fails before any backing file opens.
@@ -495,8 +481,11 @@ absl::StatusOr<uint64_t> CreateSize(lb_context* ctx, const char* filename, const
   bopts.Set("driver", *backing_fmt);
   bopts.Set("read-only", true);
   bopts.Set("force-share", true);
-  absl::StatusOr<libblock::Node*> node =
-      ctx->graph->Open(BackingPathForCreate(filename, *backing), std::move(bopts), {});
+  // The name as the new image will refer to it (relative to its directory), as the core
+  // resolves it when the image opens.
+  absl::StatusOr<std::string> path = libblock::ResolveBackingName(filename, *backing);
+  if (!path.ok()) return libblock::Prepend(path.status(), absl::StrFormat("%s: ", filename));
+  absl::StatusOr<libblock::Node*> node = ctx->graph->Open(*path, std::move(bopts), {});
   if (!node.ok()) return libblock::Prepend(node.status(), absl::StrFormat("%s: ", filename));
   int64_t length = (*node)->size();
   ctx->graph->Unref(*node);

@@ -239,9 +239,16 @@ bool HasProtocolPrefix(std::string_view name) {
   return stop != std::string_view::npos && name[stop] == ':';
 }
 
-// A backing filename from an image header, resolved as QEMU's path_combine does: relative
-// names are relative to the directory of the overlay's filename; absolute names, json: names
-// and names with a protocol prefix stay as they are.
+// What identifies an image in a backing chain: the real path of a local file, else its name.
+std::string ChainKey(const std::string& name) {
+  if (name.empty() || IsJsonFilename(name) || HasProtocolPrefix(name)) return name;
+  char buf[PATH_MAX];
+  if (realpath(name.c_str(), buf)) return buf;
+  return name;
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> ResolveBackingName(std::string_view overlay, std::string_view name) {
   if (name.empty() || name[0] == '/' || IsJsonFilename(name) || HasProtocolPrefix(name)) {
     return std::string(name);
@@ -260,16 +267,6 @@ absl::StatusOr<std::string> ResolveBackingName(std::string_view overlay, std::st
   }
   return std::string(overlay.substr(0, slash + 1)) + std::string(name);
 }
-
-// What identifies an image in a backing chain: the real path of a local file, else its name.
-std::string ChainKey(const std::string& name) {
-  if (name.empty() || IsJsonFilename(name) || HasProtocolPrefix(name)) return name;
-  char buf[PATH_MAX];
-  if (realpath(name.c_str(), buf)) return buf;
-  return name;
-}
-
-}  // namespace
 
 Task<absl::StatusOr<Child*>> OpenContext::OpenChild(std::string_view name, ChildRole role,
                                                      bool allow_none) {

@@ -56,6 +56,12 @@ struct InheritedFlags {
 // rules OpenChild applies on top).
 InheritedFlags InheritFrom(const NodeFlags& flags);
 
+// A backing file name as the image `overlay` refers to it, resolved as QEMU's path_combine
+// does: relative names are relative to the directory of the overlay's filename; absolute
+// names, json: names and names with a protocol prefix stay as they are. Fails for a relative
+// name under a json: overlay, which has no directory.
+absl::StatusOr<std::string> ResolveBackingName(std::string_view overlay, std::string_view name);
+
 struct OpenParams {
   // The node must be a protocol: it is a format's storage child, never format-probed.
   bool protocol_only = false;
