@@ -13,16 +13,8 @@
 #include <unistd.h>
 
 #include "libblock.h"
+#include "check.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                                            \
-  do {                                                                                         \
-    if (!(cond)) {                                                                             \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; lb_get_error: %s\n", __FILE__, __LINE__, #cond, \
-              lb_get_error());                                                                 \
-      failures++;                                                                              \
-    }                                                                                          \
-  } while (0)
 
 /* Every failing call must set a fresh message and errno. A sentinel failure with a known
  * message goes first; the call under test must replace it. */
@@ -337,10 +329,5 @@ int main(void) {
   lb_context_free(g_ctx);
   unlink(img);
   rmdir(dir);
-  if (failures) {
-    fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  printf("abi: all checks passed\n");
-  return 0;
+  return check_report("abi");
 }

@@ -9,16 +9,8 @@
 #include <unistd.h>
 
 #include "libblock.h"
+#include "check.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                                \
-  do {                                                                             \
-    if (!(cond)) {                                                                 \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; lb_get_error: %s\n", __FILE__,     \
-              __LINE__, #cond, lb_get_error());                                    \
-      failures++;                                                                  \
-    }                                                                              \
-  } while (0)
 
 /* Whether some open file description other than `fd`'s holds a lock on byte `offset` of
  * the file (QEMU's lock bytes: 100 + permission bit taken, 200 + bit unshared). */
@@ -202,10 +194,5 @@ int main(void) {
 
   unlink(path);
   rmdir(dir);
-  if (failures) {
-    fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  printf("capi: all checks passed\n");
-  return 0;
+  return check_report("capi");
 }

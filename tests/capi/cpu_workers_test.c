@@ -8,16 +8,8 @@
 #include <unistd.h>
 
 #include "libblock.h"
+#include "check.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                                \
-  do {                                                                             \
-    if (!(cond)) {                                                                 \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; lb_get_error: %s\n", __FILE__,     \
-              __LINE__, #cond, lb_get_error());                                    \
-      failures++;                                                                  \
-    }                                                                              \
-  } while (0)
 
 int main(void) {
   lb_context *ctx = NULL;
@@ -36,10 +28,5 @@ int main(void) {
   CHECK(lb_context_set_cpu_workers(ctx, 2) == 2);
   CHECK(lb_context_get_inflight(ctx) == 0);
   lb_context_free(ctx);
-  if (failures) {
-    fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  printf("ok\n");
-  return 0;
+  return check_report("cpu_workers");
 }

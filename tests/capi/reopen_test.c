@@ -12,16 +12,8 @@
 #include <unistd.h>
 
 #include "libblock.h"
+#include "check.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                                \
-  do {                                                                             \
-    if (!(cond)) {                                                                 \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; lb_get_error: %s\n", __FILE__,     \
-              __LINE__, #cond, lb_get_error());                                    \
-      failures++;                                                                  \
-    }                                                                              \
-  } while (0)
 #define CHECK_ERROR(call, err, text)                                               \
   do {                                                                             \
     CHECK((call) == -(err));                                                       \
@@ -158,10 +150,5 @@ int main(void) {
   lb_context_free(ctx);
   unlink(path);
   rmdir(dir);
-  if (failures) {
-    fprintf(stderr, "%d check(s) failed\n", failures);
-    return 1;
-  }
-  printf("reopen: all checks passed\n");
-  return 0;
+  return check_report("reopen");
 }
