@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   # build
   g++ meson ninja-build pkg-config
-  libabsl-dev liburing-dev nlohmann-json3-dev zlib1g-dev libgcrypt20-dev catch2
+  libabsl-dev liburing-dev nlohmann-json3-dev zlib1g-dev libzstd-dev libgcrypt20-dev catch2
   # sanitizer and fuzzing builds
   clang libclang-rt-14-dev
   # test peers and oracles: qemu-img/qemu-io, loop devices, file systems for nocow tests
