@@ -34,6 +34,8 @@ namespace libblock {
 // A blob or a decompressed cluster larger than this is not something a format describes:
 // refused as corruption before anything is allocated for it.
 constexpr int64_t kMaxBlobBytes = int64_t{64} << 20;
+// Pieces of one read (and clusters of one compressed write) in flight at once.
+constexpr int kMaxPiecesInFlight = 8;
 
 struct MappingDriver::DecompressedCluster {
   Child* child = nullptr;
@@ -106,36 +108,48 @@ struct MappingEngine {
 
   // ---- reads ------------------------------------------------------------------------------
 
-  // Reads [pos, pos + bytes) of the guest range into `qiov`; the caller holds its clusters.
+  // Reads [offset, offset + bytes) of the guest range into `qiov`; the caller holds its
+  // clusters. The pieces of a request that maps to several run concurrently (a few at a
+  // time): discontiguous clusters are read in parallel, blobs decompressed in parallel.
   static Task<absl::Status> ReadRange(MappingDriver& d, GuestOffset offset, int64_t bytes,
                                       const IoVec& qiov) {
+    TaskGroup group(kMaxPiecesInFlight);
+    absl::Status st;
     for (int64_t done = 0; done < bytes;) {
       GuestOffset pos = offset + done;
       int64_t want = bytes - done;
       absl::StatusOr<Mapping> m = co_await d.Map(pos, want, false);
-      if (!m.ok()) co_return m.status();
-      LB_CO_RETURN_IF_ERROR(CheckMapping(d, pos, want, *m));
-      if (m->kind == MapKind::kData && !m->encrypted) {
-        // The common case: straight into the caller's buffers.
-        if (done == 0 && m->bytes == bytes) {
-          co_return co_await m->child->Read(m->host.value(), bytes, qiov);
-        }
-        IoVec part = qiov.Slice(static_cast<size_t>(done), static_cast<size_t>(m->bytes));
-        LB_CO_RETURN_IF_ERROR(co_await m->child->Read(m->host.value(), m->bytes, part));
-      } else {
-        IoVec part = qiov.Slice(static_cast<size_t>(done), static_cast<size_t>(m->bytes));
-        LB_CO_RETURN_IF_ERROR(co_await ReadPiece(d, pos, *m, part));
+      if (!m.ok()) {
+        st = m.status();
+        break;
       }
+      st = CheckMapping(d, pos, want, *m);
+      if (!st.ok()) break;
+      if (done == 0 && m->bytes == bytes) co_return co_await ReadPiece(d, pos, *m, qiov);
+      IoVec part = qiov.Slice(static_cast<size_t>(done), static_cast<size_t>(m->bytes));
+      Task<absl::Status> task = ReadPieceOwned(d, pos, *m, std::move(part));
+      co_await group.StartWhenFree(std::move(task));
+      if (group.failed()) break;
       done += m->bytes;
     }
-    co_return absl::OkStatus();
+    absl::Status joined = co_await group.Join();
+    if (!st.ok()) co_return st;
+    co_return joined;
+  }
+
+  // ReadPiece with its own copies of the mapping and the vector (a task outlives the loop
+  // iteration that started it).
+  static Task<absl::Status> ReadPieceOwned(MappingDriver& d, GuestOffset pos, Mapping m,
+                                           IoVec part) {
+    co_return co_await ReadPiece(d, pos, m, part);
   }
 
   static Task<absl::Status> ReadPiece(MappingDriver& d, GuestOffset pos, const Mapping& m,
                                       const IoVec& part) {
     int64_t len = m.bytes;
     switch (m.kind) {
-      case MapKind::kData: {  // encrypted (plain data is read by ReadRange)
+      case MapKind::kData: {
+        if (!m.encrypted) co_return co_await m.child->Read(m.host.value(), len, part);
         AlignedBuffer buf(static_cast<size_t>(len), 512);
         IoVec v(buf.data(), static_cast<size_t>(len));
         LB_CO_RETURN_IF_ERROR(co_await m.child->Read(m.host.value(), len, v));
@@ -386,7 +400,7 @@ struct MappingEngine {
                                                    d.node().name(), cluster));
     }
     if (bytes <= cluster) co_return co_await WriteCompressedCluster(d, offset, bytes, qiov);
-    TaskGroup group(8);
+    TaskGroup group(kMaxPiecesInFlight);
     for (int64_t done = 0; done < bytes && !group.failed(); done += cluster) {
       int64_t len = std::min(cluster, bytes - done);
       IoVec part = qiov.Slice(static_cast<size_t>(done), static_cast<size_t>(len));

@@ -524,6 +524,18 @@ TEST_CASE("hostile compressed blobs fail the read, without crashing", "[mapping]
       read_fails(e);
     }
     {
+      // One bad blob among several read (and decompressed) concurrently by one request.
+      MapEnv e("codec=" + codec);
+      std::string four = data + data + data + data;
+      e.Put(0, four, kReqCompressed);
+      e.entry(2).blob_bytes = 16;
+      std::string buf(four.size(), '\0');
+      REQUIRE(StatusErrno(e.be->PreadSync(0, buf.data(), 4 * 65536)) == EIO);
+      e.entry(2).blob_bytes = 65536;  // more than enough again
+      std::string got = e.Read(*e.be, 0, 4 * 65536);
+      REQUIRE_BYTES(got, four);
+    }
+    {
       // A huge length below the engine's cap: the read is clipped to the file.
       MapEnv e("codec=" + codec);
       fresh(e);
