@@ -317,41 +317,67 @@ T RunSync(lb_context* ctx, libblock::Task<T> task) {
   return result;
 }
 
-int Submit(lb_backend* be, libblock::Task<absl::Status> task, void* user_data) {
-  lb_context* ctx = be->ctx;
+// Queues the completion of an accepted request. The fd must say so: Kick (which costs a
+// system call only when the loop has consumed the last one), unless lb_reap is collecting.
+void Complete(lb_context* ctx, void* user_data, const absl::Status& st) {
+  ctx->completions.push_back({LB_EVENT_REQUEST, user_data, -StatusErrno(st)});
+  if (!ctx->reaping) ctx->loop->Kick();
+}
+
+// Counts an accepted request, or refuses it when the context is full.
+int Accept(lb_context* ctx) {
   if (ctx->inflight >= ctx->max_inflight) {
     return Fail(EAGAIN, absl::StrFormat("the context already has %d requests in flight",
                                         ctx->max_inflight));
   }
   ++ctx->inflight;
+  return 0;
+}
+
+int Submit(lb_backend* be, libblock::Task<absl::Status> task, void* user_data) {
+  lb_context* ctx = be->ctx;
+  if (int r = Accept(ctx)) return r;
   ctx->loop->Spawn(std::move(task), [ctx, user_data](absl::Status st) {
-    ctx->completions.push_back({LB_EVENT_REQUEST, user_data, -StatusErrno(st)});
-    if (!ctx->reaping) ctx->loop->Kick();
+    Complete(ctx, user_data, st);
   });
   ctx->loop->PrepareForPoll();
   return 0;
 }
 
-// Requests whose buffers are described by a copied vector, owned by the coroutine frame.
-libblock::Task<absl::Status> VectorRequest(libblock::Backend* be, bool write,
-                                           std::unique_ptr<libblock::IoVec> v, int64_t offset,
-                                           libblock::ReqFlags flags) {
-  int64_t len = static_cast<int64_t>(v->size());
-  if (write) co_return co_await be->Write(offset, len, *v, flags);
-  co_return co_await be->Read(offset, len, *v, flags);
+// A read or write, as one self-owning coroutine that starts at once and queues its own
+// completion (one coroutine frame, where Spawn would add a wrapper around a Task). The vector
+// is a copy of the caller's, owned by the frame. An exception goes to the loop, as a spawned
+// task's does.
+libblock::DetachedTask VectorRequest(lb_context* ctx, libblock::Backend* be, bool write,
+                                     libblock::IoVec v, int64_t offset, libblock::ReqFlags flags,
+                                     void* user_data) {
+  int64_t len = static_cast<int64_t>(v.size());
+  if (write) {
+    absl::Status st = co_await be->Write(offset, len, v, flags);
+    Complete(ctx, user_data, st);
+    co_return;
+  }
+  absl::Status st = co_await be->Read(offset, len, v, flags);
+  Complete(ctx, user_data, st);
 }
 
 int SubmitVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
                  uint32_t flags, void* user_data, bool write) {
   if (!ValidBackend(be)) return BadHandle();
   if (flags & ~(write ? LB_REQ_FUA : 0u)) return UnknownFlags();
-  auto v = std::make_unique<libblock::IoVec>();
+  libblock::IoVec v;
   uint64_t total = 0;
-  if (int r = MakeVector(iov, iovcnt, v.get(), &total)) return r;
+  if (int r = MakeVector(iov, iovcnt, &v, &total)) return r;
   if (int r = RangeCheck(offset, total)) return r;
-  return Submit(be, VectorRequest(be->be.get(), write, std::move(v), static_cast<int64_t>(offset),
-                                  ToReqFlags(flags)),
-                user_data);
+  lb_context* ctx = be->ctx;
+  if (int r = Accept(ctx)) return r;
+  {
+    libblock::internal::CurrentLoopScope scope(ctx->loop.get());
+    VectorRequest(ctx, be->be.get(), write, std::move(v), static_cast<int64_t>(offset),
+                  ToReqFlags(flags), user_data);
+  }
+  ctx->loop->PrepareForPoll();
+  return 0;
 }
 
 int SyncVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
@@ -444,8 +470,10 @@ int ReapEvents(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_ns, 
     collect();
   }
   // Then whatever else is ready now, without waiting (a loop run above already took
-  // everything that was ready when it woke; another pass would cost a syscall for nothing).
-  if (got < max && !ran) {
+  // everything that was ready when it woke; another pass would cost a syscall for nothing,
+  // and so would one over an idle loop: requests that completed inline left only a kick,
+  // which stays until the next run consumes it).
+  if (got < max && !ran && !(got > 0 && loop.Idle())) {
     loop.RunOnce(false);
     collect();
   }

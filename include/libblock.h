@@ -415,7 +415,8 @@ typedef struct lb_completion {
  * lb_reap with `user_data`) or a negative errno when rejected (it never completes):
  * -EAGAIN when the context already has its maximum of requests in flight, -EINVAL for bad
  * arguments. Buffers must stay valid until the completion is reaped; the iovec array itself
- * is copied. Since 0.1. */
+ * is copied. A request may complete before the call returns (a read the page cache answers
+ * without blocking); its completion is still reported by lb_reap. Since 0.1. */
 LB_API int lb_aio_pread(lb_backend *be, void *buf, size_t count, uint64_t offset,
                         uint32_t flags, void *user_data);
 LB_API int lb_aio_pwrite(lb_backend *be, const void *buf, size_t count, uint64_t offset,
@@ -444,7 +445,10 @@ LB_API int lb_context_get_inflight(lb_context *ctx);
 LB_API int lb_context_set_cpu_workers(lb_context *ctx, unsigned n);
 
 /* A file descriptor that is readable whenever the context has work to do or completions
- * to hand out: poll it, then call lb_reap. Owned by the context. Since 0.1. */
+ * to hand out: poll it, then call lb_reap. It may also be readable once for nothing after
+ * lb_reap took the last completion (requests the page cache answered complete inside their
+ * lb_aio_* call, and lb_reap does not run the loop again just to quiet the descriptor); the
+ * next lb_reap quiets it. Owned by the context. Since 0.1. */
 LB_API int lb_get_fd(lb_context *ctx);
 
 /* Runs the context's loop and collects completions into `out` (room for `max`): returns once

@@ -125,10 +125,16 @@ Task<absl::Status> Backend::Admit() {
   co_return absl::OkStatus();
 }
 
+bool Backend::TryAdmit() {
+  if (quiesce_ > 0 || closed_ || !root_) return false;
+  ++in_flight_;
+  return true;
+}
+
 void Backend::Leave() { --in_flight_; }
 
 Task<absl::Status> Backend::Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) {
-  LB_CO_RETURN_IF_ERROR(co_await Admit());
+  if (!TryAdmit()) LB_CO_RETURN_IF_ERROR(co_await Admit());
   absl::Status st = CheckRange(offset, bytes, false);
   if (st.ok()) st = co_await root_->Read(offset, bytes, qiov, flags);
   Leave();
@@ -136,7 +142,7 @@ Task<absl::Status> Backend::Read(int64_t offset, int64_t bytes, const IoVec& qio
 }
 
 Task<absl::Status> Backend::Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) {
-  LB_CO_RETURN_IF_ERROR(co_await Admit());
+  if (!TryAdmit()) LB_CO_RETURN_IF_ERROR(co_await Admit());
   if (opts_.writethrough) flags |= kReqFua;
   absl::Status st = CheckRange(offset, bytes, true);
   if (st.ok()) st = co_await root_->Write(offset, bytes, qiov, flags);

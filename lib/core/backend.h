@@ -103,6 +103,9 @@ class Backend final : public ChildParent {
  private:
   Backend(Graph& graph, BackendOptions opts);
   absl::Status CheckRange(int64_t offset, int64_t bytes, bool write) const;
+  // Admits a request (counts it in flight) or waits for the end of a drain. TryAdmit is the
+  // common case without a coroutine: false when Admit must be awaited.
+  bool TryAdmit();
   Task<absl::Status> Admit();
   void Leave();
 

@@ -15,15 +15,17 @@ void ScheduleOnCurrentLoop(std::coroutine_handle<> h) {
 }  // namespace
 
 bool CoQueue::WakeOne() {
-  if (waiters_.empty()) return false;
-  std::coroutine_handle<> h = waiters_.front();
-  waiters_.pop_front();
-  ScheduleOnCurrentLoop(h);
+  Awaiter* a = head_;
+  if (!a) return false;
+  head_ = a->next;
+  if (!head_) tail_ = nullptr;
+  --size_;
+  ScheduleOnCurrentLoop(a->handle);  // `a` may be gone once its coroutine runs
   return true;
 }
 
 bool CoQueue::WakeAll() {
-  bool any = !waiters_.empty();
+  bool any = head_ != nullptr;
   while (WakeOne()) {
   }
   return any;

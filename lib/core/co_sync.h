@@ -14,26 +14,46 @@
 
 namespace libblock {
 
-// A FIFO of suspended coroutines.
+// A FIFO of suspended coroutines. Intrusive: each waiter's link lives in its awaiter (in
+// the suspended frame), so waiting allocates nothing and an empty queue costs two pointers —
+// a request range holds one (RangeLock), and the request path makes one per request.
 class CoQueue {
  public:
-  auto Wait() {
-    struct Awaiter {
-      CoQueue* q;
-      bool await_ready() const noexcept { return false; }
-      void await_suspend(std::coroutine_handle<> h) { q->waiters_.push_back(h); }
-      void await_resume() const noexcept {}
-    };
-    return Awaiter{this};
-  }
+  CoQueue() = default;
+  CoQueue(const CoQueue&) = delete;
+  CoQueue& operator=(const CoQueue&) = delete;
+
+  struct [[nodiscard]] Awaiter {
+    CoQueue* q;
+    Awaiter* next = nullptr;
+    std::coroutine_handle<> handle;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<> h) {
+      handle = h;
+      q->Push(this);
+    }
+    void await_resume() const noexcept {}
+  };
+  Awaiter Wait() { return Awaiter{this}; }
   // Schedule the first / every waiter; return whether anyone was woken.
   bool WakeOne();
   bool WakeAll();
-  bool empty() const { return waiters_.empty(); }
-  size_t size() const { return waiters_.size(); }
+  bool empty() const { return head_ == nullptr; }
+  size_t size() const { return size_; }
 
  private:
-  std::deque<std::coroutine_handle<>> waiters_;
+  void Push(Awaiter* a) {
+    if (tail_) {
+      tail_->next = a;
+    } else {
+      head_ = a;
+    }
+    tail_ = a;
+    ++size_;
+  }
+  Awaiter* head_ = nullptr;
+  Awaiter* tail_ = nullptr;
+  size_t size_ = 0;
 };
 
 class CoMutex {

@@ -155,8 +155,13 @@ class EventLoop {
   // The epoll fd: readable whenever the loop has something to do (I/O completions, expired
   // timers, posts, kicks). An embedder polls it and then calls RunOnce(false).
   int fd() const { return epoll_fd_; }
-  // Makes fd() readable now (e.g. completions are waiting to be collected).
+  // Makes fd() readable now (e.g. completions are waiting to be collected). Callable from any
+  // thread; only the first kick after the loop last consumed one makes a system call.
   void Kick();
+  // True when an iteration could find nothing to do: no coroutine ready, no post, no I/O,
+  // worker or CPU job in flight, no timer and no fd watched. (fd() may still be readable
+  // from a kick nobody consumed; the next RunOnce consumes it.)
+  bool Idle() const;
   // Before control returns to an embedder that will poll fd(): submit prepared io_uring
   // operations, and kick if coroutines are ready to run.
   void PrepareForPoll();
@@ -244,6 +249,8 @@ class EventLoop {
   EventLoop() = default;
   absl::Status Init(const LoopOptions& options);
   void DrainRemote();
+  // Reads the eventfd and clears the kick flag.
+  void ConsumeKick();
   void FireTimers();
   void ArmTimerFd();
   int TimeoutMs(bool block) const;
@@ -311,6 +318,7 @@ class EventLoop {
   std::mutex remote_mu_;
   std::vector<std::function<void()>> remote_;
   std::atomic<bool> remote_pending_{false};
+  std::atomic<bool> kicked_{false};  // the eventfd was written and not yet read
 
   struct TimerEntry {
     uint64_t id;

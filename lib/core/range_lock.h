@@ -23,7 +23,6 @@
 
 #include <cerrno>
 #include <cstdint>
-#include <list>
 
 #include "absl/status/status.h"
 #include "core/co_sync.h"
@@ -54,7 +53,7 @@ class RangeLock {
 
     void Release() {
       if (!lock_) return;
-      lock_->ranges_.erase(it_);
+      lock_->Unlink(this);
       if (exclusive_) --lock_->exclusive_count_;
       lock_ = nullptr;
       running_ = false;
@@ -64,7 +63,8 @@ class RangeLock {
    private:
     friend class RangeLock;
     RangeLock* lock_ = nullptr;
-    typename std::list<Range*>::iterator it_;
+    Range* prev_ = nullptr;  // the lock's list of entered ranges, oldest first (intrusive:
+    Range* next_ = nullptr;  // entering a range allocates nothing)
     int64_t start_ = 0, end_ = 0;
     bool exclusive_ = false;
     bool running_ = false;
@@ -77,7 +77,7 @@ class RangeLock {
   RangeLock& operator=(const RangeLock&) = delete;
 
   int64_t granularity() const { return granularity_; }
-  size_t size() const { return ranges_.size(); }
+  size_t size() const { return count_; }
   bool has_exclusive() const { return exclusive_count_ > 0; }
 
   // Enters [offset, offset + bytes), aligned out to the granularity, without waiting.
@@ -90,7 +90,24 @@ class RangeLock {
     r.running_ = false;
     r.seq_ = next_seq_++;
     if (exclusive) ++exclusive_count_;
-    r.it_ = ranges_.insert(ranges_.end(), &r);
+    r.prev_ = tail_;
+    r.next_ = nullptr;
+    if (tail_) {
+      tail_->next_ = &r;
+    } else {
+      head_ = &r;
+    }
+    tail_ = &r;
+    ++count_;
+  }
+
+  // Wait without suspending: true (and `r` running) when nothing stands in the way of `r`
+  // now, which is always the case while no range is exclusive. Saves a coroutine per request
+  // on the common path; otherwise the caller awaits Wait.
+  bool TryWait(Range& r) {
+    if (exclusive_count_ != 0 && FindBlocker(r)) return false;
+    r.running_ = true;
+    return true;
   }
 
   // Suspends until no conflicting range stands in the way of `r` (see the top of the file);
@@ -139,8 +156,23 @@ class RangeLock {
   }
 
  private:
+  void Unlink(Range* r) {
+    if (r->prev_) {
+      r->prev_->next_ = r->next_;
+    } else {
+      head_ = r->next_;
+    }
+    if (r->next_) {
+      r->next_->prev_ = r->prev_;
+    } else {
+      tail_ = r->prev_;
+    }
+    r->prev_ = r->next_ = nullptr;
+    --count_;
+  }
+
   Range* FindBlocker(const Range& r) const {
-    for (Range* o : ranges_) {
+    for (Range* o = head_; o; o = o->next_) {
       if (o == &r) continue;
       if (!o->exclusive_ && !r.exclusive_) continue;
       if (o->seq_ > r.seq_ && !o->running_) continue;
@@ -150,7 +182,9 @@ class RangeLock {
   }
 
   int64_t granularity_;
-  std::list<Range*> ranges_;
+  Range* head_ = nullptr;
+  Range* tail_ = nullptr;
+  size_t count_ = 0;
   int exclusive_count_ = 0;
   uint64_t next_seq_ = 1;
 };

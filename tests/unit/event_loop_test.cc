@@ -1,8 +1,10 @@
 // EventLoop fd handlers and waits: persistent handlers (register, change the interest, pause,
 // unregister), WaitFd on top of them (several waiters, both directions, changing a handler's
 // interest while a wait is pending), cancellation and timeouts of WaitFd and Sleep, and fd
-// numbers reused after a close (no old callbacks, no old epoll registrations).
+// numbers reused after a close (no old callbacks, no old epoll registrations); kicks and the
+// non-blocking iteration that skips epoll_wait when only the loop's own sources exist.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -481,6 +483,79 @@ TEST_CASE("a reused fd number gets neither old callbacks nor old registrations",
     REQUIRE(*new_r == EPOLLIN);
     REQUIRE(loop->pending_waits() == 0);
   }
+}
+
+bool Readable(int fd) {
+  struct pollfd p = {fd, POLLIN, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+TEST_CASE("kicks make the loop fd readable until an iteration consumes them", "[event_loop]") {
+  auto loop = MakeLoop();
+  SocketPair sp;
+  // Without watched fds a non-blocking iteration skips epoll_wait; with one it polls. Both
+  // must consume a kick, or an embedder polling fd() would spin.
+  bool watch = GENERATE(false, true);
+  INFO("an fd handler registered: " << watch);
+  FdHandler h;
+  if (watch) {
+    auto r = loop->AddFdHandler(sp.fd[0], EPOLLIN, [](uint32_t) {});
+    REQUIRE(r.ok());
+    h = std::move(*r);
+  }
+  REQUIRE(loop->Idle() == !watch);
+  REQUIRE_FALSE(Readable(loop->fd()));
+  loop->Kick();
+  loop->Kick();  // a burst: one wake-up
+  REQUIRE(Readable(loop->fd()));
+  REQUIRE(loop->RunOnce(false));
+  REQUIRE_FALSE(Readable(loop->fd()));
+  loop->Kick();  // and the next kick after that is not lost
+  REQUIRE(Readable(loop->fd()));
+  loop->RunOnce(false);
+  REQUIRE_FALSE(Readable(loop->fd()));
+
+  // A post from another thread wakes the loop whether or not a kick is outstanding.
+  for (bool kicked : {false, true}) {
+    if (kicked) loop->Kick();
+    bool ran = false;
+    std::thread t([&] { loop->Post([&] { ran = true; }); });
+    t.join();
+    REQUIRE(Readable(loop->fd()));
+    REQUIRE(RunFor(*loop, [&] { return ran; }));
+    loop->RunOnce(false);
+    REQUIRE_FALSE(Readable(loop->fd()));
+  }
+}
+
+TEST_CASE("a non-blocking iteration without watched fds still runs what is due", "[event_loop]") {
+  auto loop = MakeLoop();
+  REQUIRE(loop->Idle());
+  // Ready coroutines, posts and timers are all found without epoll.
+  bool resumed = false;
+  auto yielder = [&]() -> Task<void> {
+    co_await loop->Yield();
+    resumed = true;
+  };
+  loop->Spawn(yielder());
+  REQUIRE_FALSE(loop->Idle());
+  REQUIRE(loop->RunOnce(false));
+  REQUIRE(resumed);
+  bool fired = false;
+  loop->AddTimer(EventLoop::NowNs(), [&] { fired = true; });
+  REQUIRE_FALSE(loop->Idle());  // a timer is pending
+  REQUIRE(RunFor(*loop, [&] { return fired; }));
+  REQUIRE(loop->Idle());
+  REQUIRE_FALSE(Readable(loop->fd()));  // the expired timerfd was consumed too
+  bool slept = false;
+  auto sleeper = [&]() -> Task<void> {
+    co_await loop->Sleep(1000000);
+    slept = true;
+  };
+  loop->Spawn(sleeper());
+  REQUIRE_FALSE(loop->Idle());
+  REQUIRE(RunFor(*loop, [&] { return slept; }));
+  REQUIRE(loop->Idle());
 }
 
 }  // namespace

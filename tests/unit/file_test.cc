@@ -11,6 +11,8 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +24,7 @@
 #include "core/backend.h"
 #include "core/graph.h"
 #include "nlohmann/json.hpp"
+#include "protocols/file/file_driver.h"
 #include "test_support.h"
 #include "util/iovec.h"
 #include "util/status.h"
@@ -121,6 +124,277 @@ TEST_CASE("without an io_uring ring the default engine is the worker pool", "[fi
   REQUIRE(env.Flush(*be).ok());
   REQUIRE(ReadFile(path).substr(100, data.size()) == data);
   REQUIRE(env.loop->has_thread_pool());
+}
+
+// ---- inline transfers (RWF_NOWAIT) -------------------------------------------------------------
+
+// Replaces the inline path's system calls for one test: each call is recorded, and `script`
+// (when set) decides what the call does instead of the real one.
+struct InlineCall {
+  bool write;
+  int flags;  // -1: pread/pwrite (no flags)
+  int64_t offset;
+  size_t bytes;
+};
+class SyscallSpy {
+ public:
+  // What a call does: a result to return with `err` as errno, or < -1 to make the real call
+  // (`limit` > 0 caps the bytes it moves: a short transfer).
+  struct Action {
+    ssize_t result = -2;
+    int err = 0;
+    size_t limit = 0;
+  };
+  using Script = Action (*)(const InlineCall&);
+
+  explicit SyscallSpy(Script script = nullptr) : saved_(file::internal::FileSyscallsForTest()) {
+    calls_.clear();
+    script_ = script;
+    file::internal::FileSyscallsForTest() = {Preadv2, Pwritev2, Pread, Pwrite};
+  }
+  ~SyscallSpy() { file::internal::FileSyscallsForTest() = saved_; }
+  SyscallSpy(const SyscallSpy&) = delete;
+  SyscallSpy& operator=(const SyscallSpy&) = delete;
+
+  static const std::vector<InlineCall>& calls() { return calls_; }
+
+ private:
+  static ssize_t Do(bool write, int fd, const struct iovec* iov, int n, off_t off, int flags) {
+    size_t bytes = 0;
+    for (int i = 0; i < n; ++i) bytes += iov[i].iov_len;
+    InlineCall call{write, flags, off, bytes};
+    calls_.push_back(call);
+    Action a = script_ ? script_(call) : Action{};
+    if (a.result >= -1) {
+      errno = a.err;
+      return a.result;
+    }
+    std::vector<struct iovec> v(iov, iov + n);
+    if (a.limit > 0) {  // keep the first `limit` bytes of the vector
+      size_t left = a.limit;
+      size_t i = 0;
+      for (; i < v.size() && left > 0; ++i) {
+        v[i].iov_len = std::min(v[i].iov_len, left);
+        left -= v[i].iov_len;
+      }
+      v.resize(i);
+    }
+    int real = flags < 0 ? 0 : flags;
+    return write ? pwritev2(fd, v.data(), static_cast<int>(v.size()), off, real)
+                 : preadv2(fd, v.data(), static_cast<int>(v.size()), off, real);
+  }
+  static ssize_t Preadv2(int fd, const struct iovec* iov, int n, off_t off, int flags) {
+    return Do(false, fd, iov, n, off, flags);
+  }
+  static ssize_t Pwritev2(int fd, const struct iovec* iov, int n, off_t off, int flags) {
+    return Do(true, fd, iov, n, off, flags);
+  }
+  static ssize_t Pread(int fd, void* buf, size_t len, off_t off) {
+    struct iovec v = {buf, len};
+    return Do(false, fd, &v, 1, off, -1);
+  }
+  static ssize_t Pwrite(int fd, const void* buf, size_t len, off_t off) {
+    struct iovec v = {const_cast<void*>(buf), len};
+    return Do(true, fd, &v, 1, off, -1);
+  }
+
+  file::internal::FileSyscalls saved_;
+  static inline std::vector<InlineCall> calls_;
+  static inline Script script_ = nullptr;
+};
+
+// The change in the file protocol's transfer counters while an object lives.
+struct StatsDelta {
+  file::internal::FileIoStats start = file::internal::FileIoStatsForTest();
+  uint64_t inline_done() const {
+    return file::internal::FileIoStatsForTest().inline_transfers - start.inline_transfers;
+  }
+  uint64_t partial() const {
+    return file::internal::FileIoStatsForTest().partial_transfers - start.partial_transfers;
+  }
+  uint64_t async() const {
+    return file::internal::FileIoStatsForTest().async_transfers - start.async_transfers;
+  }
+};
+
+bool OnMemoryFs(const std::string& path) {
+  struct statfs fs;
+  return statfs(path.c_str(), &fs) == 0 && (fs.f_type == 0x01021994 /* TMPFS_MAGIC */ ||
+                                            fs.f_type == static_cast<decltype(fs.f_type)>(0x858458f6));
+}
+
+TEST_CASE("page-cached reads complete inline with RWF_NOWAIT; O_DIRECT goes to the ring", "[file][inline]") {
+  GraphEnv env;
+  std::string path = env.dir.File("inline.img");
+  LB_SKIP_UNLESS(!OnMemoryFs(env.dir.path()), "the test directory is on a memory file system");
+  std::string model = NonZeroRandomBytes(256 * 1024, 41);
+  WriteFile(path, model);  // buffered: in the page cache now
+  for (std::string aio : {"io_uring", "threads"}) {
+    if (aio == "io_uring" && !env.loop->uring()) continue;
+    INFO("aio=" << aio);
+    auto be = env.MustOpenBackend(RawFileOpts(path, "file.aio=" + aio));
+    SyscallSpy spy;
+    StatsDelta d;
+    REQUIRE_BYTES(env.Read(*be, 8192, 4096), model.substr(8192, 4096));
+    REQUIRE_BYTES(env.Read(*be, 100, 70000), model.substr(100, 70000));
+    CHECK(d.inline_done() == 2);
+    CHECK(d.async() == 0);
+    REQUIRE(spy.calls().size() == 2);
+    for (const InlineCall& c : spy.calls()) {
+      CHECK_FALSE(c.write);
+      CHECK(c.flags == RWF_NOWAIT);
+    }
+    CHECK(spy.calls()[1].offset == 100);
+    CHECK(spy.calls()[1].bytes == 70000);
+  }
+  // cache=none: every read waits for the device, so none is tried inline.
+  auto be = env.MustOpenBackend(RawFileOpts(path, "cache.direct=on"));
+  SyscallSpy spy;
+  StatsDelta d;
+  REQUIRE_BYTES(env.Read(*be, 4096, 4096), model.substr(4096, 4096));
+  env.Write(*be, 0, model.substr(0, 4096));
+  CHECK(spy.calls().empty());
+  CHECK(d.inline_done() == 0);
+  CHECK(d.async() == 2);
+}
+
+TEST_CASE("an inline read that would block finishes through the ring, from where it stopped", "[file][inline]") {
+  GraphEnv env;
+  std::string path = env.dir.File("eagain.img");
+  LB_SKIP_UNLESS(!OnMemoryFs(env.dir.path()), "the test directory is on a memory file system");
+  std::string model = NonZeroRandomBytes(64 * 1024, 42);
+  WriteFile(path, model);
+  auto be = env.MustOpenBackend(RawFileOpts(path));
+
+  SECTION("EAGAIN at once: the whole read is asynchronous") {
+    SyscallSpy spy([](const InlineCall&) { return SyscallSpy::Action{-1, EAGAIN}; });
+    StatsDelta d;
+    REQUIRE_BYTES(env.Read(*be, 4096, 8192), model.substr(4096, 8192));
+    CHECK(spy.calls().size() == 1);
+    CHECK(d.inline_done() == 0);
+    CHECK(d.partial() == 0);
+    CHECK(d.async() == 1);
+    // Would-block is not remembered: the next read tries inline again.
+    REQUIRE_BYTES(env.Read(*be, 0, 512), model.substr(0, 512));
+    CHECK(spy.calls().size() == 2);
+  }
+  SECTION("a short transfer, then EAGAIN: the rest is asynchronous") {
+    SyscallSpy spy([](const InlineCall& c) {
+      if (c.offset == 4096) return SyscallSpy::Action{-2, 0, 3000};  // 3000 bytes, then...
+      return SyscallSpy::Action{-1, EAGAIN};                         // ...would block
+    });
+    StatsDelta d;
+    REQUIRE_BYTES(env.Read(*be, 4096, 8192), model.substr(4096, 8192));
+    REQUIRE(spy.calls().size() == 2);
+    CHECK(spy.calls()[1].offset == 4096 + 3000);
+    CHECK(spy.calls()[1].bytes == 8192 - 3000);
+    CHECK(d.partial() == 1);
+    CHECK(d.async() == 1);
+  }
+  SECTION("an error inline is retried and reported by the asynchronous path") {
+    SyscallSpy spy([](const InlineCall&) { return SyscallSpy::Action{-1, EIO}; });
+    StatsDelta d;
+    REQUIRE_BYTES(env.Read(*be, 0, 4096), model.substr(0, 4096));  // the ring's read works
+    CHECK(d.async() == 1);
+  }
+}
+
+TEST_CASE("an inline read at the end of the file zero-fills the rest", "[file][inline]") {
+  GraphEnv env;
+  std::string path = env.dir.File("eof.img");
+  std::string model = NonZeroRandomBytes(1000, 43);
+  WriteFile(path, model);  // a 1024-byte disk: its last 24 bytes read as zeroes
+  auto be = env.MustOpenBackend(RawFileOpts(path));
+  SyscallSpy spy;
+  StatsDelta d;
+  REQUIRE_BYTES(env.Read(*be, 0, 1024), model + std::string(24, '\0'));
+  CHECK(d.inline_done() == 1);
+  CHECK(d.async() == 0);
+  REQUIRE(spy.calls().size() == 2);  // 1000 bytes, then 0: the end of the file
+  CHECK(spy.calls()[1].offset == 1000);
+}
+
+TEST_CASE("a descriptor that refuses RWF_NOWAIT is not asked again", "[file][inline]") {
+  GraphEnv env;
+  std::string path = env.dir.File("nonowait.img");
+  LB_SKIP_UNLESS(!OnMemoryFs(env.dir.path()), "the test directory is on a memory file system");
+  std::string model = NonZeroRandomBytes(16384, 44);
+  WriteFile(path, model);
+  auto be = env.MustOpenBackend(RawFileOpts(path));
+  SyscallSpy spy([](const InlineCall& c) {
+    if (c.flags > 0 && (c.flags & RWF_NOWAIT)) return SyscallSpy::Action{-1, EOPNOTSUPP};
+    return SyscallSpy::Action{};
+  });
+  StatsDelta d;
+  REQUIRE_BYTES(env.Read(*be, 0, 4096), model.substr(0, 4096));
+  REQUIRE_BYTES(env.Read(*be, 4096, 4096), model.substr(4096, 4096));
+  env.Write(*be, 8192, model.substr(0, 4096));  // writes learn it for themselves
+  env.Write(*be, 12288, model.substr(0, 4096));
+  REQUIRE(spy.calls().size() == 2);  // one refused read, one refused write
+  CHECK_FALSE(spy.calls()[0].write);
+  CHECK(spy.calls()[1].write);
+  CHECK(d.inline_done() == 0);
+  CHECK(d.async() == 4);
+  REQUIRE_BYTES(ReadFile(path), model.substr(0, 8192) + model.substr(0, 4096) + model.substr(0, 4096));
+  // A reopen makes a new descriptor, which is asked again.
+  REQUIRE(be->Reopen(true).ok());
+  REQUIRE_BYTES(env.Read(*be, 0, 4096), model.substr(0, 4096));
+  CHECK(spy.calls().size() == 3);
+}
+
+TEST_CASE("FUA and writethrough writes never try RWF_NOWAIT", "[file][inline]") {
+  GraphEnv env;
+  std::string path = env.dir.File("fua.img");
+  LB_SKIP_UNLESS(!OnMemoryFs(env.dir.path()), "the test directory is on a memory file system");
+  WriteFile(path, std::string(16384, '\0'));
+  std::string data = NonZeroRandomBytes(4096, 45);
+  {
+    auto be = env.MustOpenBackend(RawFileOpts(path));
+    // Writes accepted with RWF_NOWAIT would be taken inline: let the spy say so for any.
+    SyscallSpy spy([](const InlineCall& c) {
+      if (c.write) return SyscallSpy::Action{-1, EAGAIN};
+      return SyscallSpy::Action{};
+    });
+    REQUIRE(be->PwriteSync(0, data.data(), 4096, kReqFua).ok());
+    CHECK(spy.calls().empty());
+    env.Write(*be, 4096, data);  // a plain write may try
+    CHECK(spy.calls().size() == 1);
+  }
+  auto wt = env.MustOpenBackend(RawFileOpts(path, "cache=writethrough"));
+  SyscallSpy spy;
+  env.Write(*wt, 8192, data);
+  CHECK(spy.calls().empty());  // O_DSYNC: every write waits
+  REQUIRE_BYTES(ReadFile(path).substr(0, 12288), data + data + data);
+}
+
+TEST_CASE("a memory file system transfers inline with plain calls", "[file][inline]") {
+  const char* shm = "/dev/shm";
+  LB_SKIP_UNLESS(OnMemoryFs(shm), "no tmpfs at /dev/shm");
+  GraphEnv env;
+  char tmpl[] = "/dev/shm/libblock-inline-XXXXXX";
+  int fd = mkstemp(tmpl);
+  REQUIRE(fd >= 0);
+  close(fd);
+  std::string path = tmpl;
+  struct Cleanup {
+    std::string p;
+    ~Cleanup() { unlink(p.c_str()); }
+  } cleanup{path};
+  std::string model = NonZeroRandomBytes(65536, 46);
+  WriteFile(path, model);
+  auto be = env.MustOpenBackend(RawFileOpts(path));
+  SyscallSpy spy;
+  StatsDelta d;
+  REQUIRE_BYTES(env.Read(*be, 4096, 4096), model.substr(4096, 4096));
+  std::string data = NonZeroRandomBytes(5000, 47);
+  env.Write(*be, 1000, data);
+  model.replace(1000, data.size(), data);
+  REQUIRE(be->PwriteSync(0, data.data(), 512, kReqFua).ok());  // FUA: RWF_DSYNC, still inline
+  model.replace(0, 512, data.substr(0, 512));
+  CHECK(d.async() == 0);
+  CHECK(d.inline_done() == 3);
+  for (const InlineCall& c : spy.calls()) CHECK((c.flags < 0 || !(c.flags & RWF_NOWAIT)));
+  REQUIRE_BYTES(ReadFile(path), model);
 }
 
 TEST_CASE("cache modes become the image descriptor's open flags", "[file]") {

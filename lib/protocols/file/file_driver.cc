@@ -7,6 +7,15 @@
 // the request and buffer alignments are probed (BLKSSZGET for devices) and misaligned
 // buffers are bounced.
 //
+// Inline transfers (DESIGN.md §4): a read the page cache can answer is answered on the loop
+// thread by preadv2(RWF_NOWAIT), and only what would block (EAGAIN, or the part after a short
+// transfer) goes to io_uring or the worker pool. Writes try the same where the file system
+// takes RWF_NOWAIT writes (not with O_DSYNC or FUA, which wait by definition). A descriptor
+// that refuses RWF_NOWAIT (EOPNOTSUPP) is remembered and not asked again. On a memory file
+// system (tmpfs, ramfs), which refuses RWF_NOWAIT but never waits for a device, transfers are
+// plain inline calls. O_DIRECT never runs inline: it always waits for the device. Errors are
+// never reported from the inline attempt: the asynchronous path redoes that part and reports.
+//
 // Write-zeroes uses fallocate (PUNCH_HOLE when unmapping is allowed, else ZERO_RANGE, plain
 // allocation past EOF; BLKZEROOUT on devices); discard punches holes (BLKDISCARD on
 // devices); block status comes from SEEK_DATA/SEEK_HOLE. Image locks (file_lock.h) follow
@@ -18,7 +27,9 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -92,6 +103,32 @@ int64_t DeviceLength(int fd) {
   return end < 0 ? -errno : end;
 }
 
+// How transfers of one descriptor may run inline (see the top of the file). Owned by the
+// node; operations in flight see a downgrade (EOPNOTSUPP) at once.
+enum class InlineMode : uint8_t {
+  kOff,     // always io_uring / the worker pool
+  kNowait,  // try preadv2/pwritev2 with RWF_NOWAIT first
+  kMemory,  // a memory file system: plain inline calls
+};
+struct InlinePolicy {
+  InlineMode read = InlineMode::kOff;
+  InlineMode write = InlineMode::kOff;
+};
+
+// The policy for a descriptor opened with these flags.
+InlinePolicy InlinePolicyFor(int fd, bool direct, bool dsync) {
+  InlinePolicy p;
+  if (direct) return p;
+  struct statfs fs;
+  if (fstatfs(fd, &fs) == 0 && (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)) {
+    p.read = p.write = InlineMode::kMemory;
+    return p;
+  }
+  p.read = InlineMode::kNowait;
+  p.write = dsync ? InlineMode::kOff : InlineMode::kNowait;
+  return p;
+}
+
 // One descriptor's syscall plumbing: each operation goes through io_uring or the worker pool
 // (never a blocking call on the loop thread) and returns >= 0 or -errno; ftruncate runs inline
 // with io_uring (no thread is started for a metadata call). A FileIo is a small value copied
@@ -105,6 +142,7 @@ struct FileIo {
   uint32_t request_align = 1;  // O_DIRECT's alignments (1 without it)
   uint32_t buf_align = 1;
   std::string_view filename;   // for messages
+  InlinePolicy* inline_policy = nullptr;  // null: never inline (image creation)
 };
 
 Task<int64_t> IoBlocking(EventLoop* loop, std::function<int64_t()> fn);
@@ -113,9 +151,15 @@ Task<int64_t> IoPwritev(FileIo io, const IoVec& v, int64_t offset, int rw_flags)
 Task<int64_t> IoFallocate(FileIo io, int mode, int64_t offset, int64_t len);
 Task<int64_t> IoFtruncate(FileIo io, int64_t size);
 Task<int64_t> IoFdatasync(FileIo io);
-// Full transfers: continue short ones; reads past EOF zero-fill.
+// What of `v` can be transferred at `offset` without blocking (see the top of the file):
+// returns the bytes done from the start; a read that meets the end of the file zero-fills
+// the rest and counts it as done.
+size_t TransferInline(const FileIo& io, bool write, int64_t offset, const IoVec& v,
+                      int rw_flags);
+// Full transfers: continue short ones; reads past EOF zero-fill. The first `done` bytes are
+// already transferred (by TransferInline).
 Task<absl::Status> IoTransferAll(FileIo io, bool write, int64_t offset, const IoVec& v,
-                                 int rw_flags);
+                                 int rw_flags, size_t done = 0);
 // Full preallocation (QEMU's preallocation=full) from the current length `cur` to `size`:
 // sets the size, writes zeroes over [cur, size) and makes them durable. With O_DIRECT, the
 // block holding the old end is rewritten as read. On failure the file may be longer than
@@ -163,9 +207,12 @@ class FileNode final : public NodeDriver {
   std::string Who() const { return absl::StrFormat("'%s'", filename_); }
 
   // The descriptor's plumbing as it is now (see FileIo).
-  FileIo Io() const {
-    return FileIo{&node().loop(), fd_, use_uring_, direct_, request_align_, buf_align_, filename_};
+  FileIo Io() {
+    return FileIo{&node().loop(), fd_,        use_uring_, direct_, request_align_,
+                  buf_align_,     filename_, &inline_};
   }
+  // A transfer on the loop thread when it cannot block, else through the I/O engine.
+  Task<absl::Status> Transfer(bool write, int64_t offset, const IoVec& v, int rw_flags);
   Task<int64_t> Preadv(const IoVec& v, int64_t offset) { return IoPreadv(Io(), v, offset); }
   Task<int64_t> Pwritev(const IoVec& v, int64_t offset, int rw_flags) {
     return IoPwritev(Io(), v, offset, rw_flags);
@@ -178,9 +225,6 @@ class FileNode final : public NodeDriver {
     return IoBlocking(&node().loop(), std::move(fn));
   }
   Task<int64_t> Ftruncate(int64_t size) { return IoFtruncate(Io(), size); }
-  Task<absl::Status> TransferAll(bool write, int64_t offset, const IoVec& v, int rw_flags) {
-    return IoTransferAll(Io(), write, offset, v, rw_flags);
-  }
 
   bool host_device_;
   std::string filename_;
@@ -197,6 +241,7 @@ class FileNode final : public NodeDriver {
   Perm locked_held_ = 0, locked_unshared_ = 0;
   uint32_t request_align_ = 1, buf_align_ = 1;
   bool has_fallocate_ = true;  // cleared when the file system refuses fallocate
+  InlinePolicy inline_;
 };
 
 int FileNode::OpenFlags(bool read_only, bool direct, bool dsync) const {
@@ -275,6 +320,7 @@ Task<absl::Status> FileNode::Open(OpenContext& ctx) {
   }
 
   if (direct_) ProbeAlignment(fd_, &request_align_, &buf_align_);
+  inline_ = InlinePolicyFor(fd_, direct_, dsync_);
 
   caps_.write_zeroes = true;
   caps_.discard = true;
@@ -413,6 +459,7 @@ absl::Status FileNode::PrepareReopenSync(const ReopenState& state, Transaction& 
     dsync_ = dsync;
     request_align_ = request_align;
     buf_align_ = buf_align;
+    inline_ = InlinePolicyFor(fd_, direct_, dsync_);
   });
   return absl::OkStatus();
 }
@@ -507,10 +554,62 @@ Task<int64_t> IoFdatasync(FileIo io) {
                                 [fd]() -> int64_t { return fdatasync(fd) < 0 ? -errno : 0; });
 }
 
+size_t TransferInline(const FileIo& io, bool write, int64_t offset, const IoVec& qiov,
+                      int rw_flags) {
+  if (!io.inline_policy) return 0;
+  InlineMode& mode = write ? io.inline_policy->write : io.inline_policy->read;
+  if (mode == InlineMode::kOff) return 0;
+  int flags = rw_flags;
+  if (mode == InlineMode::kNowait) {
+    if (flags & RWF_DSYNC) return 0;  // waits for the device by definition
+    flags |= RWF_NOWAIT;
+  }
+  internal::FileSyscalls& sys = internal::FileSyscallsForTest();
+  internal::FileIoStats& stats = internal::FileIoStatsForTest();
+  size_t done = 0, total = qiov.size();
+  while (done < total) {
+    IoVec rest = done == 0 ? IoVec() : qiov.Slice(done, total - done);
+    const IoVec& v = done == 0 ? qiov : rest;
+    int64_t off = offset + static_cast<int64_t>(done);
+    ssize_t r;
+    if (flags == 0 && v.niov() == 1) {
+      // pread/pwrite: the kernel need not import a vector (what plain pread's limit pays).
+      const struct iovec& one = v.iov()[0];
+      r = write ? sys.pwrite(io.fd, one.iov_base, one.iov_len, off)
+                : sys.pread(io.fd, one.iov_base, one.iov_len, off);
+    } else {
+      r = write ? sys.pwritev2(io.fd, v.iov(), v.niov(), off, flags)
+                : sys.preadv2(io.fd, v.iov(), v.niov(), off, flags);
+    }
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      // Refused for this descriptor: not worth another system call per request.
+      if (errno == EOPNOTSUPP && mode == InlineMode::kNowait) mode = InlineMode::kOff;
+      break;  // EAGAIN (would block) and real errors: the asynchronous path takes over
+    }
+    if (r == 0) {
+      if (!write) {
+        qiov.Memset(done, 0, total - done);  // end of file: the rest reads as zeroes
+        done = total;
+      }
+      break;
+    }
+    done += static_cast<size_t>(r);
+  }
+  if (done == total) {
+    ++stats.inline_transfers;
+  } else if (done > 0) {
+    ++stats.partial_transfers;
+  }
+  return done;
+}
+
 Task<absl::Status> IoTransferAll(FileIo io, bool write, int64_t offset, const IoVec& qiov,
-                                 int rw_flags) {
-  // O_DIRECT needs buffers aligned to the probed buffer alignment: bounce the others.
-  if (io.direct && !qiov.IsAligned(io.buf_align)) {
+                                 int rw_flags, size_t done) {
+  if (done == qiov.size()) co_return absl::OkStatus();
+  // O_DIRECT needs buffers aligned to the probed buffer alignment: bounce the others (O_DIRECT
+  // never runs inline, so nothing is done yet).
+  if (io.direct && done == 0 && !qiov.IsAligned(io.buf_align)) {
     AlignedBuffer bounce(qiov.size(), std::max<uint32_t>(io.buf_align, 512));
     IoVec b(bounce.data(), qiov.size());
     if (write) qiov.CopyTo(0, bounce.data(), qiov.size());
@@ -518,7 +617,8 @@ Task<absl::Status> IoTransferAll(FileIo io, bool write, int64_t offset, const Io
     if (st.ok() && !write) qiov.CopyFrom(0, bounce.data(), qiov.size());
     co_return st;
   }
-  size_t done = 0, total = qiov.size();
+  ++internal::FileIoStatsForTest().async_transfers;
+  size_t total = qiov.size();
   while (done < total) {
     IoVec rest = done == 0 ? qiov : qiov.Slice(done, total - done);
     int64_t off = offset + static_cast<int64_t>(done);
@@ -595,19 +695,29 @@ Task<absl::Status> PreallocateFull(FileIo io, int64_t cur, int64_t size) {
 
 // ---- I/O ---------------------------------------------------------------------------------------
 
+Task<absl::Status> FileNode::Transfer(bool write, int64_t offset, const IoVec& v, int rw_flags) {
+  // Not a coroutine frame more than needed: a transfer done inline returns from here.
+  FileIo io = Io();
+  size_t done = TransferInline(io, write, offset, v, rw_flags);
+  if (done == v.size()) co_return absl::OkStatus();
+  co_return co_await IoTransferAll(io, write, offset, v, rw_flags, done);
+}
+
 Task<absl::Status> FileNode::Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags) {
   if (static_cast<int64_t>(qiov.size()) != bytes) {
-    co_return co_await TransferAll(false, offset, qiov.Slice(0, static_cast<size_t>(bytes)), 0);
+    IoVec part = qiov.Slice(0, static_cast<size_t>(bytes));
+    co_return co_await Transfer(false, offset, part, 0);
   }
-  co_return co_await TransferAll(false, offset, qiov, 0);
+  co_return co_await Transfer(false, offset, qiov, 0);
 }
 
 Task<absl::Status> FileNode::Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) {
   int rw_flags = ((flags & kReqFua) && !dsync_) ? RWF_DSYNC : 0;
   if (static_cast<int64_t>(qiov.size()) != bytes) {
-    co_return co_await TransferAll(true, offset, qiov.Slice(0, static_cast<size_t>(bytes)), rw_flags);
+    IoVec part = qiov.Slice(0, static_cast<size_t>(bytes));
+    co_return co_await Transfer(true, offset, part, rw_flags);
   }
-  co_return co_await TransferAll(true, offset, qiov, rw_flags);
+  co_return co_await Transfer(true, offset, qiov, rw_flags);
 }
 
 Task<absl::Status> FileNode::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) {
@@ -898,6 +1008,17 @@ int ProbeHostDevice(std::string_view filename) {
 }
 
 }  // namespace
+
+namespace internal {
+FileSyscalls& FileSyscallsForTest() {
+  static FileSyscalls calls{::preadv2, ::pwritev2, ::pread, ::pwrite};
+  return calls;
+}
+FileIoStats& FileIoStatsForTest() {
+  static FileIoStats stats;
+  return stats;
+}
+}  // namespace internal
 
 // Options that change the data, as qemu-img's json: names show them (see Driver).
 constexpr std::string_view kStrongOptions[] = {"filename"};
