@@ -343,10 +343,35 @@ TEST_CASE("corruptions made by editing bytes: same report as qemu-img", "[qcow2]
     RequireQemuClean(env, img);
     RequireData(img);
   }
+  SECTION("an L2 table past the end of the file") {
+    Poke64(img, static_cast<int64_t>(h.l1_table_offset), kOflagCopied | (1ull << 32));
+    RequireSameAsQemu(env, img);
+  }
+  SECTION("an unaligned L2 table") {
+    Poke64(img, static_cast<int64_t>(h.l1_table_offset), l1e + 512);
+    RequireSameAsQemu(env, img);
+  }
   SECTION("a refcount block outside the image") {
     Poke64(img, static_cast<int64_t>(h.refcount_table_offset + 8), 1ull << 30);
     RequireSameAsQemu(env, img);
   }
+}
+
+TEST_CASE("a bogus compressed length: same report as qemu-img", "[qcow2][check][interop]") {
+  GraphEnv env;
+  std::string raw = env.dir.File("a.raw"), img = env.dir.File("a.qcow2");
+  testing::WriteFile(raw, std::string(256 << 10, 'x'));  // compresses
+  MustShell("qemu-img convert -c -O qcow2 '" + raw + "' '" + img + "'");
+  Header h = testing::ReadQcow2Header(img);
+  uint64_t l2 = Peek64(img, static_cast<int64_t>(h.l1_table_offset)) & kL1OffsetMask;
+  uint64_t e = Peek64(img, static_cast<int64_t>(l2 + 8));
+  REQUIRE((e & kOflagCompressed));
+  // The sector count field (bits 54..61 for 64k clusters) at its maximum: past the end.
+  Poke64(img, static_cast<int64_t>(l2 + 8), e | (0xffull << 54));
+  RequireSameAsQemu(env, img);
+  absl::StatusOr<CheckResult> r = RunOurs(env, img, 0);
+  REQUIRE(r.ok());
+  CHECK(r->corruptions > 0);
 }
 
 TEST_CASE("a dirty lazy_refcounts image left by a killed qemu-io is repaired and marked clean",
