@@ -4,6 +4,7 @@
 #include <string_view>
 
 #include "core/registry.h"
+#include "filters/blklogwrites/blklogwrites_driver.h"
 #include "filters/preallocate/preallocate_driver.h"
 #include "formats/bochs/bochs_probe.h"
 #include "formats/cloop/cloop_probe.h"
@@ -69,6 +70,7 @@ const Registry& Registry::Builtin() {
       &kCloop,
       &raw::kDriver,
       &preallocate::kDriver,
+      &blklogwrites::kDriver,
   });
   return registry;
 }

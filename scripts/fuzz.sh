@@ -12,9 +12,10 @@ if [ ! -f build-fuzz/build.ninja ]; then
   CC=clang CXX=clang++ meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address \
     -Doptimization=1 -Db_lundef=false -Dexamples=false -Dbench=false >/dev/null
 fi
-ninja -C build-fuzz -j2 tests/fuzz_options tests/fuzz_probe >/dev/null
-for t in options probe; do
+ninja -C build-fuzz -j2 tests/fuzz_options tests/fuzz_probe tests/fuzz_qcow2 >/dev/null
+for t in options probe qcow2; do
   echo "== fuzz_$t for ${secs}s"
-  (cd build-fuzz && ./tests/fuzz_$t -max_total_time="$secs" -max_len=4096 \
+  len=4096; [ "$t" = qcow2 ] && len=131072  # whole small images
+  (cd build-fuzz && ./tests/fuzz_$t -max_total_time="$secs" -max_len="$len" \
      "../tests/fuzz/corpus/$t")
 done

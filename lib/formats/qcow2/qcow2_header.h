@@ -90,6 +90,8 @@ struct Header {
   uint32_t refcount_order = 4;
   uint32_t header_length = kV3HeaderLength;
   CompressionType compression_type = CompressionType::kZlib;
+  // v3 header bytes past the 112 libblock knows (header_length > 112): kept and rewritten.
+  std::vector<uint8_t> unknown_header_fields;
 
   // From the extensions and the backing name.
   std::optional<std::string> backing_file;    // the name at backing_file_offset
