@@ -428,7 +428,8 @@ absl::StatusOr<std::vector<uint8_t>> SerializeHeader(const Header& header) {
     }
   }
 
-  // Extensions in QEMU's order: backing format, data file, crypto header, feature table (v3),
+  // Extensions in QEMU's order: backing format, data file, crypto header, feature table (v3,
+  // clusters above 4 KiB),
   // then the kept ones, then the end marker.
   if (header.backing_format) {
     if (header.backing_format->size() > kMaxBackingFormatBytes) {
@@ -444,8 +445,10 @@ absl::StatusOr<std::vector<uint8_t>> SerializeHeader(const Header& header) {
     StoreBe64(data + 8, header.crypto_header->second);
     PutExtension(out, kExtCryptoHeader, data);
   }
-  if (v3) {
-    // libblock's table, plus any entries another writer listed that it does not know.
+  if (v3 && cluster_size > 4096) {
+    // libblock's table, plus any entries another writer listed that it does not know. Like
+    // QEMU, images with clusters of 4 KiB or less go without, leaving the header cluster's
+    // room to the backing file name.
     std::vector<FeatureName> table = DefaultFeatureTable();
     const size_t known = table.size();
     for (const FeatureName& f : header.feature_table) {

@@ -118,7 +118,7 @@ absl::StatusOr<Header> ParseHeader(std::span<const uint8_t> buf, int64_t file_si
                                    std::string_view filename);
 
 // Serialises the header, its extensions (backing format, data file, feature name table as
-// libblock writes it, crypto pointer, kept ones) and the backing name into one cluster-sized
+// libblock writes it — v3 with clusters above 4 KiB only, as QEMU —, crypto pointer, kept ones) and the backing name into one cluster-sized
 // buffer (ENOSPC-style error when they do not fit). Sets backing_file_offset/size and
 // header_length consistently.
 absl::StatusOr<std::vector<uint8_t>> SerializeHeader(const Header& header);

@@ -84,7 +84,8 @@ constexpr std::string_view kHostDevicePrefix = "host_device:";
 // What kind of file a descriptor refers to.
 bool IsDevice(const struct stat& st) { return S_ISBLK(st.st_mode) || S_ISCHR(st.st_mode); }
 
-// QEMU allocates the first block of a file that grows from empty with preallocation off: it
+// QEMU allocates the first block of a file that grows from empty with preallocation off (and
+// after fallocating a new file): it
 // makes later O_DIRECT alignment probing reliable (a read of allocated data is checked) and
 // `qemu-img map` of a fresh image shows it. Failures are ignored, as there.
 void AllocateFirstBlock(int fd, int64_t size) {
@@ -955,6 +956,9 @@ Task<absl::Status> CreateFile(CreateContext& ctx, bool host_device) {
       case PreallocMode::kFalloc:
         if (target > 0 && fallocate(fd, 0, 0, target) != 0) {
           status = ErrnoStatus(errno, "Could not preallocate new data");
+        } else if (target > 0) {
+          // QEMU writes the first block of a falloc'd file too (SEEK_DATA sees it).
+          AllocateFirstBlock(fd, target);
         }
         break;
       case PreallocMode::kFull: {
