@@ -445,6 +445,12 @@ int ReapEvents(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_ns, 
   int64_t deadline = timeout_ns < 0 ? -1 : libblock::EventLoop::NowNs() + timeout_ns;
   unsigned got = 0;
   auto collect = [&] {
+    // From the front while events are taken (the common case: a pop, not an erase).
+    while (got < max && !ctx->completions.empty() && take(got, ctx->completions.front())) {
+      ++got;
+      if (ctx->completions.front().kind == LB_EVENT_REQUEST) --ctx->inflight;
+      ctx->completions.pop_front();
+    }
     for (auto it = ctx->completions.begin(); got < max && it != ctx->completions.end();) {
       if (!take(got, *it)) {
         ++it;

@@ -270,15 +270,19 @@ Task<absl::Status> Child::Read(int64_t offset, int64_t bytes, const IoVec& qiov,
   if (bytes == 0) co_return absl::OkStatus();
   RequestScope scope(n);
   int64_t align = n.limits().request_alignment;
+  if (offset % align == 0 && bytes % align == 0) {
+    // Aligned, the common case: no padding, and one piece goes straight to the driver (one
+    // coroutine frame fewer per layer).
+    scope.Track(offset, bytes, flags & kReqSerialising);
+    LB_WAIT_FOR_CONFLICTS(scope, flags & kReqNoWait);
+    flags &= ~(kReqSerialising | kReqNoWait);
+    if (IsOneDriverRead(n, offset, bytes)) co_return co_await n.impl()->Read(offset, bytes, qiov, flags);
+    co_return co_await ReadAligned(n, offset, bytes, qiov, flags);
+  }
   Padding pad = ComputePadding(n, offset, bytes);
   scope.Track(pad.offset, pad.bytes, flags & kReqSerialising);
   LB_WAIT_FOR_CONFLICTS(scope, flags & kReqNoWait);
   flags &= ~(kReqSerialising | kReqNoWait);
-  if (!pad.needed()) {
-    // The common case straight to the driver (one coroutine frame fewer per layer).
-    if (IsOneDriverRead(n, offset, bytes)) co_return co_await n.impl()->Read(offset, bytes, qiov, flags);
-    co_return co_await ReadAligned(n, offset, bytes, qiov, flags);
-  }
   bool same_block = pad.bytes == align;
   IoVec padded = PaddedVector(pad, qiov, bytes, align, same_block && pad.head);
   co_return co_await ReadAligned(n, pad.offset, pad.bytes, padded, flags);

@@ -101,15 +101,6 @@ class RangeLock {
     ++count_;
   }
 
-  // Wait without suspending: true (and `r` running) when nothing stands in the way of `r`
-  // now, which is always the case while no range is exclusive. Saves a coroutine per request
-  // on the common path; otherwise the caller awaits Wait.
-  bool TryWait(Range& r) {
-    if (exclusive_count_ != 0 && FindBlocker(r)) return false;
-    r.running_ = true;
-    return true;
-  }
-
   // Suspends until no conflicting range stands in the way of `r` (see the top of the file);
   // with `no_wait`, fails with EBUSY instead of waiting.
   Task<absl::Status> Wait(Range& r, bool no_wait = false) {
@@ -121,6 +112,14 @@ class RangeLock {
     }
     r.running_ = true;
     co_return absl::OkStatus();
+  }
+
+  // Wait without suspending: true (and `r` is running) when nothing stands in its way now.
+  // Lets a caller that usually finds the lock free skip a coroutine frame.
+  bool TryWait(Range& r) {
+    if (exclusive_count_ != 0 && FindBlocker(r)) return false;
+    r.running_ = true;
+    return true;
   }
 
   // Add, then Wait.

@@ -212,8 +212,6 @@ class FileNode final : public NodeDriver {
     return FileIo{&node().loop(), fd_,        use_uring_, direct_, request_align_,
                   buf_align_,     filename_, &inline_};
   }
-  // A transfer on the loop thread when it cannot block, else through the I/O engine.
-  Task<absl::Status> Transfer(bool write, int64_t offset, const IoVec& v, int rw_flags);
   Task<int64_t> Preadv(const IoVec& v, int64_t offset) { return IoPreadv(Io(), v, offset); }
   Task<int64_t> Pwritev(const IoVec& v, int64_t offset, int rw_flags) {
     return IoPwritev(Io(), v, offset, rw_flags);
@@ -696,29 +694,31 @@ Task<absl::Status> PreallocateFull(FileIo io, int64_t cur, int64_t size) {
 
 // ---- I/O ---------------------------------------------------------------------------------------
 
-Task<absl::Status> FileNode::Transfer(bool write, int64_t offset, const IoVec& v, int rw_flags) {
-  // Not a coroutine frame more than needed: a transfer done inline returns from here.
-  FileIo io = Io();
-  size_t done = TransferInline(io, write, offset, v, rw_flags);
-  if (done == v.size()) co_return absl::OkStatus();
-  co_return co_await IoTransferAll(io, write, offset, v, rw_flags, done);
-}
-
+// Read and Write try the transfer inline first and only then start the asynchronous path:
+// a transfer done inline costs this one coroutine frame.
 Task<absl::Status> FileNode::Read(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags) {
+  FileIo io = Io();
   if (static_cast<int64_t>(qiov.size()) != bytes) {
     IoVec part = qiov.Slice(0, static_cast<size_t>(bytes));
-    co_return co_await Transfer(false, offset, part, 0);
+    size_t done = TransferInline(io, false, offset, part, 0);
+    co_return co_await IoTransferAll(io, false, offset, part, 0, done);
   }
-  co_return co_await Transfer(false, offset, qiov, 0);
+  size_t done = TransferInline(io, false, offset, qiov, 0);
+  if (done == qiov.size()) co_return absl::OkStatus();
+  co_return co_await IoTransferAll(io, false, offset, qiov, 0, done);
 }
 
 Task<absl::Status> FileNode::Write(int64_t offset, int64_t bytes, const IoVec& qiov, ReqFlags flags) {
   int rw_flags = ((flags & kReqFua) && !dsync_) ? RWF_DSYNC : 0;
+  FileIo io = Io();
   if (static_cast<int64_t>(qiov.size()) != bytes) {
     IoVec part = qiov.Slice(0, static_cast<size_t>(bytes));
-    co_return co_await Transfer(true, offset, part, rw_flags);
+    size_t done = TransferInline(io, true, offset, part, rw_flags);
+    co_return co_await IoTransferAll(io, true, offset, part, rw_flags, done);
   }
-  co_return co_await Transfer(true, offset, qiov, rw_flags);
+  size_t done = TransferInline(io, true, offset, qiov, rw_flags);
+  if (done == qiov.size()) co_return absl::OkStatus();
+  co_return co_await IoTransferAll(io, true, offset, qiov, rw_flags, done);
 }
 
 Task<absl::Status> FileNode::WriteZeroes(int64_t offset, int64_t bytes, ReqFlags flags) {
