@@ -489,30 +489,43 @@ int ReapEvents(lb_context* ctx, unsigned min, unsigned max, int64_t timeout_ns, 
 }
 
 // The size lb_create_ex creates with: `size` when set, else the options' "size", else the
-// backing file's (qemu-img create's order). The options are validated first (with a
-// placeholder size), so that what the format refuses fails before any backing file opens.
+// backing file's (qemu-img create's order). With a backing file, the rules of qemu-img
+// 6.1 and later: the options are validated first (with a placeholder size), so that what the
+// format refuses fails before any backing file opens; then, unless `unsafe` (-u), the
+// backing file is opened (with "backing_fmt" as its driver, else probed) and a backing file
+// without a format is refused naming the probed one; with `unsafe`, the format is still
+// required and nothing is opened.
 absl::StatusOr<uint64_t> CreateSize(lb_context* ctx, const char* filename, const char* format,
-                                    const libblock::Options& opts, int64_t size) {
+                                    const libblock::Options& opts, int64_t size, bool unsafe) {
+  std::optional<uint64_t> given;
   if (std::optional<std::string> text = opts.GetString("size")) {
     // As Graph::Create will read it; a bad one fails there, with its message.
     absl::StatusOr<uint64_t> parsed = libblock::ParseSize(*text);
-    return parsed.ok() ? *parsed : 0;
+    given = parsed.ok() ? *parsed : 0;
+  } else if (size >= 0) {
+    given = static_cast<uint64_t>(size);
   }
-  if (size >= 0) return static_cast<uint64_t>(size);
+  std::optional<std::string> backing = opts.GetString("backing_file");
+  if (!backing && given) return *given;
   libblock::Options check = opts;
   check.Set("size", uint64_t{0});
   LB_RETURN_IF_ERROR(ctx->graph->Create(filename, format, std::move(check), /*validate_only=*/true));
-  std::optional<std::string> backing = opts.GetString("backing_file");
   if (!backing) {
     return ErrnoError(EINVAL, absl::StrFormat("%s: Image creation needs a size parameter", filename));
   }
   std::optional<std::string> backing_fmt = opts.GetString("backing_fmt");
-  if (!backing_fmt) {
-    return ErrnoError(EINVAL, absl::StrFormat("%s: Backing file specified without backing format",
-                                              filename));
+  if (unsafe) {
+    if (!backing_fmt) {
+      return ErrnoError(EINVAL, absl::StrFormat("%s: Backing file specified without backing "
+                                                "format", filename));
+    }
+    if (!given) {
+      return ErrnoError(EINVAL, absl::StrFormat("%s: Image creation needs a size parameter", filename));
+    }
+    return *given;
   }
   libblock::Options bopts;
-  bopts.Set("driver", *backing_fmt);
+  if (backing_fmt) bopts.Set("driver", *backing_fmt);
   bopts.Set("read-only", true);
   bopts.Set("force-share", true);
   // The name as the new image will refer to it (relative to its directory), as the core
@@ -520,9 +533,19 @@ absl::StatusOr<uint64_t> CreateSize(lb_context* ctx, const char* filename, const
   absl::StatusOr<std::string> path = libblock::ResolveBackingName(filename, *backing);
   if (!path.ok()) return libblock::Prepend(path.status(), absl::StrFormat("%s: ", filename));
   absl::StatusOr<libblock::Node*> node = ctx->graph->Open(*path, std::move(bopts), {});
-  if (!node.ok()) return libblock::Prepend(node.status(), absl::StrFormat("%s: ", filename));
+  if (!node.ok()) {
+    return ErrnoError(libblock::StatusErrno(node.status()),
+                      absl::StrFormat("%s: %s\nCould not open backing image.", filename,
+                                      node.status().message()));
+  }
   int64_t length = (*node)->size();
+  std::string probed((*node)->driver().name);
   ctx->graph->Unref(*node);
+  if (!backing_fmt) {
+    return ErrnoError(EINVAL, absl::StrFormat("%s: Backing file specified without backing "
+                                              "format\nDetected format of %s.", filename, probed));
+  }
+  if (given) return *given;
   if (length < 0) {
     return ErrnoError(static_cast<int>(-length),
                       absl::StrFormat("%s: Could not get size of '%s'", filename, *backing));
@@ -1152,13 +1175,14 @@ LB_API int lb_create_ex(lb_context* ctx, const lb_create_args* args, uint64_t* s
       return Fail(EINVAL, "lb_create_args struct_size is too small");
     }
     if (!args->filename || !args->format) return NullArgument("lb_create_ex");
-    if (args->flags & ~LB_CREATE_VALIDATE_ONLY) return UnknownFlags();
+    if (args->flags & ~(LB_CREATE_VALIDATE_ONLY | LB_CREATE_UNSAFE_BACKING)) return UnknownFlags();
     if (args->size < 0 && args->size != LB_CREATE_SIZE_UNSET) {
       return Fail(EINVAL, "lb_create_args.size is negative and not LB_CREATE_SIZE_UNSET");
     }
     auto opts = ParseOptions(args->options);
     if (!opts.ok()) return Fail(opts.status());
-    auto size = CreateSize(ctx, args->filename, args->format, *opts, args->size);
+    auto size = CreateSize(ctx, args->filename, args->format, *opts, args->size,
+                           args->flags & LB_CREATE_UNSAFE_BACKING);
     if (!size.ok()) return Fail(size.status());
     opts->SetDefault("size", *size);
     if (int r = Check(ctx->graph->Create(args->filename, args->format, std::move(*opts),

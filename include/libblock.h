@@ -156,6 +156,9 @@ LB_API char *lb_driver_list(lb_context *ctx, uint32_t flags);
 
 /* lb_create flags */
 #define LB_CREATE_VALIDATE_ONLY 0x1u /* check the format, options and backing file; create nothing */
+/* lb_create_ex only: do not open the backing file (qemu-img create -u); "backing_fmt" is
+ * still required and the size must be given. Since 0.2. */
+#define LB_CREATE_UNSAFE_BACKING 0x2u
 
 /* Creates an image of `size` bytes with `format` ("raw", or a protocol such as "file").
  * `options` (may be NULL) are creation options in key=value form, e.g.
@@ -495,15 +498,19 @@ typedef struct lb_create_args {
 
 /* lb_create with a size that may be left unset, reporting the size used in *size_out (may
  * be NULL; written on success, with LB_CREATE_VALIDATE_ONLY too, so a tool can print it
- * before creating). Without a size (neither args->size nor a "size" option) the size is
- * the backing file's: the "backing_file" option's image, named relative to the new image's
- * directory unless absolute, opened read-only and without locking others out (qemu-img's
- * force-share), with the format "backing_fmt" names (required, as in qemu-img: "Backing
- * file specified without backing format"), its own backing chain included. With neither:
- * -EINVAL, "FILENAME: Image creation needs a size parameter" (qemu-img's message). Options
- * are checked before the backing file is opened, so a format without backing files fails
- * first with -ENOTSUP ("FILENAME: Backing file not supported for file format 'raw'").
- * Errors: those of lb_create, and those of opening the backing file. Since 0.2. */
+ * before creating). A "backing_file" option is checked as qemu-img 6.1 and later check it:
+ * the image it names (relative to the new image's directory unless absolute) is opened
+ * read-only and without locking others out (qemu-img's force-share), with the format
+ * "backing_fmt" names, else probed; a failure is "FILENAME: <error>\nCould not open backing
+ * image.", and a missing "backing_fmt" is refused ("FILENAME: Backing file specified without
+ * backing format\nDetected format of FMT."). With LB_CREATE_UNSAFE_BACKING nothing is
+ * opened and "backing_fmt" is still required. Without a size (neither args->size nor a
+ * "size" option) the size is the opened backing file's, its own backing chain included.
+ * With neither: -EINVAL, "FILENAME: Image creation needs a size parameter" (qemu-img's
+ * message). Options are checked before the backing file is opened, so a format without
+ * backing files fails first with -ENOTSUP ("FILENAME: Backing file not supported for file
+ * format 'raw'"). Errors: those of lb_create, and those of opening the backing file.
+ * Since 0.2 (LB_CREATE_UNSAFE_BACKING and the checks with a size given: 0.2, issue 8). */
 LB_API int lb_create_ex(lb_context *ctx, const lb_create_args *args, uint64_t *size_out);
 
 /* -- events and the loop -- */

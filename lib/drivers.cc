@@ -12,6 +12,7 @@
 #include "formats/luks/luks_probe.h"
 #include "formats/parallels/parallels_probe.h"
 #include "formats/qcow/qcow_probe.h"
+#include "formats/qcow2/qcow2_create.h"
 #include "formats/qcow2/qcow2_probe.h"
 #include "formats/qed/qed_probe.h"
 #include "formats/raw/raw_driver.h"
@@ -35,7 +36,14 @@ constexpr Driver Recognized(std::string_view name,
 const Driver kQed = Recognized("qed", qed::Probe);
 const Driver kParallels = Recognized("parallels", parallels::Probe);
 const Driver kVdi = Recognized("vdi", vdi::Probe);
-const Driver kQcow2 = Recognized("qcow2", qcow2::Probe);
+// qcow2 creates images already; opening them waits for the driver (qcow2io).
+constexpr Driver Qcow2CreateOnly() {
+  Driver d = Recognized("qcow2", qcow2::Probe);
+  d.create_options = &qcow2::kCreateSchema;
+  d.create = qcow2::Create;
+  return d;
+}
+const Driver kQcow2 = Qcow2CreateOnly();
 const Driver kQcow = Recognized("qcow", qcow::Probe);
 const Driver kVmdk = Recognized("vmdk", vmdk::Probe);
 const Driver kVpc = Recognized("vpc", vpc::Probe);

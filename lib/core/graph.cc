@@ -711,7 +711,9 @@ Task<absl::StatusOr<const Driver*>> Graph::ProbeFormat(Node& file, std::string_v
 absl::StatusOr<std::vector<OptionSpec>> Graph::CreateOptions(std::string_view format,
                                                              std::string_view filename) const {
   const Driver* drv = registry_.Find(format);
-  if (!drv || !drv->instantiate) {
+  // A format can create images before this build can open them (qcow2 while its driver is
+  // being written); one that can do neither is unknown here.
+  if (!drv || (!drv->instantiate && !drv->create)) {
     return ErrnoError(EINVAL, absl::StrFormat("Unknown file format '%s'", format));
   }
   if (!drv->create) {

@@ -2,6 +2,7 @@
 // qemu-img reports and serialise back byte for byte; every malformed field is refused with a
 // message naming the file and the field (issue 8, "Bad input").
 #include "formats/qcow2/qcow2_header.h"
+#include "formats/qcow2/qcow2_info.h"
 
 #include <catch2/catch.hpp>
 
@@ -274,6 +275,35 @@ TEST_CASE("unknown incompatible features parse (the driver refuses them by name)
   auto h = ParseHeader(b, kFileSizeA, "a.qcow2");
   REQUIRE(h.ok());
   CHECK(h->incompatible_features == (1ull << 9));
+}
+
+}  // namespace
+}  // namespace libblock::qcow2
+
+namespace libblock::qcow2 {
+namespace {
+
+// qemu-img 7.2 `info --output=json`'s "format-specific" for the fixtures above.
+TEST_CASE("format-specific info is qemu-img's", "[qcow2][info]") {
+  auto a = ParseHeader(Cluster(kQemuV3_1G), kFileSizeA, "a.qcow2");
+  REQUIRE(a.ok());
+  CHECK(FormatSpecificInfo(*a).dump() ==
+        R"({"type":"qcow2","data":{"compat":"1.1","compression-type":"zlib","lazy-refcounts":false,)"
+        R"("refcount-bits":16,"corrupt":false,"extended-l2":false}})");
+  auto v2 = ParseHeader(Cluster(kQemuV2_1M), kFileSizeV2, "v2.qcow2");
+  REQUIRE(v2.ok());
+  CHECK(FormatSpecificInfo(*v2).dump() ==
+        R"({"type":"qcow2","data":{"compat":"0.10","compression-type":"zlib","refcount-bits":16}})");
+  auto c = ParseHeader(Cluster(kQemuV3BackingDataZstd), kFileSizeC, "c.qcow2");
+  REQUIRE(c.ok());
+  Header h = *c;
+  h.compatible_features |= kCompatLazyRefcounts;
+  h.autoclear_features |= kAutoclearDataFileRaw;
+  h.incompatible_features |= kIncompatCorrupt | kIncompatExtendedL2;
+  h.refcount_order = 0;
+  CHECK(FormatSpecificInfo(h).dump() ==
+        R"({"type":"qcow2","data":{"compat":"1.1","compression-type":"zstd","lazy-refcounts":true,)"
+        R"("refcount-bits":1,"data-file":"d.raw","data-file-raw":true,"corrupt":true,"extended-l2":true}})");
 }
 
 }  // namespace

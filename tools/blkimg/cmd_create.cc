@@ -47,7 +47,7 @@ int Run(Context& ctx, const CreateArgs& a) {
   // fails with qemu-img's "Image creation needs a size parameter".
   args.size = a.size ? static_cast<int64_t>(*a.size) : LB_CREATE_SIZE_UNSET;
   // Like qemu-img, check everything before saying "Formatting"; the check reports the size.
-  args.flags = LB_CREATE_VALIDATE_ONLY;
+  args.flags = LB_CREATE_VALIDATE_ONLY | (a.unsafe ? LB_CREATE_UNSAFE_BACKING : 0u);
   uint64_t size = 0;
   if (int r = lb_create_ex(ctx.get(), &args, &size); r < 0) {
     Error(CreateError(a.filename, a.format, r));
@@ -55,25 +55,48 @@ int Run(Context& ctx, const CreateArgs& a) {
     lb_options_free(o);
     return 1;
   }
-  // "Formatting 'NAME', fmt=FMT size=N k=v...": the size, then the options given, in the
-  // order of the format's (and protocol's) option list.
+  // "Formatting 'NAME', fmt=FMT k=v...", as QEMU's qemu_opts_print: the format's (then the
+  // protocol's) options in their list order, each given value, or for the format's own
+  // options their default; size values normalised to bytes; "size" the size in effect.
   if (!a.quiet) {
-    std::string line = "Formatting '" + a.filename + "', fmt=" + a.format + " size=" +
-                       std::to_string(size);
+    std::string line = "Formatting '" + a.filename + "', fmt=" + a.format;
+    std::vector<std::string> own;
+    int own_n = lb_create_options(ctx.get(), a.format.c_str(), nullptr, nullptr, 0);
+    if (own_n > 0) {
+      std::vector<lb_option_desc> descs(static_cast<size_t>(own_n));
+      for (auto& d : descs) d.struct_size = sizeof(lb_option_desc);
+      lb_create_options(ctx.get(), a.format.c_str(), nullptr, descs.data(), descs.size());
+      for (const lb_option_desc& d : descs) own.emplace_back(d.name);
+    }
     int n = lb_create_options(ctx.get(), a.format.c_str(), a.filename.c_str(), nullptr, 0);
     if (n > 0) {
       std::vector<lb_option_desc> descs(static_cast<size_t>(n));
       for (auto& d : descs) d.struct_size = sizeof(lb_option_desc);
       lb_create_options(ctx.get(), a.format.c_str(), a.filename.c_str(), descs.data(), descs.size());
       for (const lb_option_desc& d : descs) {
-        if (!strcmp(d.name, "size")) continue;
-        if (const char* v = lb_options_get(o, d.name)) line += std::string(" ") + d.name + "=" + v;
+        if (!strcmp(d.name, "size")) {
+          line += " size=" + std::to_string(size);
+          continue;
+        }
+        std::string text;
+        if (const char* v = lb_options_get(o, d.name)) {
+          text = v;
+        } else if (d.default_value && std::find(own.begin(), own.end(), d.name) != own.end()) {
+          text = d.default_value;
+        } else {
+          continue;
+        }
+        uint64_t bytes = 0;
+        if (!strcmp(d.type, "size") && lb_parse_size(text.c_str(), &bytes) == 0) {
+          text = std::to_string(bytes);
+        }
+        line += std::string(" ") + d.name + "=" + text;
       }
     }
     printf("%s\n", line.c_str());
   }
   lb_options_free(o);
-  args.flags = 0;
+  args.flags = a.unsafe ? LB_CREATE_UNSAFE_BACKING : 0u;
   args.size = static_cast<int64_t>(size);
   int r = lb_create_ex(ctx.get(), &args, nullptr);
   lb_free(text);

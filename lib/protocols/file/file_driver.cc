@@ -66,13 +66,14 @@ constexpr OptionSchema kHostDeviceSchema{"host_device", kRuntimeSpecs};
 // QEMU's "Unsupported preallocation mode: metadata".
 constexpr std::string_view kPreallocChoices[] = {"off", "falloc", "full", "metadata"};
 // Help texts as qemu-img create -o help prints them.
+// In QEMU's order (qemu-img's "Formatting" line follows it; -o help sorts by name).
 constexpr OptionSpec kCreateSpecs[] = {
-    {"extent_size_hint", OptionType::kSize, "1M",
-     "Extent size hint for the image file, 0 to disable"},
+    {"size", OptionType::kSize, "", "Virtual disk size"},
     {"nocow", OptionType::kBool, "off", "Turn off copy-on-write (valid only on btrfs)"},
     {"preallocation", OptionType::kEnum, "off",
      "Preallocation mode (allowed values: off, falloc, full)", kPreallocChoices},
-    {"size", OptionType::kSize, "", "Virtual disk size"},
+    {"extent_size_hint", OptionType::kSize, "1M",
+     "Extent size hint for the image file, 0 to disable"},
 };
 constexpr OptionSchema kFileCreateSchema{"file", kCreateSpecs};
 constexpr OptionSchema kHostDeviceCreateSchema{"host_device", kCreateSpecs};
