@@ -104,10 +104,14 @@ struct MappingGeometry {
 };
 
 // What Allocate hands back: where the guest range [offset, offset + bytes) — whole
-// subclusters, starting at the asked offset — is to be written. The driver keeps whatever it
-// needs for Commit/Abort in `cookie`.
+// subclusters — is to be written. Usually the asked range or a prefix of it; a driver may
+// also widen it inside the clusters asked for: start earlier in the first cluster and end
+// later in the last one (a new host cluster replacing one whose other subclusters hold data,
+// or a compressed cluster, which has no subclusters, must be copied whole). The engine writes
+// all of it: the asked data, and the current content of the range around it. The driver
+// keeps whatever it needs for Commit/Abort in `cookie`.
 struct Allocation {
-  GuestOffset offset;
+  GuestOffset offset;        // at or before the asked offset, in the same cluster
   int64_t bytes = 0;         // may be shorter than asked (then the engine allocates the rest next)
   Child* child = nullptr;
   HostOffset host;           // host offset of `offset`
@@ -193,10 +197,22 @@ class MappingDriver : public NodeDriver {
   // when `compressed_writes`).
   void InitMapping(bool compressed_writes);
 
+  // Forgets what the engine caches about mappings (the last decompressed cluster). Formats
+  // call it when they change mappings outside Commit/ZeroClusters/DiscardClusters (applying
+  // a snapshot, shrinking, repairing).
+  void InvalidateMappingCaches();
+
  private:
+  friend struct MappingEngine;  // mapping.cc
+  struct DecompressedCluster;
+
   // Guest clusters held by allocating writes, zeroing and discards (exclusive) and by reads
   // and in-place writes (shared).
   std::unique_ptr<RangeLock<GuestOffset>> clusters_;
+  // The last cluster decompressed, and a count of the invalidations that overlapped the
+  // cached or a being-decompressed cluster (a decompression that saw one is not cached).
+  std::shared_ptr<const DecompressedCluster> decompressed_;
+  uint64_t decompress_gen_ = 0;
 };
 
 }  // namespace libblock

@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "core/event_loop.h"
 #include "core/graph.h"
+#include "core/mapping.h"
 #include "core/node.h"
 #include "util/status.h"
 
@@ -84,6 +85,7 @@ class TestProto final : public NodeDriver {
   }
   TestProtoStats stats_;
   std::vector<uint8_t> data_;
+  int fail_writes_ = 0;  // the next this many writes fail with EIO
   absl::Status PreparePerm(Perm perm, Perm, Transaction&) override {
     if (g_refuse_all) return ErrnoError(EPERM, "test-proto refuses every permission change");
     if (perm & veto_) {
@@ -104,6 +106,10 @@ class TestProto final : public NodeDriver {
     ++stats_.writes;
     stats_.write_flags.push_back(flags);
     Note(offset, bytes);
+    if (fail_writes_ > 0) {
+      --fail_writes_;
+      co_return ErrnoError(EIO, "test-proto: injected write error");
+    }
     // Record whether another write to an overlapping range is inside the driver right now.
     for (const auto& [o, b] : active_writes_) {
       if (o < offset + bytes && offset < o + b) ++stats_.overlapping_in_flight;
@@ -134,6 +140,12 @@ TestProtoStats& StatsOf(Node& node) {
   auto* p = dynamic_cast<TestProto*>(node.impl());
   if (!p) std::abort();
   return p->stats_;
+}
+
+void FailNextWrites(Node& node, int count) {
+  auto* p = dynamic_cast<TestProto*>(node.impl());
+  if (!p) std::abort();
+  p->fail_writes_ = count;
 }
 
 std::vector<uint8_t>& DataOf(Node& node) {
@@ -307,6 +319,313 @@ class TestFmt final : public NodeDriver {
   bool reopen_fail_ = false;
 };
 
+
+constexpr std::string_view kCodecs[] = {"none", "deflate", "zlib", "zstd"};
+constexpr OptionSpec kMapSpecs[] = {
+    {"size", OptionType::kSize, "1M", "guest size"},
+    {"cluster-size", OptionType::kSize, "64k", "cluster size"},
+    {"subclusters", OptionType::kInt, "1", "subclusters per cluster (1..32)"},
+    {"codec", OptionType::kEnum, "none", "codec of compressed writes", kCodecs},
+    {"zero-clusters", OptionType::kBool, "on", "ZeroClusters works (else ENOTSUP)"},
+    {"max-alloc", OptionType::kInt, "0", "clusters per allocation (0: no limit)"},
+    {"metadata", OptionType::kSize, "0", "host bytes that CheckDataWrite protects"},
+    {"bad-alloc", OptionType::kBool, "off", "allocations point at host offset 0"},
+    {"encrypt", OptionType::kBool, "off", "512-byte XOR sectors keyed by host offset"},
+    {"backing-file", OptionType::kString, "", "backing file"},
+    {"backing-fmt", OptionType::kString, "", "backing format"},
+};
+constexpr OptionSchema kMapSchema{"test-map", kMapSpecs};
+
+class TestMap final : public MappingDriver {
+ public:
+  using MappingDriver::MappingDriver;
+  using Kind = TestMapEntry::Kind;
+
+  Task<absl::Status> Open(OpenContext& ctx) override {
+    absl::StatusOr<Child*> file = co_await ctx.OpenChild("file", kRoleImage | kRolePrimary, false);
+    if (!file.ok()) co_return file.status();
+    file_ = *file;
+    size_ = ctx.values.GetSize("size");
+    geometry_.cluster_size = ctx.values.GetSize("cluster-size");
+    int64_t subs = ctx.values.GetInt("subclusters");
+    if (subs < 1 || subs > 32 || geometry_.cluster_size % subs) {
+      co_return ErrnoError(EINVAL, "test-map: bad subclusters");
+    }
+    subclusters_ = static_cast<int>(subs);
+    geometry_.subcluster_size = geometry_.cluster_size / subs;
+    std::string codec = ctx.values.GetString("codec");
+    codec_ = codec == "deflate" ? Codec::kDeflate
+             : codec == "zlib"  ? Codec::kZlib
+             : codec == "zstd"  ? Codec::kZstd
+                                : Codec::kNone;
+    zero_clusters_ = ctx.values.GetBool("zero-clusters");
+    max_alloc_ = ctx.values.GetInt("max-alloc");
+    metadata_ = ctx.values.GetSize("metadata");
+    bad_alloc_ = ctx.values.GetBool("bad-alloc");
+    encrypt_ = ctx.values.GetBool("encrypt");
+    geometry_.crypt_sector = encrypt_ ? 512 : 0;
+    table_.assign(static_cast<size_t>((size_ + geometry_.cluster_size - 1) / geometry_.cluster_size),
+                  TestMapEntry{});
+    tail_ = AlignUpTo(std::max(metadata_, file_->node()->size()), geometry_.cluster_size);
+    BackingHeader header;
+    if (auto f = ctx.values.FindString("backing-file")) header.filename = *f;
+    if (auto f = ctx.values.FindString("backing-fmt")) header.format = *f;
+    ctx.SetBacking(std::move(header));
+    InitMapping(codec_ != Codec::kNone);
+    co_return absl::OkStatus();
+  }
+  void RefreshLimits(BlockLimits& limits) override {
+    if (encrypt_) limits.request_alignment = std::max<uint32_t>(limits.request_alignment, 512);
+  }
+  absl::StatusOr<int64_t> GetLength() override { return size_; }
+  const MappingGeometry& geometry() const override { return geometry_; }
+  Codec compression_codec() const override { return codec_; }
+
+  Task<absl::StatusOr<Mapping>> Map(GuestOffset offset, int64_t bytes, bool for_write) override {
+    ++stats_.maps;
+    const int64_t cs = geometry_.cluster_size, unit = geometry_.subcluster_size;
+    int64_t pos = offset.value(), end = pos + bytes;
+    const TestMapEntry& first_entry = table_[static_cast<size_t>(pos / cs)];
+    Mapping m;
+    if (first_entry.kind == Kind::kCompressed) {
+      int64_t c0 = pos / cs * cs;
+      m.kind = MapKind::kCompressed;
+      m.bytes = std::min(end, c0 + cs) - pos;
+      m.child = file_;
+      m.host = HostOffset(first_entry.host);
+      m.codec = codec_;
+      m.blob_bytes = first_entry.blob_bytes;
+      m.blob_guest = GuestOffset(c0);
+      m.blob_guest_bytes = cs;
+      co_return m;
+    }
+    Unit first = UnitAt(pos / unit);
+    int64_t unit_start = pos / unit * unit;
+    int64_t run_end = unit_start + unit;
+    while (run_end < end) {
+      Unit u = UnitAt(run_end / unit);
+      if (u.kind != first.kind || u.writable != first.writable) break;
+      if (u.kind == MapKind::kData && u.host != first.host + (run_end - unit_start)) break;
+      run_end += unit;
+    }
+    m.kind = first.kind;
+    m.bytes = std::min(run_end, end) - pos;
+    if (m.kind == MapKind::kData) {
+      m.child = file_;
+      m.host = HostOffset(first.host + (pos - unit_start));
+      m.writable = first.writable;
+      m.encrypted = encrypt_;
+    }
+    co_return m;
+  }
+
+  Task<absl::StatusOr<Allocation>> Allocate(GuestOffset offset, int64_t bytes) override {
+    ++stats_.allocations;
+    const int64_t cs = geometry_.cluster_size;
+    int64_t c0 = offset.value() / cs;
+    int64_t end = offset.value() + bytes;
+    TestMapEntry& e = table_[static_cast<size_t>(c0)];
+    auto cookie = std::make_shared<Cookie>();
+    cookie->first_cluster = c0;
+    Allocation a;
+    a.child = file_;
+    a.encrypted = encrypt_;
+    if (subclusters_ > 1 && e.kind == Kind::kData && e.copied) {
+      // More subclusters of a cluster we own: in place in its host cluster.
+      a.offset = offset;
+      a.bytes = std::min(end, (c0 + 1) * cs) - offset.value();
+      a.host = HostOffset(e.host + offset.value() % cs);
+    } else {
+      // A new host cluster; one that replaces data must carry all of it over.
+      bool widen = subclusters_ > 1 && (e.kind == Kind::kData || e.kind == Kind::kCompressed);
+      int64_t start = widen ? c0 * cs : offset.value();
+      int64_t n = 1;
+      while ((c0 + n) * cs < end && (max_alloc_ == 0 || n < max_alloc_) && !widen) {
+        const TestMapEntry& x = table_[static_cast<size_t>(c0 + n)];
+        if (x.kind == Kind::kData && x.copied) break;
+        if (subclusters_ > 1 && (x.kind == Kind::kData || x.kind == Kind::kCompressed)) break;
+        ++n;
+      }
+      int64_t alloc_end = widen ? (c0 + 1) * cs : std::min(end, (c0 + n) * cs);
+      int64_t host = AlignUpTo(tail_, cs);
+      tail_ = host + n * cs;
+      if (bad_alloc_) host = 0;
+      cookie->new_host = host;
+      a.offset = GuestOffset(start);
+      a.bytes = alloc_end - start;
+      a.host = HostOffset(host + start % cs);
+      a.host_reads_zero = host >= file_->node()->size();
+    }
+    a.cookie = cookie;
+    stats_.allocated.emplace_back(a.offset.value(), a.bytes);
+    co_return a;
+  }
+
+  Task<absl::Status> Commit(Allocation& alloc) override {
+    auto* cookie = static_cast<Cookie*>(alloc.cookie.get());
+    const int64_t cs = geometry_.cluster_size, unit = geometry_.subcluster_size;
+    if (cookie->compressed) {
+      ++stats_.compressed_commits;
+      TestMapEntry& e = table_[static_cast<size_t>(cookie->first_cluster)];
+      e = TestMapEntry{};
+      e.kind = Kind::kCompressed;
+      e.host = alloc.host.value();
+      e.blob_bytes = AlignUpTo(alloc.host.value() + alloc.stored_bytes, 512) - alloc.host.value();
+      co_return absl::OkStatus();
+    }
+    ++stats_.commits;
+    int64_t start = alloc.offset.value(), end = start + alloc.bytes;
+    for (int64_t c = start / cs; c * cs < end; ++c) {
+      TestMapEntry& e = table_[static_cast<size_t>(c)];
+      int64_t from = std::max(start, c * cs) - c * cs, to = std::min(end, (c + 1) * cs) - c * cs;
+      uint32_t covered = 0;
+      for (int64_t u = from / unit; u * unit < to; ++u) covered |= 1u << u;
+      if (cookie->new_host >= 0) {
+        uint32_t keep_zero = e.kind == Kind::kZero ? AllUnits() : 0;
+        if (e.kind == Kind::kData) keep_zero = e.zero_mask;
+        uint32_t keep_alloc = 0;  // a replaced cluster was copied whole
+        e.kind = Kind::kData;
+        e.host = cookie->new_host + (c - cookie->first_cluster) * cs;
+        e.copied = true;
+        e.alloc_mask = keep_alloc | covered;
+        e.zero_mask = keep_zero & ~covered;
+      } else {
+        e.alloc_mask |= covered;
+        e.zero_mask &= ~covered;
+      }
+    }
+    co_return absl::OkStatus();
+  }
+
+  Task<void> Abort(Allocation& alloc) override {
+    ++stats_.aborts;
+    co_return;
+  }
+
+  Task<absl::StatusOr<Allocation>> AllocateCompressed(GuestOffset offset,
+                                                      int64_t stored_bytes) override {
+    auto cookie = std::make_shared<Cookie>();
+    cookie->compressed = true;
+    cookie->first_cluster = offset.value() / geometry_.cluster_size;
+    Allocation a;
+    a.offset = offset;
+    a.bytes = geometry_.cluster_size;
+    a.child = file_;
+    // Packed after whatever came last, as qcow2 packs compressed clusters.
+    a.host = HostOffset(bad_alloc_ ? 0 : tail_);
+    if (!bad_alloc_) tail_ += stored_bytes;
+    a.stored_bytes = stored_bytes;
+    a.cookie = cookie;
+    co_return a;
+  }
+
+  Task<absl::Status> ZeroClusters(GuestOffset offset, int64_t bytes, bool may_unmap) override {
+    ++stats_.zero_calls;
+    if (!zero_clusters_) co_return ErrnoError(ENOTSUP, "test-map: no zero clusters");
+    const int64_t cs = geometry_.cluster_size;
+    for (int64_t c = offset.value() / cs; c * cs < offset.value() + bytes; ++c) {
+      TestMapEntry& e = table_[static_cast<size_t>(c)];
+      e = TestMapEntry{};
+      e.kind = Kind::kZero;
+    }
+    co_return absl::OkStatus();
+  }
+
+  Task<absl::Status> DiscardClusters(GuestOffset offset, int64_t bytes) override {
+    ++stats_.discard_calls;
+    const int64_t cs = geometry_.cluster_size;
+    for (int64_t c = offset.value() / cs; c * cs < offset.value() + bytes; ++c) {
+      table_[static_cast<size_t>(c)] = TestMapEntry{};
+    }
+    co_return absl::OkStatus();
+  }
+
+  absl::Status Encrypt(GuestOffset, HostOffset host, std::span<uint8_t> buf) override {
+    return Xor(host, buf);
+  }
+  absl::Status Decrypt(GuestOffset, HostOffset host, std::span<uint8_t> buf) override {
+    return Xor(host, buf);
+  }
+
+  absl::Status CheckDataWrite(const Child& child, HostOffset host, int64_t bytes) override {
+    if (host.value() < metadata_) {
+      return ErrnoError(EIO, absl::StrFormat("test-map: data write at host offset %d would "
+                                             "overwrite metadata", host.value()));
+    }
+    return absl::OkStatus();
+  }
+  absl::Status ReportCorruption(absl::Status problem) override {
+    ++stats_.corruptions;
+    return problem;
+  }
+
+  TestMapStats stats_;
+  std::vector<TestMapEntry> table_;
+
+ private:
+  struct Unit {
+    MapKind kind = MapKind::kUnallocated;
+    int64_t host = -1;
+    bool writable = false;
+  };
+  struct Cookie {
+    int64_t first_cluster = 0;
+    int64_t new_host = -1;  // a new host cluster run, or -1: in place
+    bool compressed = false;
+  };
+  static int64_t AlignUpTo(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+  uint32_t AllUnits() const {
+    return subclusters_ == 32 ? 0xffffffffu : (1u << subclusters_) - 1;
+  }
+  // The state of one subcluster (one cluster without subclusters); not for compressed ones.
+  Unit UnitAt(int64_t index) const {
+    const TestMapEntry& e = table_[static_cast<size_t>(index / subclusters_)];
+    int sub = static_cast<int>(index % subclusters_);
+    Unit u;
+    switch (e.kind) {
+      case Kind::kUnallocated: break;
+      case Kind::kZero: u.kind = MapKind::kZero; break;
+      case Kind::kCompressed: u.kind = MapKind::kCompressed; break;
+      case Kind::kData:
+        if (subclusters_ == 1 || (e.alloc_mask >> sub) & 1) {
+          u.kind = MapKind::kData;
+          u.host = e.host + sub * geometry_.subcluster_size;
+          u.writable = e.copied;
+        } else if ((e.zero_mask >> sub) & 1) {
+          u.kind = MapKind::kZero;
+        }
+        break;
+    }
+    return u;
+  }
+  absl::Status Xor(HostOffset host, std::span<uint8_t> buf) const {
+    if (host.value() % 512 || buf.size() % 512) return ErrnoError(EIO, "test-map: unaligned crypt");
+    for (size_t i = 0; i < buf.size(); ++i) {
+      int64_t sector = (host.value() + static_cast<int64_t>(i)) / 512;
+      buf[i] ^= static_cast<uint8_t>(sector * 131 + (i % 512) * 7 + 0x5a);
+    }
+    return absl::OkStatus();
+  }
+
+  Child* file_ = nullptr;
+  MappingGeometry geometry_;
+  int64_t size_ = 0;
+  int subclusters_ = 1;
+  Codec codec_ = Codec::kNone;
+  bool zero_clusters_ = true;
+  int64_t max_alloc_ = 0;
+  int64_t metadata_ = 0;
+  bool bad_alloc_ = false;
+  bool encrypt_ = false;
+  int64_t tail_ = 0;  // the end of what was allocated in the file
+};
+
+TestMap& TestMapOf(Node& node) {
+  auto* m = dynamic_cast<TestMap*>(node.impl());
+  if (!m) std::abort();
+  return *m;
+}
+
 constexpr OptionSpec kDelaySpecs[] = {
     {"ns", OptionType::kInt, "1000000", "delay per request"},
 };
@@ -345,6 +664,12 @@ const Driver kTestFmt = {
     .options = &kFmtSchema,
     .instantiate = [](Node& n) -> std::unique_ptr<NodeDriver> { return std::make_unique<TestFmt>(n); },
 };
+const Driver kTestMap = {
+    .name = "test-map",
+    .kind = DriverKind::kFormat,
+    .options = &kMapSchema,
+    .instantiate = [](Node& n) -> std::unique_ptr<NodeDriver> { return std::make_unique<TestMap>(n); },
+};
 const Driver kTestDelay = {
     .name = "test-delay",
     .kind = DriverKind::kFilter,
@@ -361,12 +686,23 @@ const std::string& TestFmtLastReopenChanges() { return g_last_reopen_changes; }
 
 const TestProtoStats& LastClosedStats() { return g_last_closed; }
 
+TestMapEntry& MapEntryOf(Node& node, int64_t cluster_index) {
+  return TestMapOf(node).table_.at(static_cast<size_t>(cluster_index));
+}
+TestMapStats& MapStatsOf(Node& node) { return TestMapOf(node).stats_; }
+void ShareAllClusters(Node& node) {
+  for (TestMapEntry& e : TestMapOf(node).table_) {
+    if (e.kind == TestMapEntry::Kind::kData) e.copied = false;
+  }
+}
+
 const Registry& TestRegistry() {
   static const Registry registry = [] {
     std::vector<const Driver*> drivers = Registry::Builtin().drivers();
     drivers.push_back(&kTestProto);
     drivers.push_back(&kTestFmt);
     drivers.push_back(&kTestDelay);
+    drivers.push_back(&kTestMap);
     return Registry(drivers);
   }();
   return registry;

@@ -17,6 +17,16 @@
 //                (zeroes without one, or past its end) and report as unallocated.
 //                `zero-init` is the driver's has-zero-init answer.
 //   test-proto   `compress` declares compressed-write support.
+//   test-map     a format on the mapping engine (core/mapping.h): its cluster table lives in
+//                memory (lost on close), data clusters are appended to its "file" child.
+//                `size`, `cluster-size`, `subclusters` (per cluster: 1, or up to 32 as in
+//                extended L2), `codec` (none|deflate|zlib|zstd: compressed writes),
+//                `zero-clusters` (ZeroClusters works, else ENOTSUP), `max-alloc` (clusters per
+//                allocation, 0: no limit), `metadata` (host bytes CheckDataWrite protects),
+//                `bad-alloc` (allocations point at host offset 0), `encrypt` (512-byte XOR
+//                sectors keyed by host offset), `backing-file`/`backing-fmt` (as test-fmt).
+//                A new host cluster replacing one that holds data (shared, or compressed)
+//                is allocated whole with subclusters, as qcow2 copies the other subclusters.
 //   test-delay   a filter that delays every read/write by `ns` nanoseconds.
 #ifndef LIBBLOCK_TESTS_TEST_DRIVERS_H_
 #define LIBBLOCK_TESTS_TEST_DRIVERS_H_
@@ -45,8 +55,31 @@ struct TestProtoStats {
 TestProtoStats& StatsOf(Node& node);
 // The node's backing memory.
 std::vector<uint8_t>& DataOf(Node& node);
+// The next `count` writes reaching the test-proto node fail with EIO.
+void FailNextWrites(Node& node, int count);
 // The stats of the test-proto node destroyed last (closed nodes are gone).
 const TestProtoStats& LastClosedStats();
+
+// test-map's view of one guest cluster (see the header comment).
+struct TestMapEntry {
+  enum class Kind { kUnallocated, kZero, kData, kCompressed };
+  Kind kind = Kind::kUnallocated;
+  int64_t host = -1;        // kData: the host cluster; kCompressed: the blob's first byte
+  bool copied = true;       // kData: written in place (else a write allocates)
+  uint32_t alloc_mask = 0;  // subclusters of kData: which hold data
+  uint32_t zero_mask = 0;   // subclusters of kData: which read as zeroes
+  int64_t blob_bytes = 0;   // kCompressed: stored bytes, rounded up to 512 as qcow2 does
+};
+struct TestMapStats {
+  int maps = 0, allocations = 0, commits = 0, aborts = 0, compressed_commits = 0;
+  int zero_calls = 0, discard_calls = 0, corruptions = 0;
+  std::vector<std::pair<int64_t, int64_t>> allocated;  // guest ranges Allocate handed out
+};
+TestMapEntry& MapEntryOf(Node& node, int64_t cluster_index);
+TestMapStats& MapStatsOf(Node& node);
+// As after an internal snapshot: every data cluster is shared, so the next write to it
+// allocates a new one and copies the old content around the written part.
+void ShareAllClusters(Node& node);
 
 const Registry& TestRegistry();
 
