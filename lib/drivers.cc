@@ -12,6 +12,7 @@
 #include "formats/luks/luks_probe.h"
 #include "formats/parallels/parallels_probe.h"
 #include "formats/qcow/qcow_probe.h"
+#include "formats/qcow2/qcow2_driver.h"
 #include "formats/qcow2/qcow2_probe.h"
 #include "formats/qed/qed_probe.h"
 #include "formats/raw/raw_driver.h"
@@ -35,7 +36,6 @@ constexpr Driver Recognized(std::string_view name,
 const Driver kQed = Recognized("qed", qed::Probe);
 const Driver kParallels = Recognized("parallels", parallels::Probe);
 const Driver kVdi = Recognized("vdi", vdi::Probe);
-const Driver kQcow2 = Recognized("qcow2", qcow2::Probe);
 const Driver kQcow = Recognized("qcow", qcow::Probe);
 const Driver kVmdk = Recognized("vmdk", vmdk::Probe);
 const Driver kVpc = Recognized("vpc", vpc::Probe);
@@ -44,6 +44,16 @@ const Driver kLuks = Recognized("luks", luks::Probe);
 const Driver kBochs = Recognized("bochs", bochs::Probe);
 const Driver kDmg = Recognized("dmg", dmg::Probe);
 const Driver kCloop = Recognized("cloop", cloop::Probe);
+
+// qcow2 (lib/formats/qcow2): the driver's runtime options and instances; create comes with
+// the qcow2 create work.
+const Driver kQcow2 = {
+    .name = "qcow2",
+    .kind = DriverKind::kFormat,
+    .options = &qcow2::kOptions,
+    .probe = qcow2::Probe,
+    .instantiate = qcow2::Instantiate,
+};
 
 }  // namespace
 
