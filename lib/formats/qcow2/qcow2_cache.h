@@ -78,7 +78,7 @@ class MetadataCache {
   int64_t entry_size_;
   std::unique_ptr<uint8_t[]> memory_;
   std::vector<Slot> slots_;
-  std::unordered_map<uint64_t, size_t> index_;  // reserved: lookups and binds never allocate
+  std::unordered_map<uint64_t, size_t> index_;  // reserved: lookups never allocate (binds do)
   uint64_t clock_ = 0;
 };
 
