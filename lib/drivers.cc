@@ -13,6 +13,7 @@
 #include "formats/parallels/parallels_probe.h"
 #include "formats/qcow/qcow_probe.h"
 #include "formats/qcow2/qcow2_create.h"
+#include "formats/qcow2/qcow2_driver.h"
 #include "formats/qcow2/qcow2_probe.h"
 #include "formats/qed/qed_probe.h"
 #include "formats/raw/raw_driver.h"
@@ -36,14 +37,6 @@ constexpr Driver Recognized(std::string_view name,
 const Driver kQed = Recognized("qed", qed::Probe);
 const Driver kParallels = Recognized("parallels", parallels::Probe);
 const Driver kVdi = Recognized("vdi", vdi::Probe);
-// qcow2 creates images already; opening them waits for the driver (qcow2io).
-constexpr Driver Qcow2CreateOnly() {
-  Driver d = Recognized("qcow2", qcow2::Probe);
-  d.create_options = &qcow2::kCreateSchema;
-  d.create = qcow2::Create;
-  return d;
-}
-const Driver kQcow2 = Qcow2CreateOnly();
 const Driver kQcow = Recognized("qcow", qcow::Probe);
 const Driver kVmdk = Recognized("vmdk", vmdk::Probe);
 const Driver kVpc = Recognized("vpc", vpc::Probe);
@@ -52,6 +45,17 @@ const Driver kLuks = Recognized("luks", luks::Probe);
 const Driver kBochs = Recognized("bochs", bochs::Probe);
 const Driver kDmg = Recognized("dmg", dmg::Probe);
 const Driver kCloop = Recognized("cloop", cloop::Probe);
+
+// qcow2 (lib/formats/qcow2).
+const Driver kQcow2 = {
+    .name = "qcow2",
+    .kind = DriverKind::kFormat,
+    .options = &qcow2::kOptions,
+    .create_options = &qcow2::kCreateSchema,
+    .probe = qcow2::Probe,
+    .instantiate = qcow2::Instantiate,
+    .create = qcow2::Create,
+};
 
 }  // namespace
 
