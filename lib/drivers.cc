@@ -12,6 +12,7 @@
 #include "formats/luks/luks_probe.h"
 #include "formats/parallels/parallels_probe.h"
 #include "formats/qcow/qcow_probe.h"
+#include "formats/qcow2/qcow2_check.h"
 #include "formats/qcow2/qcow2_probe.h"
 #include "formats/qed/qed_probe.h"
 #include "formats/raw/raw_driver.h"
@@ -35,7 +36,9 @@ constexpr Driver Recognized(std::string_view name,
 const Driver kQed = Recognized("qed", qed::Probe);
 const Driver kParallels = Recognized("parallels", parallels::Probe);
 const Driver kVdi = Recognized("vdi", vdi::Probe);
-const Driver kQcow2 = Recognized("qcow2", qcow2::Probe);
+// Recognized, and checked (qemu-img check) without opening it.
+const Driver kQcow2 = {.name = "qcow2", .kind = DriverKind::kFormat, .probe = qcow2::Probe,
+                       .check = qcow2::CheckImage};
 const Driver kQcow = Recognized("qcow", qcow::Probe);
 const Driver kVmdk = Recognized("vmdk", vmdk::Probe);
 const Driver kVpc = Recognized("vpc", vpc::Probe);
