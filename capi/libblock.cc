@@ -1196,3 +1196,80 @@ LB_API int lb_create_ex(lb_context* ctx, const lb_create_args* args, uint64_t* s
 }
 
 }  // extern "C"
+
+// ---- consistency checks -----------------------------------------------------------------------
+
+LB_API int lb_check(lb_context* ctx, const lb_open_args* args, uint32_t flags,
+                    lb_check_message_fn fn, void* user_data, lb_check_result* out) {
+  return Guard([&]() -> int {
+    if (!ctx || !args || !out) return NullArgument("lb_check");
+    if (out->struct_size < sizeof(size_t)) {
+      return Fail(EINVAL, "lb_check: lb_check_result's struct_size is too small");
+    }
+    if (flags & ~(LB_CHECK_FIX_LEAKS | LB_CHECK_FIX_ERRORS)) return UnknownFlags();
+    auto plan = PlanOpen(args);
+    if (!plan.ok()) return Fail(plan.status());
+    libblock::Options opts = std::move(plan->options);
+    std::optional<std::string> format = opts.GetString("driver");
+    opts.Erase("driver");
+    // The format is not opened: its file is, with the format's generic options (cache,
+    // read-only, ...) inherited as a child would.
+    libblock::Options file_opts = opts.ExtractPrefix("file");
+    if (opts.Has("file")) return Fail(EINVAL, "lb_check: the file must be given by options, not by node name");
+    file_opts.MergeMissing(opts);
+    libblock::OpenParams params = plan->params;
+    params.protocol_only = true;
+    auto file = ctx->graph->Open(plan->filename, std::move(file_opts), params);
+    if (!file.ok()) return Fail(file.status());
+    libblock::BackendOptions bo = plan->backend;
+    bo.read_only = !(args->flags & LB_OPEN_RDWR);
+    bo.resize = !bo.read_only;
+    auto be = libblock::Backend::Attach(*ctx->graph, **file, bo);
+    ctx->graph->Unref(*file);
+    if (!be.ok()) return Fail(be.status());
+    if (flags && bo.read_only) {
+      return Fail(EINVAL, "lb_check: repairing needs a read-write open (LB_OPEN_RDWR)");
+    }
+    std::string name = plan->filename.empty() ? (*file)->filename() : plan->filename;
+    const libblock::Driver* driver = nullptr;
+    if (format) {
+      driver = ctx->graph->registry().Find(*format);
+      if (!driver) return Fail(EINVAL, absl::StrFormat("Unknown driver '%s'", *format));
+    } else {
+      uint8_t sector[libblock::kProbeBufferSize] = {};
+      int64_t n = std::min<int64_t>((*be)->size(), static_cast<int64_t>(sizeof sector));
+      if (n > 0) {
+        absl::Status st = (*be)->PreadSync(0, sector, n);
+        if (!st.ok()) return Fail(st);
+      }
+      driver = ctx->graph->registry().ProbeFormat(sector, static_cast<size_t>(n), name).driver;
+    }
+    if (!driver || !driver->check) {
+      return Fail(ENOTSUP, "This image format does not support checks");
+    }
+    auto result = ctx->loop->Run(driver->check(*(*be)->root_child(), flags, name));
+    absl::Status closed = (*be)->Close();
+    if (!result.ok()) return Fail(result.status());
+    if (fn) {
+      for (const std::string& line : result->messages) fn(line.c_str(), user_data);
+    }
+    lb_check_result r = LB_CHECK_RESULT_INIT;
+    r.corruptions = result->corruptions;
+    r.leaks = result->leaks;
+    r.check_errors = result->check_errors;
+    r.corruptions_fixed = result->corruptions_fixed;
+    r.leaks_fixed = result->leaks_fixed;
+    r.image_end_offset = result->image_end_offset;
+    r.total_clusters = result->total_clusters;
+    r.allocated_clusters = result->allocated_clusters;
+    r.fragmented_clusters = result->fragmented_clusters;
+    r.compressed_clusters = result->compressed_clusters;
+    r.format = driver->name.data();
+    r.failed_errno = result->failed_errno;  // registry names are NUL-terminated literals
+    size_t n = std::min(out->struct_size, sizeof r);
+    std::memcpy(reinterpret_cast<char*>(out) + sizeof(size_t),
+                reinterpret_cast<const char*>(&r) + sizeof(size_t), n - sizeof(size_t));
+    if (!closed.ok()) return Fail(closed);
+    return 0;
+  });
+}

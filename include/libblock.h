@@ -556,6 +556,47 @@ LB_API int lb_reap_events(lb_context *ctx, unsigned min, unsigned max, int64_t t
  * wakes the loop. Since 0.2. */
 LB_API int lb_context_run(lb_context *ctx, int64_t timeout_ns);
 
+/* ---- consistency checks (qemu-img check) ---------------------------------------------- */
+
+/* What a check found, as `qemu-img check` reports it (QEMU's ImageCheck). Initialise with
+ * LB_CHECK_RESULT_INIT; fields past struct_size are not written. Since 0.3. */
+typedef struct lb_check_result {
+  size_t struct_size;
+  int64_t corruptions;         /* errors: data may be corrupted (exit code 2) */
+  int64_t leaks;               /* clusters allocated but unused (exit code 3) */
+  int64_t check_errors;        /* the check itself failed somewhere (exit code 1) */
+  int64_t corruptions_fixed;
+  int64_t leaks_fixed;
+  int64_t image_end_offset;    /* 0: unknown */
+  int64_t total_clusters;      /* of the virtual disk; 0: not reported */
+  int64_t allocated_clusters;
+  int64_t fragmented_clusters;
+  int64_t compressed_clusters;
+  const char *format;          /* the format checked ("qcow2"): static, never freed */
+  int failed_errno;            /* non-zero: the check stopped early with this errno (what
+                                  qemu-img reports as "Check failed: <strerror>") */
+} lb_check_result;
+#define LB_CHECK_RESULT_INIT {sizeof(lb_check_result), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0}
+
+/* lb_check flags: what to repair (qemu-img check -r leaks / -r all). */
+#define LB_CHECK_FIX_LEAKS 0x1u
+#define LB_CHECK_FIX_ERRORS 0x2u
+
+/* Receives each line a check prints ("Leaked cluster 5 refcount=1 reference=0"), without the
+ * newline, in order, while lb_check runs; `line` is valid during the call only. */
+typedef void (*lb_check_message_fn)(const char *line, void *user_data);
+
+/* Checks the image `args` names (qemu-img check): its format (args->format, a "driver="
+ * option, or probed) checks the image's file directly, without opening the format, and with
+ * LB_CHECK_FIX_* repairs what the flags allow (the file is then opened read-write: pass
+ * LB_OPEN_RDWR in args->flags). args->flags' sharing and cache flags apply to the file.
+ * `fn` (may be NULL) gets the check's messages. Returns 0 when the check ran to its end (what
+ * it found is in *out, check_errors included), -ENOTSUP with "This image format does not
+ * support checks" for formats without one, other negative errnos when the image cannot be
+ * opened or read. Since 0.3. */
+LB_API int lb_check(lb_context *ctx, const lb_open_args *args, uint32_t flags,
+                    lb_check_message_fn fn, void *user_data, lb_check_result *out);
+
 #ifdef __cplusplus
 }
 #endif

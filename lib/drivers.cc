@@ -12,6 +12,7 @@
 #include "formats/luks/luks_probe.h"
 #include "formats/parallels/parallels_probe.h"
 #include "formats/qcow/qcow_probe.h"
+#include "formats/qcow2/qcow2_check.h"
 #include "formats/qcow2/qcow2_create.h"
 #include "formats/qcow2/qcow2_driver.h"
 #include "formats/qcow2/qcow2_probe.h"
@@ -55,6 +56,7 @@ const Driver kQcow2 = {
     .probe = qcow2::Probe,
     .instantiate = qcow2::Instantiate,
     .create = qcow2::Create,
+    .check = qcow2::CheckImage,
 };
 
 }  // namespace

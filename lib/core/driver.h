@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -271,6 +272,27 @@ class FilterDriver : public NodeDriver {
 // else the driver's answer. What a copy may rely on to skip writing zero ranges.
 bool HasZeroInit(Node& node);
 
+// What a format's consistency check found (QEMU's BdrvCheckResult): counters as `qemu-img
+// check` reports them, and the lines the check printed while it ran ("Leaked cluster ...").
+struct ImageCheckResult {
+  int64_t corruptions = 0;
+  int64_t leaks = 0;
+  int64_t check_errors = 0;
+  int64_t corruptions_fixed = 0;
+  int64_t leaks_fixed = 0;
+  int64_t image_end_offset = 0;
+  int64_t total_clusters = 0;
+  int64_t allocated_clusters = 0;
+  int64_t fragmented_clusters = 0;
+  int64_t compressed_clusters = 0;
+  // Non-zero: the check stopped early with this errno (QEMU's negative return).
+  int failed_errno = 0;
+  std::vector<std::string> messages;
+};
+// What a check may repair (QEMU's BdrvCheckMode).
+inline constexpr uint32_t kCheckFixLeaks = 1u << 0;
+inline constexpr uint32_t kCheckFixErrors = 1u << 1;
+
 // The static descriptor of a driver: one entry of the registry table.
 struct Driver {
   std::string_view name;
@@ -295,6 +317,12 @@ struct Driver {
   // of them set can be named by its file's name. A protocol's "filename" is always strong.
   // Filters are always named by their option tree, as in QEMU.
   absl::Span<const std::string_view> strong_options = {};
+  // Formats: checks (and with `fix`, repairs) the image stored in `file` without opening the
+  // format (qemu-img check; the driver also calls it on dirty images). `filename` names the
+  // image in messages. nullptr: the format has no check ("This image format does not support
+  // checks").
+  Task<absl::StatusOr<ImageCheckResult>> (*check)(Child& file, uint32_t fix,
+                                                  std::string_view filename) = nullptr;
 };
 
 // What drivers see while they create an image.

@@ -3,6 +3,7 @@
 
 namespace blkimg {
 
+int RunCheck(int argc, char** argv);
 int RunCreate(int argc, char** argv);
 int RunInfo(int argc, char** argv);
 int RunConvert(int argc, char** argv);
@@ -20,6 +21,10 @@ const std::vector<Command>& Commands() {
        "[--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] "
        "[-t cache] [-w] [-U] filename",
        RunBench},
+      {"check",
+       "[--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] "
+       "[-T src_cache] [-U] filename",
+       RunCheck},
       {"compare",
        "[--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] "
        "[-U] filename1 filename2",

@@ -79,25 +79,29 @@ class Checker {
       res_.leaks = 0;
       rebuild_ = false;
       LB_CO_RETURN_IF_ERROR(co_await Calculate(0));
-      // What the new structure still gets wrong (it should be nothing): counted, not fixed.
-      CheckResult saved = res_;
-      res_ = CheckResult{};
-      LB_CO_RETURN_IF_ERROR(co_await Compare(0));
-      if (rebuild_) Note("ERROR rebuilt refcount structure is still broken");
-      int64_t fresh_leaks = res_.leaks, fresh_corruptions = res_.corruptions;
-      std::vector<std::string> fresh_messages = std::move(res_.messages);
-      res_ = std::move(saved);
-      for (auto& m : fresh_messages) res_.messages.push_back(std::move(m));
+      // The old structure's clusters are leaks of the new one: repaired now when leaks may
+      // be (QEMU's order and messages); what remains broken is counted, not fixed.
+      int64_t fresh_leaks = 0;
+      if (fix_ & kFixLeaks) {
+        CheckResult saved = res_;
+        res_ = CheckResult{};
+        LB_CO_RETURN_IF_ERROR(co_await Compare(kFixLeaks));
+        if (rebuild_) Note("ERROR rebuilt refcount structure is still broken");
+        fresh_leaks = res_.leaks;
+        std::vector<std::string> fresh_messages = std::move(res_.messages);
+        res_ = std::move(saved);
+        for (auto& m : fresh_messages) res_.messages.push_back(std::move(m));
+      }
       if (res_.corruptions < old.corruptions) {
         res_.corruptions_fixed += old.corruptions - res_.corruptions;
       }
       if (res_.leaks < old.leaks) res_.leaks_fixed += old.leaks - res_.leaks;
       res_.leaks += fresh_leaks;
-      res_.corruptions += fresh_corruptions;
     } else if (fix_) {
       if (rebuild_) {
         Note("ERROR need to rebuild refcount structures");
         res_.check_errors++;
+        res_.failed_errno = EIO;
         co_return std::move(res_);
       }
       if (res_.leaks || res_.corruptions) {
@@ -250,8 +254,6 @@ class Checker {
     Inc(h_.snapshots_offset, snapshot_table_bytes_);
     if (h_.crypto_header) Inc(h_.crypto_header->first, static_cast<int64_t>(h_.crypto_header->second));
     LB_CO_RETURN_IF_ERROR(co_await CountBitmaps());
-    // What a rebuilt refcount structure must count: everything but the structure itself.
-    data_refs_ = refs_;
     Inc(h_.refcount_table_offset, static_cast<int64_t>(reftable_.size()) * 8);
     co_return co_await CheckRefblocks(fix);
   }
@@ -723,11 +725,12 @@ class Checker {
   }
 
   // ---- rebuilding -------------------------------------------------------------------------
-  // A new refcount structure for data_refs_ (every reference but the old structure's), in
-  // clusters free in both the image and the old structure, so the old one stays valid until
-  // the header points at the new one.
+  // A new refcount structure for refs_ (every reference, the old structure's included, as
+  // QEMU counts it: those clusters become leaks of the new structure, repaired next), in
+  // clusters free in both, so the old structure stays valid until the header points at the
+  // new one.
   Task<absl::Status> RebuildRefcounts() {
-    std::vector<uint64_t> now(data_refs_.begin(), data_refs_.end());
+    std::vector<uint64_t> now(refs_.begin(), refs_.end());
     auto busy = [&](int64_t c) {
       return (c < static_cast<int64_t>(refs_.size()) && refs_[c]) ||
              (c < static_cast<int64_t>(now.size()) && now[c]);
@@ -843,7 +846,7 @@ class Checker {
   int64_t file_len_ = 0, nb_clusters_ = 0, highest_cluster_ = 0;
   std::vector<uint64_t> reftable_;
   std::map<uint64_t, std::vector<uint8_t>> refblocks_;
-  std::vector<uint32_t> refs_, data_refs_;
+  std::vector<uint32_t> refs_;
   std::vector<uint64_t> active_l1_;
   std::vector<Snapshot> snapshots_;
   int64_t snapshot_table_bytes_ = 0;
@@ -856,6 +859,42 @@ class Checker {
 Task<absl::StatusOr<CheckResult>> Check(Child& file, const Header& header, CheckFix fix) {
   Checker checker(file, header, fix);
   co_return co_await checker.Run();
+}
+
+static_assert(kFixLeaks == kCheckFixLeaks && kFixErrors == kCheckFixErrors);
+
+Task<absl::StatusOr<ImageCheckResult>> CheckImage(Child& file, uint32_t fix,
+                                                  std::string_view filename) {
+  int64_t size = file.node()->size();
+  std::vector<uint8_t> buf(static_cast<size_t>(std::min<int64_t>(size, int64_t{1} << kMaxClusterBits)));
+  if (!buf.empty()) {
+    absl::Status st = co_await file.Pread(0, buf.data(), static_cast<int64_t>(buf.size()));
+    if (!st.ok()) co_return st;
+  }
+  if (buf.size() >= 24) {
+    uint32_t bits = LoadBe32(buf.data() + 20);
+    if (bits >= kMinClusterBits && bits <= kMaxClusterBits && buf.size() > (size_t{1} << bits)) {
+      buf.resize(size_t{1} << bits);
+    }
+  }
+  absl::StatusOr<Header> header = ParseHeader(buf, size, filename);
+  if (!header.ok()) co_return header.status();
+  absl::StatusOr<CheckResult> r = co_await Check(file, *header, fix);
+  if (!r.ok()) co_return r.status();
+  ImageCheckResult out;
+  out.corruptions = r->corruptions;
+  out.leaks = r->leaks;
+  out.check_errors = r->check_errors;
+  out.corruptions_fixed = r->corruptions_fixed;
+  out.leaks_fixed = r->leaks_fixed;
+  out.image_end_offset = r->image_end_offset;
+  out.total_clusters = r->total_clusters;
+  out.allocated_clusters = r->allocated_clusters;
+  out.fragmented_clusters = r->fragmented_clusters;
+  out.compressed_clusters = r->compressed_clusters;
+  out.failed_errno = r->failed_errno;
+  out.messages = std::move(r->messages);
+  co_return out;
 }
 
 }  // namespace libblock::qcow2

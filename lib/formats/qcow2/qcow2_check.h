@@ -62,6 +62,10 @@ struct CheckResult {
   std::vector<std::string> messages;
   // The repair rewrote header fields (refcount table location, dirty/corrupt bits).
   bool header_changed = false;
+  // Non-zero: the check stopped with this errno (QEMU's negative return: qemu-img prints
+  // "Check failed: <strerror>" and no summary), e.g. EIO when -r leaks meets a refcount
+  // structure that needs a rebuild.
+  int failed_errno = 0;
 };
 
 // Checks the qcow2 image stored in `file` whose header is `header` (as ParseHeader returned
@@ -70,6 +74,11 @@ struct CheckResult {
 // the result. Needs write (and, to extend a truncated file, resize) permission on `file` when
 // `fix` is non-zero.
 Task<absl::StatusOr<CheckResult>> Check(Child& file, const Header& header, CheckFix fix);
+
+// The registry's check hook (Driver::check): reads and parses the header of the image in
+// `file`, then Check. kCheckFixLeaks/kCheckFixErrors are kFixLeaks/kFixErrors.
+Task<absl::StatusOr<ImageCheckResult>> CheckImage(Child& file, uint32_t fix,
+                                                  std::string_view filename);
 
 }  // namespace libblock::qcow2
 
