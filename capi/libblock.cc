@@ -131,6 +131,7 @@ libblock::ReqFlags ToReqFlags(uint32_t flags) {
   if (flags & LB_REQ_FUA) out |= libblock::kReqFua;
   if (flags & LB_REQ_MAY_UNMAP) out |= libblock::kReqMayUnmap;
   if (flags & LB_REQ_NO_FALLBACK) out |= libblock::kReqNoFallback;
+  if (flags & LB_REQ_COMPRESSED) out |= libblock::kReqCompressed;
   return out;
 }
 
@@ -364,7 +365,7 @@ libblock::DetachedTask VectorRequest(lb_context* ctx, libblock::Backend* be, boo
 int SubmitVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
                  uint32_t flags, void* user_data, bool write) {
   if (!ValidBackend(be)) return BadHandle();
-  if (flags & ~(write ? LB_REQ_FUA : 0u)) return UnknownFlags();
+  if (flags & ~(write ? LB_REQ_FUA | LB_REQ_COMPRESSED : 0u)) return UnknownFlags();
   libblock::IoVec v;
   uint64_t total = 0;
   if (int r = MakeVector(iov, iovcnt, &v, &total)) return r;
@@ -383,7 +384,7 @@ int SubmitVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t o
 int SyncVector(lb_backend* be, const struct iovec* iov, int iovcnt, uint64_t offset,
                uint32_t flags, bool write) {
   if (!ValidBackend(be)) return BadHandle();
-  if (flags & ~(write ? LB_REQ_FUA : 0u)) return UnknownFlags();
+  if (flags & ~(write ? LB_REQ_FUA | LB_REQ_COMPRESSED : 0u)) return UnknownFlags();
   libblock::IoVec v;
   uint64_t total = 0;
   if (int r = MakeVector(iov, iovcnt, &v, &total)) return r;

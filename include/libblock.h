@@ -346,6 +346,10 @@ LB_API int lb_node_has_zero_init(lb_node *node);
 #define LB_REQ_MAY_UNMAP 0x2u   /* write-zeroes may deallocate (as QEMU's blk layer: whatever
                                    the top node's discard option, which governs discards) */
 #define LB_REQ_NO_FALLBACK 0x4u /* write-zeroes: fail with -ENOTSUP instead of writing zeroes */
+#define LB_REQ_COMPRESSED 0x8u  /* write (since 0.3): store the data compressed, as qemu-img
+                                   convert -c does. Whole clusters of the format, aligned (the
+                                   image's last cluster may be partial); -EINVAL otherwise,
+                                   -ENOTSUP when the format cannot store compressed data. */
 
 /* Reads/writes `count` bytes at `offset`. Any alignment works; the library pads. Requests
  * beyond the end of the device fail with -EIO. Returns 0 on success. Since 0.1. */

@@ -126,10 +126,17 @@ struct Chunk {
   uint64_t source_offset;
 };
 
+// Formats that store compressed clusters (qemu-img's block_driver_can_compress), asked before
+// the target is created so that -c with another format creates nothing.
+bool FormatCompresses(const std::string& format) { return format == "qcow2"; }
+
 // Walks the sources' block status and cuts the target into chunks.
 class Planner {
  public:
-  Planner(std::vector<Source>& sources, bool sparse) : sources_(sources), sparse_(sparse) {}
+  // `cluster` (compressed conversion, -c): chunks are the target's clusters, each data when
+  // any part of it is, since a compressed cluster is written whole.
+  Planner(std::vector<Source>& sources, bool sparse, uint64_t cluster = 0)
+      : sources_(sources), sparse_(sparse), cluster_(cluster) {}
 
   // The next chunk, or false at the end (or on error, with `error` set).
   bool Next(Chunk* chunk, std::string* error) {
@@ -142,23 +149,20 @@ class Planner {
     const Source& src = sources_[index_];
     ChunkKind kind;
     uint64_t end;
-    if (offset_ >= src.size) {
+    if (cluster_ && offset_ < src.size) {
+      end = std::min(src.padded, offset_ + (cluster_ - target_offset_ % cluster_));
+      bool data = false;
+      for (uint64_t pos = offset_; pos < end && pos < src.size && !data;) {
+        if (pos >= status_end_ && !QueryStatus(src, pos, error)) return false;
+        data = status_data_;
+        pos = status_end_;
+      }
+      kind = data ? ChunkKind::kData : ChunkKind::kZero;
+    } else if (offset_ >= src.size) {
       kind = ChunkKind::kZero;  // the padding to a whole sector
       end = src.padded;
     } else {
-      if (offset_ >= status_end_) {
-        lb_extent ext = LB_EXTENT_INIT;
-        int r = lb_block_status(src.be, offset_, src.size - offset_, 0, &ext);
-        if (r < 0) {
-          *error = "error while reading block status at offset " + std::to_string(offset_) +
-                   ": " + LibError();
-          return false;
-        }
-        status_data_ = (ext.flags & LB_STATUS_DATA) && !(ext.flags & LB_STATUS_ZERO);
-        status_end_ = offset_ + ext.length;
-        // A status ending inside the source's last sector covers the padding too.
-        if (status_end_ >= src.size) status_end_ = src.padded;
-      }
+      if (offset_ >= status_end_ && !QueryStatus(src, offset_, error)) return false;
       kind = status_data_ ? ChunkKind::kData : ChunkKind::kZero;
       end = status_end_;
     }
@@ -172,8 +176,25 @@ class Planner {
   }
 
  private:
+  // Block status of `src` at `pos` into status_data_/status_end_.
+  bool QueryStatus(const Source& src, uint64_t pos, std::string* error) {
+    lb_extent ext = LB_EXTENT_INIT;
+    int r = lb_block_status(src.be, pos, src.size - pos, 0, &ext);
+    if (r < 0) {
+      *error = "error while reading block status at offset " + std::to_string(pos) + ": " +
+               LibError();
+      return false;
+    }
+    status_data_ = (ext.flags & LB_STATUS_DATA) && !(ext.flags & LB_STATUS_ZERO);
+    status_end_ = pos + ext.length;
+    // A status ending inside the source's last sector covers the padding too.
+    if (status_end_ >= src.size) status_end_ = src.padded;
+    return true;
+  }
+
   std::vector<Source>& sources_;
   bool sparse_;
+  uint64_t cluster_;
   size_t index_ = 0;
   uint64_t offset_ = 0, target_offset_ = 0;
   uint64_t status_end_ = 0;
@@ -207,14 +228,15 @@ struct Slot {
 class Copier {
  public:
   Copier(Context& ctx, std::vector<Source>& sources, lb_backend* target, const Settings& s,
-         bool target_zero, const ConvertArgs& a)
+         bool target_zero, const ConvertArgs& a, uint64_t compress_cluster)
       : ctx_(ctx),
         sources_(sources),
         target_(target),
         settings_(s),
         target_zero_(target_zero),
         args_(a),
-        planner_(sources, s.min_sparse_sectors != 0),
+        compress_cluster_(compress_cluster),
+        planner_(sources, s.min_sparse_sectors != 0, compress_cluster),
         progress_(a.progress && !a.quiet, 1.0f),
         slots_(s.coroutines) {}
 
@@ -363,6 +385,13 @@ class Copier {
     writing_ = true;
     if (!slot->is_data) {
       if (!target_zero_) SubmitZeroes(slot, c.target_offset, c.length);
+    } else if (compress_cluster_) {
+      // A cluster of zeroes is not stored (qemu-img convert -c), the others compressed whole.
+      if (!SectorIsZero(slot->buf.data(), c.length)) {
+        SubmitData(slot, 0, c.length, LB_REQ_COMPRESSED);
+      } else if (!target_zero_) {
+        SubmitZeroes(slot, c.target_offset, c.length);
+      }
     } else if (settings_.min_sparse_sectors == 0) {
       SubmitData(slot, 0, c.length);
     } else {
@@ -385,9 +414,9 @@ class Copier {
     if (slot->pending == 0) Finish(slot);
   }
 
-  void SubmitData(Slot* slot, uint64_t buf_offset, uint64_t len) {
+  void SubmitData(Slot* slot, uint64_t buf_offset, uint64_t len, uint32_t flags = 0) {
     int r = lb_aio_pwrite(target_, slot->buf.data() + buf_offset, len,
-                          slot->chunk.target_offset + buf_offset, 0, slot);
+                          slot->chunk.target_offset + buf_offset, flags, slot);
     if (r < 0) {
       WriteFailed(slot->chunk.target_offset + buf_offset, r);
       return;
@@ -453,6 +482,7 @@ class Copier {
   Settings settings_;
   bool target_zero_;
   const ConvertArgs& args_;
+  uint64_t compress_cluster_;  // -c: the target's cluster size
   Planner planner_;
   Progress progress_;
   std::vector<Slot> slots_;
@@ -521,7 +551,7 @@ int CreateTarget(Context& ctx, const ConvertArgs& a, const std::string& out_form
     Error("Backing file format not supported for file format '" + out_format + "'");
     return 1;
   }
-  if (a.compress) {
+  if (a.compress && !FormatCompresses(out_format)) {
     Error("Compression not supported for this file format");
     return 1;
   }
@@ -639,7 +669,7 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
       CloseAll(sources);
       return 1;
     }
-  } else if (a.compress) {
+  } else if (a.compress && !FormatCompresses(out_format)) {
     Error("Compression not supported for this file format");
     CloseAll(sources);
     return 1;
@@ -669,7 +699,24 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
       return 1;
     }
   }
-  Copier copier(ctx, sources, out, settings, target_zero, a);
+  uint64_t compress_cluster = 0;
+  if (a.compress) {
+    // Compressed writes are whole clusters of the target.
+    lb_node* node = nullptr;
+    lb_image_info* info = nullptr;
+    if (lb_backend_get_node(out, &node) == 0 && lb_node_get_info(node, 0, &info) == 0) {
+      compress_cluster = info->cluster_size;
+      lb_image_info_free(info);
+    }
+    if (node) lb_node_close(node);
+    if (compress_cluster == 0) {
+      Error("Compression not supported for this file format");
+      lb_close(out);
+      CloseAll(sources);
+      return 1;
+    }
+  }
+  Copier copier(ctx, sources, out, settings, target_zero, a, compress_cluster);
   int ret = copier.Run();
   if (lb_close(out) < 0 && ret == 0) {
     Error(LibError());

@@ -467,6 +467,13 @@ Task<absl::StatusOr<Allocation>> Qcow2Node::AllocateCompressed(GuestOffset goffs
   // Byte-granular packing: the blob goes right after the previous one when it fits in the
   // rest of that cluster, or continues into free clusters right after it.
   if (free_byte_ && free_byte_ % cs) {
+    // A cluster whose refcount is already at its maximum (refcount_bits=1 holds one
+    // reference) takes no further blob: the next one starts a new cluster, as in QEMU.
+    absl::StatusOr<uint64_t> current = co_await GetRefcount(free_byte_ / cs);
+    if (!current.ok()) co_return current.status();
+    if (*current >= refcount_max_) free_byte_ = 0;
+  }
+  if (free_byte_ && free_byte_ % cs) {
     uint64_t room = cs - free_byte_ % cs;
     bool fits = stored <= room;
     if (!fits) {
