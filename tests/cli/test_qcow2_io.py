@@ -194,6 +194,33 @@ class Qcow2IoTest(CliTestCase):
                 self.assertOk(ours)
                 self.assertEqual(self.normalized_map(ours), self.normalized_map(theirs))
 
+    def test_convert_onto_backing(self):
+        # convert -B / -o backing_file copies only what the source's top image provides and
+        # leaves the rest to the new backing file, as qemu-img does.
+        self.assertOk(self.qemu_img("create", "-q", "-f", "qcow2", "base.qcow2", "4M"))
+        self.assertOk(self.qemu_io("-c", "write -P 1 0 1M", "-c", "write -P 2 2M 512k",
+                                   "base.qcow2"))
+        self.assertOk(self.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F",
+                                    "qcow2", "top.qcow2"))
+        self.assertOk(self.qemu_io("-c", "write -P 3 512k 1M", "-c", "write -z 3M 64k",
+                                   "top.qcow2"))
+        for how in (["-B", "base.qcow2", "-F", "qcow2"],
+                    ["-o", "backing_file=base.qcow2,backing_fmt=qcow2"]):
+            with self.subTest(how=how):
+                self.assertOk(self.blkimg("convert", "-O", "qcow2", *how, "top.qcow2", "ours.qcow2"))
+                self.assertOk(self.qemu_img("convert", "-O", "qcow2", *how, "top.qcow2",
+                                            "theirs.qcow2"))
+                self.assertOk(self.qemu_img("check", "ours.qcow2"))
+                self.assertOk(self.qemu_img("compare", "top.qcow2", "ours.qcow2"))
+                maps = [self.qemu_img("map", "--output=json", name).json()
+                        for name in ("ours.qcow2", "theirs.qcow2")]
+                for m in maps:
+                    for extent in m:
+                        extent.pop("offset", None)  # where each tool put the clusters
+                self.assertEqual(maps[0], maps[1])
+                os.remove(self.path("ours.qcow2"))
+                os.remove(self.path("theirs.qcow2"))
+
     def test_resize(self):
         for variant in ("default", "c512", "v2", "ext16k", "datafile_raw", "backing_qcow2"):
             with self.subTest(variant=variant):

@@ -115,7 +115,8 @@ struct Source {
   uint64_t padded = 0;  // size rounded up to a sector: its share of the target
 };
 
-enum class ChunkKind { kData, kZero };
+// kBacking: the target's backing file provides it (convert -B / -o backing_file): not written.
+enum class ChunkKind { kData, kZero, kBacking };
 
 // One piece of the target to produce.
 struct Chunk {
@@ -135,8 +136,10 @@ class Planner {
  public:
   // `cluster` (compressed conversion, -c): chunks are the target's clusters, each data when
   // any part of it is, since a compressed cluster is written whole.
-  Planner(std::vector<Source>& sources, bool sparse, uint64_t cluster = 0)
-      : sources_(sources), sparse_(sparse), cluster_(cluster) {}
+  // `backed`: the target has a backing file, so only what the sources' top images provide is
+  // copied and the rest left to it (qemu-img asks the top layer alone then).
+  Planner(std::vector<Source>& sources, bool sparse, uint64_t cluster = 0, bool backed = false)
+      : sources_(sources), sparse_(sparse), cluster_(cluster), backed_(backed) {}
 
   // The next chunk, or false at the end (or on error, with `error` set).
   bool Next(Chunk* chunk, std::string* error) {
@@ -151,19 +154,22 @@ class Planner {
     uint64_t end;
     if (cluster_ && offset_ < src.size) {
       end = std::min(src.padded, offset_ + (cluster_ - target_offset_ % cluster_));
-      bool data = false;
+      bool data = false, all_backing = true;
       for (uint64_t pos = offset_; pos < end && pos < src.size && !data;) {
         if (pos >= status_end_ && !QueryStatus(src, pos, error)) return false;
         data = status_data_;
+        all_backing &= status_backing_;
         pos = status_end_;
       }
-      kind = data ? ChunkKind::kData : ChunkKind::kZero;
+      kind = data ? ChunkKind::kData : all_backing ? ChunkKind::kBacking : ChunkKind::kZero;
     } else if (offset_ >= src.size) {
       kind = ChunkKind::kZero;  // the padding to a whole sector
       end = src.padded;
     } else {
       if (offset_ >= status_end_ && !QueryStatus(src, offset_, error)) return false;
-      kind = status_data_ ? ChunkKind::kData : ChunkKind::kZero;
+      kind = status_data_      ? ChunkKind::kData
+             : status_backing_ ? ChunkKind::kBacking
+                               : ChunkKind::kZero;
       end = status_end_;
     }
     uint64_t length = end - offset_;
@@ -185,7 +191,11 @@ class Planner {
                LibError();
       return false;
     }
-    status_data_ = (ext.flags & LB_STATUS_DATA) && !(ext.flags & LB_STATUS_ZERO);
+    // Above a backing file, what the top image does not decide (a lower layer does, or none)
+    // is the backing file's.
+    status_backing_ = backed_ && (ext.depth > 0 || !(ext.flags & LB_STATUS_ALLOCATED));
+    status_data_ =
+        !status_backing_ && (ext.flags & LB_STATUS_DATA) && !(ext.flags & LB_STATUS_ZERO);
     status_end_ = pos + ext.length;
     // A status ending inside the source's last sector covers the padding too.
     if (status_end_ >= src.size) status_end_ = src.padded;
@@ -195,20 +205,22 @@ class Planner {
   std::vector<Source>& sources_;
   bool sparse_;
   uint64_t cluster_;
+  bool backed_;
   size_t index_ = 0;
   uint64_t offset_ = 0, target_offset_ = 0;
   uint64_t status_end_ = 0;
   bool status_data_ = false;
+  bool status_backing_ = false;
 };
 
 // The bytes the copy reads and writes: what -p counts (qemu-img's "allocated sectors").
-uint64_t CountCopiedBytes(std::vector<Source>& sources, bool sparse) {
-  Planner planner(sources, sparse);
+uint64_t CountCopiedBytes(std::vector<Source>& sources, bool sparse, bool backed) {
+  Planner planner(sources, sparse, 0, backed);
   Chunk c;
   std::string error;
   uint64_t total = 0;
   while (planner.Next(&c, &error)) {
-    if (c.kind == ChunkKind::kData || !sparse) total += c.length;
+    if (c.kind == ChunkKind::kData || (!sparse && c.kind == ChunkKind::kZero)) total += c.length;
   }
   return total;
 }
@@ -228,7 +240,7 @@ struct Slot {
 class Copier {
  public:
   Copier(Context& ctx, std::vector<Source>& sources, lb_backend* target, const Settings& s,
-         bool target_zero, const ConvertArgs& a, uint64_t compress_cluster)
+         bool target_zero, const ConvertArgs& a, uint64_t compress_cluster, bool backed)
       : ctx_(ctx),
         sources_(sources),
         target_(target),
@@ -236,14 +248,15 @@ class Copier {
         target_zero_(target_zero),
         args_(a),
         compress_cluster_(compress_cluster),
-        planner_(sources, s.min_sparse_sectors != 0, compress_cluster),
+        backed_(backed),
+        planner_(sources, s.min_sparse_sectors != 0, compress_cluster, backed),
         progress_(a.progress && !a.quiet, 1.0f),
         slots_(s.coroutines) {}
 
   int Run() {
     bool sparse = settings_.min_sparse_sectors != 0;
     // Progress is counted even without -p: SIGUSR1 asks for it.
-    total_ = CountCopiedBytes(sources_, sparse);
+    total_ = CountCopiedBytes(sources_, sparse, backed_);
     progress_.Set(0);
     lb_context_set_max_inflight(ctx_.get(), 1024);
     bool more = true;
@@ -288,7 +301,11 @@ class Copier {
   void Start(Slot* slot) {
     const Chunk& c = slot->chunk;
     bool sparse = settings_.min_sparse_sectors != 0;
-    slot->is_data = c.kind == ChunkKind::kData || !sparse;
+    slot->is_data = c.kind == ChunkKind::kData || (!sparse && c.kind == ChunkKind::kZero);
+    if (c.kind == ChunkKind::kBacking) {
+      slot->stage = Stage::kReadDone;
+      return;
+    }
     if (c.kind == ChunkKind::kZero) {
       if (!sparse) slot->buf.assign(c.length, 0);
       slot->stage = Stage::kReadDone;
@@ -383,7 +400,9 @@ class Copier {
     slot->stage = Stage::kWriting;
     slot->pending = 0;
     writing_ = true;
-    if (!slot->is_data) {
+    if (c.kind == ChunkKind::kBacking) {
+      // Left to the target's backing file.
+    } else if (!slot->is_data) {
       if (!target_zero_) SubmitZeroes(slot, c.target_offset, c.length);
     } else if (compress_cluster_) {
       // A cluster of zeroes is not stored (qemu-img convert -c), the others compressed whole.
@@ -483,6 +502,7 @@ class Copier {
   bool target_zero_;
   const ConvertArgs& args_;
   uint64_t compress_cluster_;  // -c: the target's cluster size
+  bool backed_;                // the target has a backing file
   Planner planner_;
   Progress progress_;
   std::vector<Slot> slots_;
@@ -716,7 +736,16 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
       return 1;
     }
   }
-  Copier copier(ctx, sources, out, settings, target_zero, a, compress_cluster);
+  // The target has a backing file (-B, -o backing_file): qemu-img's target_has_backing.
+  bool backed = !a.backing.empty();
+  if (!backed && !a.options.empty()) {
+    lb_options* o = nullptr;
+    lb_options_new(&o);
+    backed = lb_options_parse(o, JoinOptions(a.options).c_str()) == 0 &&
+             lb_options_get(o, "backing_file") != nullptr;
+    lb_options_free(o);
+  }
+  Copier copier(ctx, sources, out, settings, target_zero, a, compress_cluster, backed);
   int ret = copier.Run();
   if (lb_close(out) < 0 && ret == 0) {
     Error(LibError());
