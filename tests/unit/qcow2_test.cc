@@ -129,8 +129,12 @@ TEST_CASE("the corrupt bit refuses read-write opens with QEMU's message", "[qcow
   REQUIRE_FALSE(be.ok());
   REQUIRE(StatusErrno(be.status()) == EACCES);
   REQUIRE(std::string(be.status().message()) == QemuOpenError({path}));
+  env.warnings.clear();
   auto ro = env.MustOpenBackend(Opts(path, "read-only=on"), ReadOnly());
   REQUIRE(env.Read(*ro, 0, 4096) == std::string(4096, '\7'));
+  // A read-only open warns that the image is marked corrupt.
+  REQUIRE(env.warnings.size() == 1);
+  REQUIRE_THAT(env.warnings[0], Catch::Matchers::Contains("c.qcow2' is marked corrupt"));
 }
 
 TEST_CASE("a dirty image opens read-only as it is and is repaired by a read-write open",
@@ -332,6 +336,74 @@ TEST_CASE("compressed writes pack clusters that qemu reads", "[qcow2]") {
         REQUIRE(r.out.find("0.00% compressed") == std::string::npos);
         Compare(path, ref);
       }
+    }
+  }
+}
+
+// Bad tables found during I/O (the header's cases are tests/unit/qcow2_header_test.cc): the
+// request fails with EIO and a message naming the file and the structure, nothing crashes,
+// and a read-write open marks the image corrupt.
+TEST_CASE("an L2 table past EOF and bogus compressed descriptors fail reads clearly", "[qcow2]") {
+  LB_SKIP_UNLESS(HaveProgram("qemu-img"), "qemu-img is not installed");
+  GraphEnv env;
+  std::string raw = env.dir.File("src.raw");
+  std::string path = env.dir.File("bad.qcow2");
+  // Compressible but not trivially: a random run repeated, so each blob spans many sectors.
+  std::string chunk = RandomBytes(1500, 5);
+  std::string data;
+  while (data.size() < 256 * kKiB) data += chunk;
+  data.resize(256 * kKiB);
+  WriteFile(raw, data);
+  QemuImg({"convert", "-c", "-f", "raw", "-O", "qcow2", raw, path});
+  const std::string pristine = ReadFile(path);
+  const uint64_t l1 = HeaderField64(path, 40);
+  const uint64_t l2 = LoadBe64(reinterpret_cast<const uint8_t*>(pristine.data()) + l1) &
+                      0x00fffffffffffe00ull;
+  const uint64_t entry0 = LoadBe64(reinterpret_cast<const uint8_t*>(pristine.data()) + l2);
+  REQUIRE((entry0 >> 62) == 1);  // compressed
+  const int shift = 62 - (16 - 8);  // 64k clusters: 8 bits of extra sectors
+  auto read_error = [&](const std::string& opts, BackendOptions bo) {
+    auto be = env.MustOpenBackend(opts, bo);
+    std::vector<uint8_t> buf(64 * kKiB);
+    absl::Status st = be->PreadSync(0, buf.data(), static_cast<int64_t>(buf.size()));
+    REQUIRE_FALSE(st.ok());
+    REQUIRE(StatusErrno(st) == EIO);
+    return std::string(st.message());
+  };
+  using Catch::Matchers::Contains;
+
+  SECTION("an L2 table past the end of the file") {
+    SetHeaderField64(path, l1, (1ull << 63) | (uint64_t{1} << 40));
+    std::string msg = read_error(Opts(path, "read-only=on"), ReadOnly());
+    CHECK_THAT(msg, Contains("bad.qcow2") && Contains("L2 table offset 0x10000000000 is past "
+                                                      "the end of the file (L1 index: 0)"));
+    // Read-write: the image is marked corrupt, and later opens are refused read-write.
+    msg = read_error(Opts(path), {});
+    CHECK_THAT(msg, Contains("past the end of the file"));
+    CHECK((HeaderField64(path, kIncompat) & 2) != 0);
+    REQUIRE_FALSE(env.OpenBackend(Opts(path)).ok());
+  }
+  SECTION("a compressed length too short for its blob") {
+    SetHeaderField64(path, l2, entry0 & ~(uint64_t{0xff} << shift));  // one sector
+    std::string msg = read_error(Opts(path, "read-only=on"), ReadOnly());
+    CHECK_THAT(msg, Contains("bad.qcow2") && Contains("compressed"));
+  }
+  SECTION("a compressed blob past the end of the file") {
+    uint64_t moved = (entry0 & ~((uint64_t{1} << shift) - 1)) | (uint64_t{1} << 44);
+    SetHeaderField64(path, l2, moved);
+    std::string msg = read_error(Opts(path, "read-only=on"), ReadOnly());
+    CHECK_THAT(msg, Contains("bad.qcow2"));
+  }
+  SECTION("a compressed length of every extra sector, past the end of the file") {
+    // The longest descriptor reads at most to EOF; the blob itself is intact.
+    SetHeaderField64(path, l2, entry0 | (uint64_t{0xff} << shift));
+    auto be = env.MustOpenBackend(Opts(path, "read-only=on"), ReadOnly());
+    std::vector<uint8_t> buf(64 * kKiB);
+    absl::Status st = be->PreadSync(0, buf.data(), static_cast<int64_t>(buf.size()));
+    if (st.ok()) {
+      CHECK(std::memcmp(buf.data(), data.data(), buf.size()) == 0);
+    } else {
+      CHECK(StatusErrno(st) == EIO);
     }
   }
 }

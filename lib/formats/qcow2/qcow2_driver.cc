@@ -190,6 +190,11 @@ Task<absl::Status> Qcow2Node::Open(OpenContext& ctx) {
   if (corrupt_ && writable()) {
     co_return ErrnoError(EACCES, "qcow2: Image is corrupt; cannot be opened read/write");
   }
+  if (corrupt_) {
+    node().graph().Warn(absl::StrFormat("qcow2: image '%s' is marked corrupt: it is opened "
+                                        "read-only, and read-write opens are refused until "
+                                        "check -r repairs it", filename_));
+  }
   dirty_on_disk_ = header_.incompatible_features & kIncompatDirty;
   if (dirty_on_disk_ && writable()) {
     // As QEMU does: refcounts left stale by lazy refcounts are repaired before anything

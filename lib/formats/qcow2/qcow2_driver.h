@@ -156,10 +156,14 @@ class Qcow2Node final : public MappingDriver {
   // `for_update` the L2 table is made writable (allocated, never shared) first.
   Task<absl::StatusOr<Slot*>> L2SliceFor(uint64_t offset, bool for_update);
   Task<absl::StatusOr<uint64_t>> AllocL2Table(uint64_t l1_index);
+  // A private copy of the L2 table shared with a snapshot, linked in place of it.
+  Task<absl::StatusOr<uint64_t>> CopyL2Table(uint64_t l1_index);
   Task<absl::Status> WriteL1Entry(uint64_t l1_index);
   // A larger L1 table (at least `entries`), written and flushed before the header points at
   // it; the old one is freed afterwards.
   Task<absl::Status> GrowL1Table(uint64_t entries, bool exact);
+  // Growth with preallocation (metadata, falloc, full) of [old, target); under meta_.
+  Task<absl::Status> PreallocateLocked(uint64_t old, uint64_t target, PreallocMode mode);
   // Classifies the entries starting at `index` of a slice for [offset, offset + bytes).
   absl::StatusOr<Mapping> Classify(const uint8_t* slice, int64_t index, uint64_t offset,
                                    int64_t bytes);

@@ -90,6 +90,48 @@ Task<absl::StatusOr<uint64_t>> Qcow2Node::AllocL2Table(uint64_t l1_index) {
   co_return *host;
 }
 
+Task<absl::StatusOr<uint64_t>> Qcow2Node::CopyL2Table(uint64_t l1_index) {
+  // The table is shared with an internal snapshot (no COPIED flag): the active L1 gets a copy
+  // of its own, as QEMU does. The data clusters it names stay shared (their refcounts already
+  // count the snapshot's reference; their entries keep COPIED clear, so writes to them
+  // allocate), and the old table loses the active reference.
+  const uint64_t old = l1_[l1_index] & kL1OffsetMask;
+  const int64_t slice_bytes = l2_cache_->entry_size();
+  std::vector<uint8_t> table(static_cast<size_t>(cluster_size_));
+  for (int64_t s = 0; s < cluster_size_; s += slice_bytes) {
+    absl::StatusOr<Slot*> slot = co_await GetSlot(*l2_cache_, old + static_cast<uint64_t>(s),
+                                                  /*load=*/true);
+    if (!slot.ok()) co_return slot.status();
+    std::memcpy(table.data() + s, (*slot)->data, static_cast<size_t>(slice_bytes));
+  }
+  absl::Status dirty = co_await EnsureDirtyBit();
+  if (!dirty.ok()) co_return dirty;
+  absl::StatusOr<uint64_t> host = co_await AllocClusters(1);
+  if (!host.ok()) co_return host.status();
+  // The copy and its refcount are on disk before the L1 entry points at it.
+  absl::Status st = co_await file_->Pwrite(static_cast<int64_t>(*host), table.data(),
+                                           cluster_size_);
+  if (!st.ok()) co_return st;
+  files_need_flush_ = true;
+  if (!lazy_refcounts_) {
+    st = co_await WriteBackRefcounts();
+    if (!st.ok()) co_return st;
+  }
+  st = co_await FlushFiles();
+  if (!st.ok()) co_return st;
+  l1_[l1_index] = *host | kOflagCopied;
+  l2_tables_.erase(old);
+  l2_tables_.insert(*host);
+  st = co_await WriteL1Entry(l1_index);
+  if (!st.ok()) co_return st;
+  // The snapshot keeps the old table; its refcount drops once the new L1 entry is durable.
+  st = co_await FlushFiles();
+  if (!st.ok()) co_return st;
+  st = co_await UpdateRefcounts(old, cluster_size_, -1, FreeReason::kOther);
+  if (!st.ok()) co_return st;
+  co_return *host;
+}
+
 Task<absl::StatusOr<Qcow2Node::Slot*>> Qcow2Node::L2SliceFor(uint64_t offset, bool for_update) {
   const uint64_t l2_span = static_cast<uint64_t>(cluster_size_) * static_cast<uint64_t>(l2_entries_);
   uint64_t l1_index = offset / l2_span;
@@ -105,13 +147,24 @@ Task<absl::StatusOr<Qcow2Node::Slot*>> Qcow2Node::L2SliceFor(uint64_t offset, bo
     if (!table.ok()) co_return table.status();
     l2 = *table;
   } else if (for_update && !(l1_[l1_index] & kOflagCopied)) {
-    co_return ErrnoError(ENOTSUP, absl::StrFormat(
-        "qcow2: image '%s': the L2 table at %#x is shared with an internal snapshot; writing "
-        "to it is not supported by this build of libblock", filename_, l2));
+    if (l2 & static_cast<uint64_t>(cluster_size_ - 1)) {
+      absl::Status bad = co_await SignalCorruption(absl::StrFormat(
+          "L2 table offset %#x unaligned (L1 index: %#x)", l2, l1_index));
+      co_return bad;
+    }
+    absl::StatusOr<uint64_t> table = co_await CopyL2Table(l1_index);
+    if (!table.ok()) co_return table.status();
+    l2 = *table;
   }
   if (l2 & static_cast<uint64_t>(cluster_size_ - 1)) {
     absl::Status bad = co_await SignalCorruption(absl::StrFormat(
         "L2 table offset %#x unaligned (L1 index: %#x)", l2, l1_index));
+    co_return bad;
+  }
+  if (l2 > static_cast<uint64_t>(file_->node()->size()) - static_cast<uint64_t>(cluster_size_) ||
+      static_cast<uint64_t>(file_->node()->size()) < static_cast<uint64_t>(cluster_size_)) {
+    absl::Status bad = co_await SignalCorruption(absl::StrFormat(
+        "L2 table offset %#x is past the end of the file (L1 index: %#x)", l2, l1_index));
     co_return bad;
   }
   uint64_t l2_index = (offset >> cluster_bits_) % static_cast<uint64_t>(l2_entries_);
@@ -305,15 +358,6 @@ Task<absl::StatusOr<Allocation>> Qcow2Node::Allocate(GuestOffset goffset, int64_
   const uint64_t cluster = offset / cs * cs;
   const bool ext = entry_bytes_ == 16;
 
-  {
-    uint64_t l1_index = offset / (cs * static_cast<uint64_t>(l2_entries_));
-    if (l1_index < l1_.size() && l1_[l1_index] && !(l1_[l1_index] & kOflagCopied)) {
-      co_return ErrnoError(ENOTSUP, absl::StrFormat(
-          "qcow2: image '%s': the L2 table at %#x is shared with an internal snapshot; writing "
-          "to it is not supported by this build of libblock", filename_,
-          l1_[l1_index] & kL1OffsetMask));
-    }
-  }
   absl::StatusOr<Slot*> slot = co_await L2SliceFor(offset, /*for_update=*/false);
   if (!slot.ok()) co_return slot.status();
   int64_t index = static_cast<int64_t>((offset / cs) % static_cast<uint64_t>(slice_entries_));
@@ -348,6 +392,7 @@ Task<absl::StatusOr<Allocation>> Qcow2Node::Allocate(GuestOffset goffset, int64_
 
   // Fresh clusters: as many as the request covers within this slice that need them.
   int64_t n = 0;
+  bool widened = false;
   const int64_t slice_left = slice_entries_ - index;
   for (int64_t k = 0; k < slice_left; ++k) {
     uint64_t c = cluster + static_cast<uint64_t>(k) * cs;
@@ -361,10 +406,11 @@ Task<absl::StatusOr<Allocation>> Qcow2Node::Allocate(GuestOffset goffset, int64_
     bool whole = std::max(offset, c) == c && std::min(end, c + cs) == c + cs;
     if (ext && replaces && !whole) {
       if (k == 0) {
-        co_return ErrnoError(ENOTSUP, absl::StrFormat(
-            "qcow2: image '%s': a partial write to a %s cluster with extended L2 entries is "
-            "not supported by this build of libblock", filename_,
-            (ek & kOflagCompressed) ? "compressed" : "shared"));
+        // A compressed or shared cluster replaced by a partial write: the new cluster is
+        // written whole (the engine copies the rest from what reads see now), since the
+        // subclusters around the request are stored in the cluster being replaced.
+        widened = true;
+        n = 1;
       }
       break;
     }
@@ -386,6 +432,13 @@ Task<absl::StatusOr<Allocation>> Qcow2Node::Allocate(GuestOffset goffset, int64_
   cookie->clusters = n;
   cookie->host = host;
   alloc.child = data_file_;
+  if (widened) {
+    alloc.offset = GuestOffset(static_cast<int64_t>(cluster));
+    alloc.host = HostOffset(static_cast<int64_t>(host));
+    alloc.bytes = static_cast<int64_t>(cs);
+    alloc.cookie = cookie;
+    co_return alloc;
+  }
   alloc.host = HostOffset(static_cast<int64_t>(host + (offset - cluster)));
   alloc.bytes = static_cast<int64_t>(std::min(end, cluster + static_cast<uint64_t>(n) * cs) - offset);
   alloc.cookie = cookie;
@@ -578,14 +631,15 @@ Task<absl::Status> Qcow2Node::DiscardClusters(GuestOffset goffset, int64_t bytes
     if (!slot.ok()) co_return slot.status();
     if (!*slot) continue;
     int64_t index = static_cast<int64_t>((c / cs) % static_cast<uint64_t>(slice_entries_));
-    uint8_t* data = (*slot)->data;
-    uint64_t old = L2Entry(data, index);
+    uint64_t old = L2Entry((*slot)->data, index);
     bool allocated = EntryHasStorage(old);
     if (!has_backing && !allocated) continue;
-    if (!(l1_[c / (cs * static_cast<uint64_t>(l2_entries_))] & kOflagCopied)) {
-      co_return ErrnoError(ENOTSUP, "qcow2: discarding in an L2 table shared with a snapshot "
-                                    "is not supported by this build of libblock");
+    if (!has_backing) {
+      // A change ahead: a table shared with a snapshot gets its own copy first.
+      slot = co_await L2SliceFor(c, /*for_update=*/true);
+      if (!slot.ok()) co_return slot.status();
     }
+    uint8_t* data = (*slot)->data;
     uint64_t entry = 0, bitmap = 0;
     if (ext) {
       bitmap = kBitmapAllZeroes;
@@ -648,6 +702,72 @@ Task<absl::Status> Qcow2Node::GrowL1Table(uint64_t entries, bool exact) {
   co_return absl::OkStatus();
 }
 
+Task<absl::Status> Qcow2Node::PreallocateLocked(uint64_t old, uint64_t target,
+                                                PreallocMode mode) {
+  // QEMU's preallocated growth: every new whole cluster gets an L2 entry and host storage
+  // (a partial last cluster of the old size keeps its mapping). metadata leaves the host
+  // clusters as the file has them past its end (reading zeroes); falloc and full allocate
+  // them in the file. A raw external data file is grown by the caller with `mode`.
+  const uint64_t cs = static_cast<uint64_t>(cluster_size_);
+  const bool external = data_file_ != file_;
+  const bool raw_data_file = external && (header_.autoclear_features & kAutoclearDataFileRaw);
+  uint64_t c = AlignUp<uint64_t>(old, cs);
+  const uint64_t last = AlignUp<uint64_t>(target, cs);
+  while (c < last) {
+    int64_t index = static_cast<int64_t>((c / cs) % static_cast<uint64_t>(slice_entries_));
+    int64_t n = std::min<int64_t>(slice_entries_ - index, static_cast<int64_t>((last - c) / cs));
+    absl::StatusOr<Slot*> slot = co_await L2SliceFor(c, /*for_update=*/true);
+    if (!slot.ok()) co_return slot.status();
+    uint64_t host = c;  // an external data file maps guest offsets to the same host offsets
+    if (!external) {
+      absl::StatusOr<uint64_t> got = co_await AllocClusters(n);
+      if (!got.ok()) co_return got.status();
+      host = *got;
+    }
+    if (!raw_data_file) {
+      // The run exists in the file before anything else is placed after it: reused free
+      // clusters below the file's end are zeroed (they may hold stale data), the rest is
+      // added by growing the file with the mode.
+      Child* f = external ? data_file_ : file_;
+      const uint64_t run_end = host + static_cast<uint64_t>(n) * cs;
+      const uint64_t f_end = static_cast<uint64_t>(f->node()->size());
+      if (host < f_end) {
+        absl::Status z = co_await f->WriteZeroes(
+            static_cast<int64_t>(host), static_cast<int64_t>(std::min(f_end, run_end) - host), 0);
+        if (!z.ok()) co_return z;
+      }
+      if (run_end > f_end) {
+        absl::Status t = co_await f->Truncate(
+            static_cast<int64_t>(run_end), /*exact=*/false,
+            mode == PreallocMode::kMetadata ? PreallocMode::kOff : mode);
+        if (!t.ok()) co_return t;
+      }
+      if (mode == PreallocMode::kMetadata && c + static_cast<uint64_t>(n) * cs > target) {
+        // A partial last cluster is stored as zeroes, as QEMU leaves it (qemu-img map then
+        // shows its guest tail as data).
+        std::vector<uint8_t> zeros(static_cast<size_t>(cs), 0);
+        absl::Status w = co_await f->Pwrite(static_cast<int64_t>(run_end - cs), zeros.data(),
+                                            cluster_size_);
+        if (!w.ok()) co_return w;
+      }
+    }
+    // The slot may have moved while clusters were allocated.
+    slot = co_await L2SliceFor(c, /*for_update=*/true);
+    if (!slot.ok()) co_return slot.status();
+    for (int64_t k = 0; k < n; ++k) {
+      uint64_t e = L2Entry((*slot)->data, index + k);
+      if (EntryHasStorage(e)) QueueFree(e, FreeReason::kOther);  // left by a corrupt tail
+      SetL2((*slot)->data, index + k, (host + static_cast<uint64_t>(k) * cs) | kOflagCopied,
+            0);
+    }
+    (*slot)->dirty = true;
+    data_written_ = true;
+    c += static_cast<uint64_t>(n) * cs;
+  }
+  files_need_flush_ = true;
+  co_return co_await FlushLocked();
+}
+
 Task<absl::Status> Qcow2Node::Truncate(int64_t size, bool exact, PreallocMode mode,
                                        ReqFlags flags) {
   (void)flags;
@@ -659,11 +779,6 @@ Task<absl::Status> Qcow2Node::Truncate(int64_t size, bool exact, PreallocMode mo
   const uint64_t target = static_cast<uint64_t>(size);
   if (target < old && mode != PreallocMode::kOff) {
     co_return ErrnoError(ENOTSUP, "Preallocation can't be used for shrinking an image");
-  }
-  if (mode != PreallocMode::kOff) {
-    co_return ErrnoError(ENOTSUP, absl::StrFormat(
-        "qcow2: preallocation=%s on resize is not supported by this build of libblock",
-        PreallocModeName(mode)));
   }
   CoMutex::Guard guard = co_await meta_.ScopedLock();
   if (corrupt_) co_return CorruptionStatus("the image is marked corrupt; writes are refused");
@@ -684,8 +799,8 @@ Task<absl::Status> Qcow2Node::Truncate(int64_t size, bool exact, PreallocMode mo
       uint64_t b = L2Bitmap((*slot)->data, index);
       if (!e && !b) continue;
       if (!(l1_[c / l2_span] & kOflagCopied)) {
-        co_return ErrnoError(ENOTSUP, "qcow2: shrinking into an L2 table shared with a "
-                                      "snapshot is not supported by this build of libblock");
+        slot = co_await L2SliceFor(c, /*for_update=*/true);  // the snapshot keeps the original
+        if (!slot.ok()) co_return slot.status();
       }
       if (EntryHasStorage(e)) QueueFree(e, FreeReason::kOther);
       SetL2((*slot)->data, index, 0, 0);
@@ -717,9 +832,14 @@ Task<absl::Status> Qcow2Node::Truncate(int64_t size, bool exact, PreallocMode mo
       absl::Status st = co_await GrowL1Table(needed, exact);
       if (!st.ok()) co_return st;
     }
+    if (mode != PreallocMode::kOff) {
+      absl::Status st = co_await PreallocateLocked(old, target, mode);
+      if (!st.ok()) co_return st;
+    }
   }
   if (data_file_ != file_ && (header_.autoclear_features & kAutoclearDataFileRaw)) {
-    absl::Status st = co_await data_file_->Truncate(size, exact, PreallocMode::kOff);
+    absl::Status st = co_await data_file_->Truncate(
+        size, exact, mode == PreallocMode::kMetadata ? PreallocMode::kOff : mode);
     if (!st.ok()) co_return st;
   }
   uint8_t raw[8];
@@ -736,7 +856,10 @@ Task<absl::Status> Qcow2Node::Truncate(int64_t size, bool exact, PreallocMode mo
   // The new area must not show what lies below it: the backing file (QEMU zeroes the grown
   // area of an image with a backing file), nor what a shrink left in the last cluster's tail.
   if (target > old) {
-    uint64_t zero_end = backing() ? target : std::min(target, AlignUp<uint64_t>(old, cs));
+    // Preallocated clusters read as zeroes already (with extended L2 their subclusters are
+    // unallocated, so they are zeroed too), as in QEMU.
+    bool covers_new = backing() && (mode == PreallocMode::kOff || entry_bytes_ == 16);
+    uint64_t zero_end = covers_new ? target : std::min(target, AlignUp<uint64_t>(old, cs));
     if (zero_end > old) {
       absl::Status z = co_await MappingDriver::WriteZeroes(
           static_cast<int64_t>(old), static_cast<int64_t>(zero_end - old), 0);
