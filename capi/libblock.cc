@@ -719,13 +719,15 @@ LB_API char* lb_driver_list(lb_context* ctx, uint32_t flags) {
     Fail(EINVAL, "lb_driver_list: NULL argument");
     return nullptr;
   }
-  if (flags & ~(LB_DRIVER_FORMATS | LB_DRIVER_PROTOCOLS | LB_DRIVER_FILTERS)) {
+  if (flags & ~(LB_DRIVER_FORMATS | LB_DRIVER_PROTOCOLS | LB_DRIVER_FILTERS |
+                LB_DRIVER_COMPRESSED)) {
     UnknownFlags();
     return nullptr;
   }
   std::vector<std::string> names;
   for (const libblock::Driver* d : ctx->graph->registry().drivers()) {
     if (!d->instantiate) continue;
+    if ((flags & LB_DRIVER_COMPRESSED) && !d->compresses) continue;
     bool want = (d->kind == libblock::DriverKind::kFormat && (flags & LB_DRIVER_FORMATS)) ||
                 (d->kind == libblock::DriverKind::kProtocol && (flags & LB_DRIVER_PROTOCOLS)) ||
                 (d->kind == libblock::DriverKind::kFilter && (flags & LB_DRIVER_FILTERS));

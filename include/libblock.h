@@ -147,6 +147,9 @@ LB_API int lb_create_options(lb_context *ctx, const char *format, const char *fi
 #define LB_DRIVER_FORMATS 0x1u   /* image formats (raw, qcow2, ...) that can be opened */
 #define LB_DRIVER_PROTOCOLS 0x2u /* protocols (file, host_device, nbd, ...) */
 #define LB_DRIVER_FILTERS 0x4u   /* filters (preallocate, ...) */
+/* With LB_DRIVER_FORMATS: only the formats whose images store compressed clusters
+ * (LB_REQ_COMPRESSED writes, qemu-img convert -c). Since 0.3. */
+#define LB_DRIVER_COMPRESSED 0x8u
 
 /* The names of the drivers of the given kinds that this build can open, as one space-
  * separated string (free with lb_free), or NULL with an error. Since 0.1. */

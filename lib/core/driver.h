@@ -323,6 +323,9 @@ struct Driver {
   // checks").
   Task<absl::StatusOr<ImageCheckResult>> (*check)(Child& file, uint32_t fix,
                                                   std::string_view filename) = nullptr;
+  // Formats: images can store compressed clusters (kReqCompressed writes; QEMU's
+  // block_driver_can_compress, which qemu-img convert -c asks before creating the target).
+  bool compresses = false;
 };
 
 // What drivers see while they create an image.

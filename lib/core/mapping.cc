@@ -684,6 +684,12 @@ Task<absl::StatusOr<BlockStatus>> MappingDriver::GetBlockStatus(int64_t offset, 
       s.flags = kStatusData | kStatusAllocated | kStatusCompressed;
       break;
   }
+  if ((m->kind == MapKind::kZero || m->kind == MapKind::kUnallocated) && m->reserved &&
+      m->child && m->host.value() >= 0) {
+    s.flags |= kStatusOffsetValid;
+    s.map = m->host.value();
+    s.file = m->child;
+  }
   if (offset + s.bytes >= node().size()) s.flags |= kStatusEof;
   co_return s;
 }

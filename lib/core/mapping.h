@@ -79,6 +79,10 @@ struct Mapping {
   bool recurse = false;
   // kData: stored encrypted; reads call Decrypt, in-place writes Encrypt.
   bool encrypted = false;
+  // kZero/kUnallocated: the range keeps host storage at `host` in `child` that it does not
+  // read from (qcow2 zero clusters with an offset, unallocated subclusters of allocated
+  // clusters): block status reports the offset, as QEMU does. Never read or written.
+  bool reserved = false;
 
   // kCompressed: the blob at `host` holds at most `blob_bytes` stored bytes (the engine reads
   // no further, nor past the end of `child`), and decompresses to exactly `blob_guest_bytes`

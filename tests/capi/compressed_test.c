@@ -24,6 +24,14 @@ int main(void) {
   lb_context *ctx = NULL;
   CHECK(lb_context_new(0, &ctx) == 0);
   if (!ctx) return 1;
+  /* The formats that compress: qcow2, and not raw. */
+  char *list = lb_driver_list(ctx, LB_DRIVER_FORMATS | LB_DRIVER_COMPRESSED);
+  CHECK(list != NULL);
+  if (list) {
+    CHECK(strstr(list, "qcow2") != NULL);
+    CHECK(strstr(list, "raw") == NULL);
+    lb_free(list);
+  }
   CHECK(lb_create(ctx, qcow2, "qcow2", NULL, 4 * kCluster, 0) == 0);
   CHECK(lb_create(ctx, raw, "raw", NULL, 4 * kCluster, 0) == 0);
 

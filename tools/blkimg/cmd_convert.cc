@@ -17,6 +17,7 @@
 #include <deque>
 #include <ctime>
 #include <memory>
+#include <optional>
 
 #include "common.h"
 
@@ -125,11 +126,19 @@ struct Chunk {
   uint64_t length;
   size_t source;
   uint64_t source_offset;
+  // -c: a target cluster that continues into the next sources (read piece by piece).
+  bool spans = false;
 };
 
-// Formats that store compressed clusters (qemu-img's block_driver_can_compress), asked before
-// the target is created so that -c with another format creates nothing.
-bool FormatCompresses(const std::string& format) { return format == "qcow2"; }
+// Whether the format stores compressed clusters (qemu-img's block_driver_can_compress), asked
+// before the target is created so that -c with another format creates nothing.
+bool FormatCompresses(lb_context* ctx, const std::string& format) {
+  char* names = lb_driver_list(ctx, LB_DRIVER_FORMATS | LB_DRIVER_COMPRESSED);
+  if (!names) return false;
+  std::string list = std::string(" ") + names + " ";
+  lb_free(names);
+  return list.find(" " + format + " ") != std::string::npos;
+}
 
 // Walks the sources' block status and cuts the target into chunks.
 class Planner {
@@ -152,16 +161,45 @@ class Planner {
     const Source& src = sources_[index_];
     ChunkKind kind;
     uint64_t end;
-    if (cluster_ && offset_ < src.size) {
-      end = std::min(src.padded, offset_ + (cluster_ - target_offset_ % cluster_));
-      bool data = false, all_backing = true;
-      for (uint64_t pos = offset_; pos < end && pos < src.size && !data;) {
-        if (pos >= status_end_ && !QueryStatus(src, pos, error)) return false;
-        data = status_data_;
-        all_backing &= status_backing_;
-        pos = status_end_;
+    if (cluster_ && offset_ < src.size && index_ + 1 < sources_.size() &&
+        offset_ + (cluster_ - target_offset_ % cluster_) > src.padded) {
+      // The cluster continues into the next sources: a compressed cluster is written whole,
+      // so it is one data chunk read from each of them in turn (as qemu-img does).
+      uint64_t length = cluster_ - target_offset_ % cluster_;
+      *chunk = {ChunkKind::kData, target_offset_, 0, index_, offset_, true};
+      while (length > 0 && index_ < sources_.size()) {
+        uint64_t take = std::min(length, sources_[index_].padded - offset_);
+        chunk->length += take;
+        length -= take;
+        offset_ += take;
+        target_offset_ += take;
+        if (offset_ >= sources_[index_].padded) {
+          ++index_;
+          offset_ = 0;
+        }
       }
-      kind = data ? ChunkKind::kData : all_backing ? ChunkKind::kBacking : ChunkKind::kZero;
+      status_end_ = 0;
+      return true;
+    }
+    if (cluster_ && offset_ < src.size) {
+      // Whole target clusters of one kind, up to a buffer's worth: the target compresses
+      // the clusters of one write in parallel.
+      end = std::min(src.padded, offset_ + (cluster_ - target_offset_ % cluster_));
+      std::optional<ChunkKind> first = ClusterKind(src, offset_, end, error);
+      if (!first) return false;
+      kind = *first;
+      while (end < src.padded && end - offset_ < kChunkBytes) {
+        uint64_t next = std::min(src.padded, end + cluster_);
+        // A last cluster that continues into the next source is a chunk of its own.
+        if (next == src.padded && index_ + 1 < sources_.size() &&
+            (target_offset_ + (next - offset_)) % cluster_ != 0) {
+          break;
+        }
+        std::optional<ChunkKind> k = ClusterKind(src, end, next, error);
+        if (!k) return false;
+        if (*k != kind) break;
+        end = next;
+      }
     } else if (offset_ >= src.size) {
       kind = ChunkKind::kZero;  // the padding to a whole sector
       end = src.padded;
@@ -182,6 +220,20 @@ class Planner {
   }
 
  private:
+  // -c: what the cluster [pos, end) of `src` is: data when any part of it is (it is written
+  // whole), backing when all of it is the backing file's, else zero. nullopt on error.
+  std::optional<ChunkKind> ClusterKind(const Source& src, uint64_t pos, uint64_t end,
+                                       std::string* error) {
+    bool data = false, all_backing = true;
+    while (pos < end && pos < src.size && !data) {
+      if (pos >= status_end_ && !QueryStatus(src, pos, error)) return std::nullopt;
+      data = status_data_;
+      all_backing &= status_backing_;
+      pos = status_end_;
+    }
+    return data ? ChunkKind::kData : all_backing ? ChunkKind::kBacking : ChunkKind::kZero;
+  }
+
   // Block status of `src` at `pos` into status_data_/status_end_.
   bool QueryStatus(const Source& src, uint64_t pos, std::string* error) {
     lb_extent ext = LB_EXTENT_INIT;
@@ -311,6 +363,37 @@ class Copier {
       slot->stage = Stage::kReadDone;
       return;
     }
+    if (c.spans) {
+      // Rare (a cluster across a source boundary with -c): read synchronously, source by
+      // source, each one's sector padding zeroed.
+      slot->buf.assign(c.length, 0);
+      size_t index = c.source;
+      uint64_t offset = c.source_offset;
+      for (uint64_t done = 0; done < c.length && index < sources_.size();) {
+        const Source& piece = sources_[index];
+        uint64_t take = std::min(c.length - done, piece.padded - offset);
+        uint64_t readable = std::min(take, piece.size - std::min(piece.size, offset));
+        if (readable > 0) {
+          int r = lb_pread(piece.be, slot->buf.data() + done, readable, offset, 0);
+          if (r < 0 && !args_.salvage) {
+            ReadFailed(slot, r);
+            return;
+          }
+          if (r < 0) {  // --salvage: the piece is copied as zeroes
+            Error("warning: error while reading offset " + std::to_string(offset) + ": " +
+                  strerror(-r));
+          }
+        }
+        done += take;
+        offset += take;
+        if (offset >= piece.padded) {
+          ++index;
+          offset = 0;
+        }
+      }
+      slot->stage = Stage::kReadDone;
+      return;
+    }
     const Source& src = sources_[c.source];
     uint64_t readable = std::min(c.length, src.size - std::min(src.size, c.source_offset));
     // The read fills the buffer; only the padding past the source's end is zeroed here.
@@ -405,12 +488,26 @@ class Copier {
     } else if (!slot->is_data) {
       if (!target_zero_) SubmitZeroes(slot, c.target_offset, c.length);
     } else if (compress_cluster_) {
-      // A cluster of zeroes is not stored (qemu-img convert -c), the others compressed whole.
-      if (!SectorIsZero(slot->buf.data(), c.length)) {
-        SubmitData(slot, 0, c.length, LB_REQ_COMPRESSED);
-      } else if (!target_zero_) {
-        SubmitZeroes(slot, c.target_offset, c.length);
+      // A cluster of zeroes is not stored (qemu-img convert -c), the others compressed whole,
+      // each run of them in one write.
+      uint64_t run = 0, run_start = 0;
+      auto flush_run = [&] {
+        if (run) SubmitData(slot, run_start, run, LB_REQ_COMPRESSED);
+        run = 0;
+      };
+      for (uint64_t off = 0; off < c.length;) {
+        uint64_t len = std::min(c.length - off,
+                                compress_cluster_ - (c.target_offset + off) % compress_cluster_);
+        if (!SectorIsZero(slot->buf.data() + off, len)) {
+          if (!run) run_start = off;
+          run += len;
+        } else {
+          flush_run();
+          if (!target_zero_) SubmitZeroes(slot, c.target_offset + off, len);
+        }
+        off += len;
       }
+      flush_run();
     } else if (settings_.min_sparse_sectors == 0) {
       SubmitData(slot, 0, c.length);
     } else {
@@ -571,7 +668,7 @@ int CreateTarget(Context& ctx, const ConvertArgs& a, const std::string& out_form
     Error("Backing file format not supported for file format '" + out_format + "'");
     return 1;
   }
-  if (a.compress && !FormatCompresses(out_format)) {
+  if (a.compress && !FormatCompresses(ctx.get(), out_format)) {
     Error("Compression not supported for this file format");
     return 1;
   }
@@ -689,7 +786,7 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
       CloseAll(sources);
       return 1;
     }
-  } else if (a.compress && !FormatCompresses(out_format)) {
+  } else if (a.compress && !FormatCompresses(ctx.get(), out_format)) {
     Error("Compression not supported for this file format");
     CloseAll(sources);
     return 1;

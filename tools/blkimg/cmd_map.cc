@@ -121,8 +121,10 @@ int Run(Context& ctx, const MapArgs& a) {
     next.zero = ext.flags & LB_STATUS_ZERO;
     next.data = ext.flags & LB_STATUS_DATA;
     // libblock reports null-co's identity mapping even where nothing is allocated; qemu-img
-    // shows no offset for ranges no image of the chain provides.
-    if (ext.has_host_offset && next.present) next.offset = ext.host_offset;
+    // shows no offset for ranges no image of the chain provides. Ranges that read as zeroes
+    // keep theirs (qcow2's unallocated subclusters of allocated clusters, without a backing
+    // file).
+    if (ext.has_host_offset && (next.present || next.zero)) next.offset = ext.host_offset;
     // The file holding the data, by the name qemu-img prints (the library's bytes: a name
     // taken out of a json: text would have lost what is not UTF-8).
     if (ext.filename) next.file = ext.filename;

@@ -1058,11 +1058,17 @@ int Session::Write(std::vector<std::string>& argv) {
   } else if (vmstate) {
     ret = -ENOTSUP;  // no libblock format has a VM state area
   } else if (compressed) {
-    // No libblock format writes compressed clusters (raw cannot in QEMU either). The request
-    // is still bounds-checked first, as QEMU's block layer does before asking the driver.
+    // qcow2 compresses whole clusters (EINVAL otherwise); raw refuses with ENOTSUP, as in
+    // QEMU. The request is bounds-checked first, as QEMU's block layer does.
     int64_t length = lb_get_length(be_);
-    ret = length < 0 ? static_cast<int>(length)
-                     : (offset > length || count > length - offset) ? -EIO : -ENOTSUP;
+    if (length < 0) {
+      ret = static_cast<int>(length);
+    } else if (offset > length || count > length - offset) {
+      ret = -EIO;
+    } else {
+      ret = lb_pwrite(be_, buf.data(), buf.size(), static_cast<uint64_t>(offset),
+                      flags | LB_REQ_COMPRESSED);
+    }
   } else {
     ret = lb_pwrite(be_, buf.data(), buf.size(), static_cast<uint64_t>(offset), flags);
   }

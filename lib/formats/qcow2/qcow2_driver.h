@@ -144,7 +144,8 @@ class Qcow2Node final : public MappingDriver {
   Task<absl::StatusOr<uint64_t>> EnsureRefcountBlock(uint64_t ti);
   Task<absl::Status> GrowRefcountTable(uint64_t min_entries);
   // `n` contiguous clusters with refcount 0 from the hint on (not referenced yet).
-  Task<absl::StatusOr<uint64_t>> FindFreeClusters(int64_t n);
+  // `lowest_free`: the first free cluster the scan saw (the run's start when none before it).
+  Task<absl::StatusOr<uint64_t>> FindFreeClusters(int64_t n, uint64_t* lowest_free = nullptr);
   // Allocates `n` contiguous clusters (refcount 1). Returns the host offset.
   Task<absl::StatusOr<uint64_t>> AllocClusters(int64_t n);
   // Frees that were waiting for their L2 tables to reach the disk.

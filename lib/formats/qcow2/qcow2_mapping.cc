@@ -203,9 +203,10 @@ absl::StatusOr<Mapping> Qcow2Node::Classify(const uint8_t* slice, int64_t index,
   const uint64_t end = offset + static_cast<uint64_t>(bytes);
   struct Unit {
     MapKind kind;
-    uint64_t host;  // kData: host offset of the unit's first byte
+    uint64_t host;  // kData (and `reserved`): host offset of the unit's first byte
     bool writable;
     bool compressed;
+    bool reserved;  // kZero/kUnallocated with host storage (QEMU's ZERO_ALLOC/UNALLOCATED_ALLOC)
   };
   auto classify = [&](uint64_t pos, Unit* u) -> absl::Status {
     int64_t i = index + static_cast<int64_t>(pos / cs - first_cluster);
@@ -221,9 +222,16 @@ absl::StatusOr<Mapping> Qcow2Node::Classify(const uint8_t* slice, int64_t index,
     bool has_host = host != 0 || (data_file_ != file_ && copied);
     u->writable = false;
     u->host = 0;
+    u->reserved = false;
+    auto reserve = [&] {
+      if (!has_host) return;
+      u->reserved = true;
+      u->host = host + pos % cs;
+    };
     if (!ext) {
       if (header_.version >= 3 && (e & kOflagZero)) {
         u->kind = MapKind::kZero;
+        reserve();
       } else if (!has_host) {
         u->kind = MapKind::kUnallocated;
       } else {
@@ -244,6 +252,7 @@ absl::StatusOr<Mapping> Qcow2Node::Classify(const uint8_t* slice, int64_t index,
     }
     if (zero) {
       u->kind = MapKind::kZero;
+      reserve();
     } else if (alloc) {
       if (!has_host) {
         return absl::DataLossError(absl::StrFormat(
@@ -255,6 +264,7 @@ absl::StatusOr<Mapping> Qcow2Node::Classify(const uint8_t* slice, int64_t index,
       u->writable = copied;
     } else {
       u->kind = MapKind::kUnallocated;
+      reserve();
     }
     return absl::OkStatus();
   };
@@ -266,13 +276,20 @@ absl::StatusOr<Mapping> Qcow2Node::Classify(const uint8_t* slice, int64_t index,
   m.child = data_file_;
   m.host = HostOffset(static_cast<int64_t>(first.host));
   m.writable = first.writable;
+  m.reserved = first.reserved;
   uint64_t pos = (offset / unit + 1) * unit;
   while (pos < end) {
     Unit next;
     st = classify(pos, &next);
     if (!st.ok()) return st;
-    if (next.compressed || next.kind != first.kind || next.writable != first.writable) break;
-    if (first.kind == MapKind::kData && next.host != first.host + (pos - offset)) break;
+    if (next.compressed || next.kind != first.kind || next.writable != first.writable ||
+        next.reserved != first.reserved) {
+      break;
+    }
+    if ((first.kind == MapKind::kData || first.reserved) &&
+        next.host != first.host + (pos - offset)) {
+      break;
+    }
     pos += unit;
   }
   m.bytes = static_cast<int64_t>(std::min(pos, end) - offset);

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_format.h"
 #include "core/node.h"
@@ -269,12 +270,14 @@ Task<absl::Status> Qcow2Node::UpdateRefcounts(uint64_t host, int64_t bytes, int6
   co_return absl::OkStatus();
 }
 
-Task<absl::StatusOr<uint64_t>> Qcow2Node::FindFreeClusters(int64_t n) {
+Task<absl::StatusOr<uint64_t>> Qcow2Node::FindFreeClusters(int64_t n, uint64_t* lowest_free) {
   const uint64_t per_block = uint64_t{1} << rb_bits_;
   uint64_t c = next_free_;
   uint64_t run_start = c;
   int64_t run = 0;
+  std::optional<uint64_t> lowest;
   while (run < n) {
+    if (run > 0 && !lowest) lowest = run_start;
     uint64_t ti = c >> rb_bits_;
     if (ti >= reftable_.size() || reftable_[ti] == 0) {
       // A whole missing block: free.
@@ -295,6 +298,7 @@ Task<absl::StatusOr<uint64_t>> Qcow2Node::FindFreeClusters(int64_t n) {
     }
     ++c;
   }
+  if (lowest_free) *lowest_free = lowest.value_or(run_start);
   uint64_t offset = run_start * static_cast<uint64_t>(cluster_size_);
   if (offset > static_cast<uint64_t>(kMaxLength) ||
       (offset & ~kL2OffsetMask) != 0) {  // beyond what an L2 entry can hold
@@ -304,11 +308,14 @@ Task<absl::StatusOr<uint64_t>> Qcow2Node::FindFreeClusters(int64_t n) {
 }
 
 Task<absl::StatusOr<uint64_t>> Qcow2Node::AllocClusters(int64_t n) {
-  absl::StatusOr<uint64_t> found = co_await FindFreeClusters(n);
+  uint64_t lowest = 0;
+  absl::StatusOr<uint64_t> found = co_await FindFreeClusters(n, &lowest);
   if (!found.ok()) co_return found.status();
   uint64_t first = *found / static_cast<uint64_t>(cluster_size_);
-  // Past the run: so refcount blocks created by the update below land elsewhere.
-  uint64_t saved_hint = next_free_;
+  // Past the run: so refcount blocks created by the update below land elsewhere. The scan
+  // found every cluster below `lowest` in use, so the hint moves up at least to it (without
+  // that, each allocation rescanned every cluster in use: quadratic).
+  uint64_t saved_hint = std::max(next_free_, lowest);
   next_free_ = first + static_cast<uint64_t>(n);
   absl::Status st = co_await UpdateRefcounts(*found, n * cluster_size_, +1, FreeReason::kOther);
   if (!st.ok()) {
