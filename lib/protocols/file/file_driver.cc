@@ -13,7 +13,8 @@
 // takes RWF_NOWAIT writes (not with O_DSYNC or FUA, which wait by definition). A descriptor
 // that refuses RWF_NOWAIT (EOPNOTSUPP) is remembered and not asked again. On a memory file
 // system (tmpfs, ramfs), which refuses RWF_NOWAIT but never waits for a device, transfers are
-// plain inline calls. O_DIRECT never runs inline: it always waits for the device. Errors are
+// plain inline calls. O_DIRECT never runs inline: it always waits for the device, nor do
+// transfers over 256 KiB (copies worth running on other cores, several at once). Errors are
 // never reported from the inline attempt: the asynchronous path redoes that part and reports.
 //
 // Write-zeroes uses fallocate (PUNCH_HOLE when unmapping is allowed, else ZERO_RANGE, plain
@@ -554,11 +555,16 @@ Task<int64_t> IoFdatasync(FileIo io) {
                                 [fd]() -> int64_t { return fdatasync(fd) < 0 ? -errno : 0; });
 }
 
+constexpr size_t kInlineMaxBytes = 256 * 1024;
+
 size_t TransferInline(const FileIo& io, bool write, int64_t offset, const IoVec& qiov,
                       int rw_flags) {
   if (!io.inline_policy) return 0;
   InlineMode& mode = write ? io.inline_policy->write : io.inline_policy->read;
   if (mode == InlineMode::kOff) return 0;
+  // Large transfers are memory copies long enough to be worth another core: they go to the
+  // asynchronous path, where several run at once (convert's 2 MiB buffers).
+  if (qiov.size() > kInlineMaxBytes) return 0;
   int flags = rw_flags;
   if (mode == InlineMode::kNowait) {
     if (flags & RWF_DSYNC) return 0;  // waits for the device by definition
@@ -618,6 +624,12 @@ Task<absl::Status> IoTransferAll(FileIo io, bool write, int64_t offset, const Io
     co_return st;
   }
   ++internal::FileIoStatsForTest().async_transfers;
+  // A memory file system's transfers that did not run inline (large ones) go to the worker
+  // pool: io_uring hands buffered tmpfs I/O to its kernel workers one at a time, slower.
+  if (io.inline_policy &&
+      (write ? io.inline_policy->write : io.inline_policy->read) == InlineMode::kMemory) {
+    io.use_uring = false;
+  }
   size_t total = qiov.size();
   while (done < total) {
     IoVec rest = done == 0 ? qiov : qiov.Slice(done, total - done);
