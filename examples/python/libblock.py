@@ -59,6 +59,26 @@ class _OpenArgs(ctypes.Structure):
                 ('name', _c_char_p)]
 
 
+class _CheckResult(ctypes.Structure):
+    """struct lb_check_result (0.3)"""
+    _fields_ = [('struct_size', ctypes.c_size_t),
+                ('corruptions', ctypes.c_int64),
+                ('leaks', ctypes.c_int64),
+                ('check_errors', ctypes.c_int64),
+                ('corruptions_fixed', ctypes.c_int64),
+                ('leaks_fixed', ctypes.c_int64),
+                ('image_end_offset', ctypes.c_int64),
+                ('total_clusters', ctypes.c_int64),
+                ('allocated_clusters', ctypes.c_int64),
+                ('fragmented_clusters', ctypes.c_int64),
+                ('compressed_clusters', ctypes.c_int64),
+                ('format', _c_char_p),
+                ('failed_errno', ctypes.c_int)]
+
+
+_CHECK_MESSAGE_FN = ctypes.CFUNCTYPE(None, _c_char_p, _void_p)
+
+
 class _ImageInfo(ctypes.Structure):
     """struct lb_image_info (allocated by the library)"""
 
@@ -99,7 +119,7 @@ _WARNING_FN = ctypes.CFUNCTYPE(None, _c_char_p, _void_p)
 
 # flags
 CONTEXT_NO_IO_URING = 0x1
-DRIVER_FORMATS, DRIVER_PROTOCOLS, DRIVER_FILTERS = 0x1, 0x2, 0x4
+DRIVER_FORMATS, DRIVER_PROTOCOLS, DRIVER_FILTERS, DRIVER_COMPRESSED = 0x1, 0x2, 0x4, 0x8
 CREATE_VALIDATE_ONLY = 0x1
 OPEN_RDWR = 0x1
 OPEN_SHARE_RW = 0x2
@@ -112,7 +132,8 @@ _CACHE_MODES = {'writeback': 0x000, 'none': 0x100, 'writethrough': 0x200,
                 'directsync': 0x300, 'unsafe': 0x400}
 _AIO_MODES = {None: 0x0000, 'default': 0x0000, 'threads': 0x1000, 'io_uring': 0x2000}
 INFO_BACKING_CHAIN = 0x1
-REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK = 0x1, 0x2, 0x4
+REQ_FUA, REQ_MAY_UNMAP, REQ_NO_FALLBACK, REQ_COMPRESSED = 0x1, 0x2, 0x4, 0x8
+CHECK_FIX_LEAKS, CHECK_FIX_ERRORS = 0x1, 0x2
 STATUS_DATA, STATUS_ZERO, STATUS_ALLOCATED, STATUS_EOF = 0x01, 0x02, 0x10, 0x20
 
 # name: (restype, argtypes)
@@ -166,6 +187,8 @@ _PROTOTYPES = {
     'lb_get_fd': (ctypes.c_int, [_void_p]),
     'lb_reap': (ctypes.c_int, [_void_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int64,
                                ctypes.POINTER(_Completion)]),
+    'lb_check': (ctypes.c_int, [_void_p, ctypes.POINTER(_OpenArgs), ctypes.c_uint32,
+                                _CHECK_MESSAGE_FN, _void_p, ctypes.POINTER(_CheckResult)]),
 }
 
 _lib = None
@@ -339,10 +362,11 @@ class Context:
         return self._handle
 
     # drivers and images
-    def drivers(self, formats=True, protocols=False, filters=False):
-        """Names of the drivers of the given kinds this build can open."""
+    def drivers(self, formats=True, protocols=False, filters=False, compressed=False):
+        """Names of the drivers of the given kinds this build can open; with `compressed`,
+        only the formats whose images store compressed clusters."""
         flags = ((DRIVER_FORMATS if formats else 0) | (DRIVER_PROTOCOLS if protocols else 0) |
-                 (DRIVER_FILTERS if filters else 0))
+                 (DRIVER_FILTERS if filters else 0) | (DRIVER_COMPRESSED if compressed else 0))
         raw = self._lib.lb_driver_list(self._ptr(), flags)
         if not raw:
             raise _error(-self._lib.lb_get_errno())
@@ -399,6 +423,29 @@ class Context:
         image = Image(self, handle)
         self._images.append(image)
         return image
+
+    def check(self, filename, format=None, repair=None, options=None):
+        """qemu-img check: returns a dict of what the check found (corruptions, leaks,
+        check_errors, ..., messages: the lines it printed). `repair` None, 'leaks' or 'all'
+        (the image is then opened read-write)."""
+        if repair not in (None, 'leaks', 'all'):
+            raise ValueError('repair must be None, "leaks" or "all"')
+        fix = {None: 0, 'leaks': CHECK_FIX_LEAKS,
+               'all': CHECK_FIX_LEAKS | CHECK_FIX_ERRORS}[repair]
+        args = _OpenArgs(ctypes.sizeof(_OpenArgs), _enc(filename), _enc(format),
+                         _enc(_options_text(options)), None,
+                         OPEN_SHARE_ALL | (OPEN_RDWR if fix else 0), None)
+        messages = []
+        callback = _CHECK_MESSAGE_FN(lambda line, _: messages.append(_dec(line)))
+        result = _CheckResult()
+        result.struct_size = ctypes.sizeof(_CheckResult)
+        _check(self._lib.lb_check(self._ptr(), ctypes.byref(args), fix, callback, None,
+                                  ctypes.byref(result)))
+        out = {name: getattr(result, name) for name, _ in _CheckResult._fields_
+               if name not in ('struct_size', 'format')}
+        out['format'] = _dec(result.format) if result.format else None
+        out['messages'] = messages
+        return out
 
     # asynchronous I/O
     def fileno(self):
@@ -493,9 +540,10 @@ class Image:
         _check(self._lib.lb_pread(self._ptr(), buf, length, offset, 0))
         return buf.raw
 
-    def write(self, offset, data, fua=False):
+    def write(self, offset, data, fua=False, compressed=False):
         data = bytes(data)
-        _check(self._lib.lb_pwrite(self._ptr(), data, len(data), offset, REQ_FUA if fua else 0))
+        flags = (REQ_FUA if fua else 0) | (REQ_COMPRESSED if compressed else 0)
+        _check(self._lib.lb_pwrite(self._ptr(), data, len(data), offset, flags))
 
     def write_zeroes(self, offset, length, may_unmap=False, no_fallback=False, fua=False):
         flags = ((REQ_MAY_UNMAP if may_unmap else 0) | (REQ_NO_FALLBACK if no_fallback else 0) |

@@ -151,6 +151,43 @@ class ContextTest(Base):
             self.ctx.open(path, aio='bogus')
 
 
+class Qcow2Test(Base):
+    """0.3: compressed writes and check, through qcow2."""
+
+    def test_compressed_writes_and_check(self):
+        self.assertEqual(self.ctx.drivers(compressed=True), ['qcow2'])
+        path = self.path('c.qcow2')
+        self.ctx.create(path, 'qcow2', 4 * MiB)
+        data = (b'libblock ' * 20000)[:128 * 1024]
+        with self.ctx.open(path, format='qcow2', readonly=False) as img:
+            img.write(0, data, compressed=True)
+            self.assertEqual(img.read(0, len(data)), data)
+            self.assert_error(errno.EINVAL, img.write, 0, data[:4096], compressed=True)
+        result = self.ctx.check(path)
+        self.assertEqual(result['format'], 'qcow2')
+        self.assertEqual((result['corruptions'], result['leaks'], result['check_errors']),
+                         (0, 0, 0))
+        self.assertEqual(result['compressed_clusters'], 2)
+        self.assertEqual(result['allocated_clusters'], 2)
+        # A leak made by hand (a refcount raised by one) is found, then repaired.
+        with open(path, 'rb') as f:
+            raw = bytearray(f.read())
+        reftable = int.from_bytes(raw[48:56], 'big')
+        block = int.from_bytes(raw[reftable:reftable + 8], 'big')
+        refcount = int.from_bytes(raw[block:block + 2], 'big')  # the header's cluster
+        raw[block:block + 2] = (refcount + 1).to_bytes(2, 'big')
+        with open(path, 'wb') as f:
+            f.write(bytes(raw))
+        result = self.ctx.check(path)
+        self.assertEqual(result['leaks'], 1)
+        self.assertTrue(any('refcount=2 reference=1' in m for m in result['messages']),
+                        result['messages'])
+        result = self.ctx.check(path, repair='leaks')
+        self.assertEqual(result['leaks_fixed'], 1)
+        self.assertEqual(self.ctx.check(path)['leaks'], 0)
+        self.assert_error(errno.ENOTSUP, self.ctx.check, self.new_image())
+
+
 class CreateTest(Base):
     @needs_qemu
     def test_create_agrees_with_qemu_img_info(self):

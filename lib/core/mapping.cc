@@ -216,7 +216,7 @@ struct MappingEngine {
                                                    m.host.value(), child_size));
     }
     int64_t stored = std::min(m.blob_bytes, child_size - m.host.value());
-    auto blob = std::make_unique<uint8_t[]>(static_cast<size_t>(stored));
+    auto blob = std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(stored));
     IoVec v(blob.get(), static_cast<size_t>(stored));
     LB_CO_RETURN_IF_ERROR(co_await m.child->Read(m.host.value(), stored, v));
     auto cluster = std::make_shared<MappingDriver::DecompressedCluster>();
@@ -226,7 +226,9 @@ struct MappingEngine {
     cluster->guest = m.blob_guest;
     cluster->guest_bytes = m.blob_guest_bytes;
     cluster->codec = m.codec;
-    cluster->data = std::make_unique<uint8_t[]>(static_cast<size_t>(m.blob_guest_bytes));
+    // Written whole by a successful decompression (a short one is corruption).
+    cluster->data =
+        std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(m.blob_guest_bytes));
     std::span<const uint8_t> in(blob.get(), static_cast<size_t>(stored));
     std::span<uint8_t> out(cluster->data.get(), static_cast<size_t>(m.blob_guest_bytes));
     Codec codec = m.codec;
@@ -417,7 +419,7 @@ struct MappingEngine {
     LB_CO_RETURN_IF_ERROR(co_await d.clusters_->Lock(range, offset, bytes, true));
     // The last cluster of a node whose size is not a multiple of the cluster size is
     // compressed padded with zeroes, as QEMU stores it.
-    auto in = std::make_unique<uint8_t[]>(static_cast<size_t>(cluster));
+    auto in = std::make_unique_for_overwrite<uint8_t[]>(static_cast<size_t>(cluster));
     data.CopyTo(0, in.get(), static_cast<size_t>(bytes));
     if (bytes < cluster) std::memset(in.get() + bytes, 0, static_cast<size_t>(cluster - bytes));
     // A blob must be smaller than the cluster to be worth storing (QEMU's bound).
