@@ -881,19 +881,7 @@ Task<absl::StatusOr<ImageCheckResult>> CheckImage(Child& file, uint32_t fix,
   if (!header.ok()) co_return header.status();
   absl::StatusOr<CheckResult> r = co_await Check(file, *header, fix);
   if (!r.ok()) co_return r.status();
-  ImageCheckResult out;
-  out.corruptions = r->corruptions;
-  out.leaks = r->leaks;
-  out.check_errors = r->check_errors;
-  out.corruptions_fixed = r->corruptions_fixed;
-  out.leaks_fixed = r->leaks_fixed;
-  out.image_end_offset = r->image_end_offset;
-  out.total_clusters = r->total_clusters;
-  out.allocated_clusters = r->allocated_clusters;
-  out.fragmented_clusters = r->fragmented_clusters;
-  out.compressed_clusters = r->compressed_clusters;
-  out.failed_errno = r->failed_errno;
-  out.messages = std::move(r->messages);
+  ImageCheckResult out = std::move(*r);  // the driver-independent part
   co_return out;
 }
 

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/driver.h"
 #include "core/node.h"
 #include "core/task.h"
 #include "formats/qcow2/qcow2_header.h"
@@ -46,26 +47,11 @@ inline constexpr CheckFix kFixLeaks = 1u << 0;
 inline constexpr CheckFix kFixErrors = 1u << 1;
 
 // QEMU's BdrvCheckResult with its fragmentation info.
-struct CheckResult {
-  int64_t corruptions = 0;
-  int64_t leaks = 0;
-  int64_t check_errors = 0;
-  int64_t corruptions_fixed = 0;
-  int64_t leaks_fixed = 0;
-  int64_t image_end_offset = 0;
-  int64_t total_clusters = 0;       // clusters of the virtual disk
-  int64_t allocated_clusters = 0;   // of the active L1/L2 tables
-  int64_t fragmented_clusters = 0;
-  int64_t compressed_clusters = 0;
-  // The messages printed while checking ("Leaked cluster 5 refcount=1 reference=0", "ERROR
-  // ...", "Repairing ..."), in order.
-  std::vector<std::string> messages;
+// The counters and messages are the driver-independent ImageCheckResult (what blkimg check
+// and lb_check report); qcow2 adds what its own callers need.
+struct CheckResult : ImageCheckResult {
   // The repair rewrote header fields (refcount table location, dirty/corrupt bits).
   bool header_changed = false;
-  // Non-zero: the check stopped with this errno (QEMU's negative return: qemu-img prints
-  // "Check failed: <strerror>" and no summary), e.g. EIO when -r leaks meets a refcount
-  // structure that needs a rebuild.
-  int failed_errno = 0;
 };
 
 // Checks the qcow2 image stored in `file` whose header is `header` (as ParseHeader returned
