@@ -12,6 +12,7 @@
 #include "core/backend.h"
 #include "core/graph.h"
 #include "core/node.h"
+#include "formats/qcow2/qcow2_driver.h"
 #include "test_support.h"
 #include "util/endian.h"
 #include "util/status.h"
@@ -404,6 +405,35 @@ TEST_CASE("an L2 table past EOF and bogus compressed descriptors fail reads clea
       CHECK(std::memcmp(buf.data(), data.data(), buf.size()) == 0);
     } else {
       CHECK(StatusErrno(st) == EIO);
+    }
+  }
+}
+
+TEST_CASE("cache-clean-interval drops idle cache entries on a timer", "[qcow2]") {
+  LB_SKIP_UNLESS(HaveProgram("qemu-img"), "qemu-img is not installed");
+  GraphEnv env;
+  std::string path = env.dir.File("t.qcow2");
+  QemuImg({"create", "-f", "qcow2", path, "64M"});
+  REQUIRE(Run({"qemu-io", "-c", "write -P 3 0 64k", "-c", "write -P 4 40M 64k", path})
+              .exit_code == 0);
+  for (const char* interval : {"1", "0"}) {
+    DYNAMIC_SECTION("interval " << interval) {
+      auto be = env.MustOpenBackend(Opts(path, std::string("cache-clean-interval=") + interval));
+      auto* q = dynamic_cast<qcow2::Qcow2Node*>(be->root()->impl());
+      REQUIRE(q);
+      REQUIRE(env.Read(*be, 40 * kMiB, 4096) == std::string(4096, '\4'));
+      size_t loaded = q->CachedSlotsForTest();
+      REQUIRE(loaded > 0);
+      // Idle for more than the interval: the loop runs its timers meanwhile.
+      int64_t until = EventLoop::NowNs() + 2'200'000'000LL;
+      while (EventLoop::NowNs() < until) env.loop->RunOnce(/*block=*/true, /*max_wait_ms=*/50);
+      if (std::string(interval) == "1") {
+        CHECK(q->CachedSlotsForTest() == 0);
+        // And the data reads back through reloaded tables.
+        REQUIRE(env.Read(*be, 0, 4096) == std::string(4096, '\3'));
+      } else {
+        CHECK(q->CachedSlotsForTest() == loaded);  // 0: never cleaned
+      }
     }
   }
 }

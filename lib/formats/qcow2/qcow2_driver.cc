@@ -113,7 +113,44 @@ constexpr OptionSchema kOptions{"qcow2", kSpecs};
 
 std::unique_ptr<NodeDriver> Instantiate(Node& node) { return std::make_unique<Qcow2Node>(node); }
 
-Qcow2Node::~Qcow2Node() = default;
+Qcow2Node::~Qcow2Node() {
+  if (clean_timer_) node().loop().CancelTimer(clean_timer_);
+}
+
+void Qcow2Node::ArmCacheCleanTimer() {
+  clean_timer_ = 0;
+  if (cache_clean_interval_s_ <= 0) return;
+  int64_t deadline = EventLoop::NowNs() + cache_clean_interval_s_ * 1000000000LL;
+  clean_timer_ = node().loop().AddTimer(deadline, [this] {
+    // QEMU's cache_clean_timer: clean slots unused for a whole interval are dropped (their
+    // memory given back). Skipped for this round while metadata work holds the caches.
+    if (meta_.TryLock()) {
+      DropIdleSlots();
+      meta_.Unlock();
+    }
+    ArmCacheCleanTimer();
+  });
+}
+
+size_t Qcow2Node::CachedSlotsForTest() {
+  size_t n = 0;
+  for (MetadataCache* c : {l2_cache_.get(), rc_cache_.get()}) {
+    if (!c) continue;
+    for (Slot& s : c->slots()) n += s.valid ? 1 : 0;
+  }
+  return n;
+}
+
+void Qcow2Node::DropIdleSlots() {
+  uint64_t now = static_cast<uint64_t>(EventLoop::NowNs());
+  uint64_t limit = static_cast<uint64_t>(cache_clean_interval_s_) * 1000000000ull;
+  for (MetadataCache* c : {l2_cache_.get(), rc_cache_.get()}) {
+    if (!c) continue;
+    for (Slot& s : c->slots()) {
+      if (s.valid && !s.dirty && now - s.last_use_ns >= limit) c->Unbind(&s);
+    }
+  }
+}
 
 std::string Qcow2Node::DisplayName() const { return filename_; }
 
@@ -354,6 +391,7 @@ Task<absl::Status> Qcow2Node::Open(OpenContext& ctx) {
   InitMapping(/*compressed_writes=*/!header_.has_data_file());
   caps_.truncate = true;
   opened_ = true;
+  ArmCacheCleanTimer();
   co_return absl::OkStatus();
 }
 
@@ -606,17 +644,6 @@ Task<absl::Status> Qcow2Node::FlushLocked() {
     if (!st.ok()) co_return st;
     st = co_await WriteBackRefcounts();
     if (!st.ok()) co_return st;
-  }
-  // cache-clean-interval: clean slots unused for that long are dropped (and their memory
-  // given back) at flushes.
-  if (cache_clean_interval_s_ > 0) {
-    uint64_t now = static_cast<uint64_t>(EventLoop::NowNs());
-    uint64_t limit = static_cast<uint64_t>(cache_clean_interval_s_) * 1000000000ull;
-    for (MetadataCache* c : {l2_cache_.get(), rc_cache_.get()}) {
-      for (Slot& s : c->slots()) {
-        if (s.valid && !s.dirty && now - s.last_use_ns > limit) c->Unbind(&s);
-      }
-    }
   }
   co_return absl::OkStatus();
 }

@@ -63,6 +63,8 @@ class Qcow2Node final : public MappingDriver {
  public:
   using MappingDriver::MappingDriver;
   ~Qcow2Node() override;
+  // Valid slots in the L2 and refcount caches (tests of cache-clean-interval).
+  size_t CachedSlotsForTest();
 
   // ---- control plane ----
   Task<absl::Status> Open(OpenContext& ctx) override;
@@ -113,6 +115,9 @@ class Qcow2Node final : public MappingDriver {
   // With lazy refcounts: the dirty bit is on disk before any metadata write.
   Task<absl::Status> EnsureDirtyBit();
   Task<absl::Status> ClearDirtyBit();
+  // cache-clean-interval: a timer that drops clean slots unused for a whole interval.
+  void ArmCacheCleanTimer();
+  void DropIdleSlots();  // under meta_
   // Flush under meta_: caches in order, pending frees.
   Task<absl::Status> FlushLocked();
   // Marks the image corrupt (QEMU's qcow2_signal_corruption): the warning, the header bit on
@@ -217,7 +222,7 @@ class Qcow2Node final : public MappingDriver {
   bool discard_other_ = false;
   uint32_t overlap_checks_ = 0;
   int64_t cache_clean_interval_s_ = 0;
-  uint64_t clean_timer_ = 0;
+  uint64_t clean_timer_ = 0;  // the loop's timer id (0: none)
   bool opened_ = false;
   bool prealloc_checked_ = false;
   bool metadata_prealloc_ = false;  // kData mappings ask the file whether they read as zeroes
