@@ -133,6 +133,8 @@ struct ImageInfo {
   std::optional<std::string> backing_filename;  // as stored in the image
   std::optional<std::string> backing_format;
   nlohmann::ordered_json format_specific;       // {"type": ..., "data": {...}}, or null
+  // Internal snapshots as qemu-img info lists them (QEMU's SnapshotInfo objects), or null.
+  nlohmann::ordered_json snapshots;
 };
 
 // Logical and physical block sizes of a host device (QEMU's BlockSizes).

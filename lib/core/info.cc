@@ -85,6 +85,9 @@ absl::StatusOr<nlohmann::ordered_json> OneImage(Node& node) {
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
   ImageInfo info;
   absl::Status have_info = node.impl()->GetImageInfo(info);
+  if (have_info.ok() && info.snapshots.is_array() && !info.snapshots.empty()) {
+    j["snapshots"] = info.snapshots;  // first, as qemu-img prints it
+  }
   j["virtual-size"] = node.size();
   j["filename"] = DisplayFilename(node);
   if (have_info.ok() && info.cluster_size) j["cluster-size"] = *info.cluster_size;

@@ -285,6 +285,22 @@ class Qcow2IoTest(CliTestCase):
                 self.assertOk(self.qemu_img("snapshot", "-d", "s1", "a.qcow2"))
                 self.check_clean("a.qcow2")
 
+    def test_info_lists_snapshots(self):
+        self.make("s.qcow2", "default")
+        self.assertOk(self.qemu_io("-c", "write -P 1 0 1M", "s.qcow2"))
+        for name in ("first", "a-much-longer-snapshot-name"):
+            self.assertOk(self.qemu_img("snapshot", "-c", name, "s.qcow2"))
+        for output in ("human", "json"):
+            with self.subTest(output=output):
+                ours = self.blkimg("info", f"--output={output}", "s.qcow2")
+                theirs = self.qemu_img("info", f"--output={output}", "s.qcow2")
+                self.assertOk(ours)
+                self.assertEqual(ours.out, theirs.out)
+        # Writes leave the list as it is; deleting one shows in the next open.
+        self.assertOk(self.blkimg("io", "-c", "write -P 2 0 64k", "s.qcow2"))
+        self.assertOk(self.qemu_img("snapshot", "-d", "first", "s.qcow2"))
+        self.assertEqual(self.blkimg("info", "s.qcow2").out, self.qemu_img("info", "s.qcow2").out)
+
     def test_partial_writes_to_compressed_extended_l2(self):
         self.assertOk(self.qemu_img("create", "-f", "raw", "src.raw", str(SIZE)))
         self.assertOk(self.qemu_io("-f", "raw", "-c", "write -P 0x61 0 3M", "src.raw"))

@@ -1,9 +1,11 @@
 // blkimg info: qemu-img info [--object OBJ] [--image-opts] [-f FMT] [--output=human|json]
 //              [--backing-chain] [-U] FILENAME
-#include <cinttypes>
 #include <algorithm>
+#include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
+#include <string>
 
 #include "common.h"
 #include "nlohmann/json.hpp"
@@ -44,6 +46,31 @@ void PrintSpecific(const nlohmann::ordered_json& data, int indent) {
   }
 }
 
+// qemu-img's "Snapshot list:" table (QEMU's bdrv_snapshot_dump): dates in local time.
+void PrintSnapshots(const lb_image_info* info) {
+  if (!info->json) return;
+  auto j = nlohmann::ordered_json::parse(info->json, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("snapshots") || !j["snapshots"].is_array()) return;
+  printf("Snapshot list:\n");
+  printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+  for (const auto& sn : j["snapshots"]) {
+    time_t secs = static_cast<time_t>(sn.value("date-sec", uint64_t{0}));
+    struct tm tm {};
+    localtime_r(&secs, &tm);
+    char date[32];
+    strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+    uint64_t clock_s = sn.value("vm-clock-sec", uint64_t{0});
+    uint64_t clock_ms = sn.value("vm-clock-nsec", uint64_t{0}) / 1000000;
+    char clock[48];
+    snprintf(clock, sizeof clock, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
+             clock_s / 3600, clock_s / 60 % 60, clock_s % 60, clock_ms);
+    std::string icount = sn.contains("icount") ? std::to_string(sn["icount"].get<uint64_t>()) : "";
+    printf("%-9s %-16s %8s%20s%13s%11s\n", sn.value("id", std::string()).c_str(),
+           sn.value("name", std::string()).c_str(),
+           HumanSize(sn.value("vm-state-size", uint64_t{0})).c_str(), date, clock, icount.c_str());
+  }
+}
+
 void PrintHuman(const lb_image_info* info) {
   printf("image: %s\n", info->filename);
   printf("file format: %s\n", info->format);
@@ -65,6 +92,7 @@ void PrintHuman(const lb_image_info* info) {
   }
   if (info->backing_format) printf("backing file format: %s\n", info->backing_format);
   if (info->dirty) printf("cleanly shut down: no\n");
+  PrintSnapshots(info);
   if (info->format_specific) {
     auto spec = nlohmann::ordered_json::parse(info->format_specific);
     if (spec.contains("data")) {

@@ -115,6 +115,8 @@ class Qcow2Node final : public MappingDriver {
   // With lazy refcounts: the dirty bit is on disk before any metadata write.
   Task<absl::Status> EnsureDirtyBit();
   Task<absl::Status> ClearDirtyBit();
+  // Reads the snapshot table into snapshot_list_ (info's "snapshots").
+  Task<void> LoadSnapshotList();
   // cache-clean-interval: a timer that drops clean slots unused for a whole interval.
   void ArmCacheCleanTimer();
   void DropIdleSlots();  // under meta_
@@ -223,6 +225,7 @@ class Qcow2Node final : public MappingDriver {
   uint32_t overlap_checks_ = 0;
   int64_t cache_clean_interval_s_ = 0;
   uint64_t clean_timer_ = 0;  // the loop's timer id (0: none)
+  nlohmann::ordered_json snapshot_list_;  // QEMU's SnapshotInfo list, or null without any
   bool opened_ = false;
   bool prealloc_checked_ = false;
   bool metadata_prealloc_ = false;  // kData mappings ask the file whether they read as zeroes
