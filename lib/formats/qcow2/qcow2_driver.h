@@ -163,6 +163,9 @@ class Qcow2Node final : public MappingDriver {
   // The L2 slice of the cluster at guest `offset`; null when its L1 entry is empty. With
   // `for_update` the L2 table is made writable (allocated, never shared) first.
   Task<absl::StatusOr<Slot*>> L2SliceFor(uint64_t offset, bool for_update);
+  // Writes a freshly allocated metadata structure and makes it durable, with the refcounts
+  // that allocated it, before anything points at it.
+  Task<absl::Status> WriteNewMetadata(uint64_t host, const void* data, int64_t bytes);
   Task<absl::StatusOr<uint64_t>> AllocL2Table(uint64_t l1_index);
   // A private copy of the L2 table shared with a snapshot, linked in place of it.
   Task<absl::StatusOr<uint64_t>> CopyL2Table(uint64_t l1_index);

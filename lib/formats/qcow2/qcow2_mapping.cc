@@ -66,6 +66,17 @@ Task<absl::Status> Qcow2Node::WriteL1Entry(uint64_t l1_index) {
   co_return absl::OkStatus();
 }
 
+Task<absl::Status> Qcow2Node::WriteNewMetadata(uint64_t host, const void* data, int64_t bytes) {
+  absl::Status st = co_await file_->Pwrite(static_cast<int64_t>(host), data, bytes);
+  if (!st.ok()) co_return st;
+  files_need_flush_ = true;
+  if (!lazy_refcounts_) {
+    st = co_await WriteBackRefcounts();
+    if (!st.ok()) co_return st;
+  }
+  co_return co_await FlushFiles();
+}
+
 Task<absl::StatusOr<uint64_t>> Qcow2Node::AllocL2Table(uint64_t l1_index) {
   absl::Status dirty = co_await EnsureDirtyBit();
   if (!dirty.ok()) co_return dirty;
@@ -73,16 +84,8 @@ Task<absl::StatusOr<uint64_t>> Qcow2Node::AllocL2Table(uint64_t l1_index) {
   if (!host.ok()) co_return host.status();
   // The table is zero on disk (and its refcount durable) before the L1 entry points at it.
   std::vector<uint8_t> zeros(static_cast<size_t>(cluster_size_), 0);
-  absl::Status st = co_await file_->Pwrite(static_cast<int64_t>(*host), zeros.data(),
-                                           cluster_size_);
+  absl::Status st = co_await WriteNewMetadata(*host, zeros.data(), cluster_size_);
   if (!st.ok()) co_return st;
-  files_need_flush_ = true;
-  if (!lazy_refcounts_) {
-    absl::Status wr = co_await WriteBackRefcounts();
-    if (!wr.ok()) co_return wr;
-  }
-  absl::Status fl = co_await FlushFiles();
-  if (!fl.ok()) co_return fl;
   l1_[l1_index] = *host | kOflagCopied;
   l2_tables_.insert(*host);
   absl::Status l1 = co_await WriteL1Entry(l1_index);
@@ -109,15 +112,7 @@ Task<absl::StatusOr<uint64_t>> Qcow2Node::CopyL2Table(uint64_t l1_index) {
   absl::StatusOr<uint64_t> host = co_await AllocClusters(1);
   if (!host.ok()) co_return host.status();
   // The copy and its refcount are on disk before the L1 entry points at it.
-  absl::Status st = co_await file_->Pwrite(static_cast<int64_t>(*host), table.data(),
-                                           cluster_size_);
-  if (!st.ok()) co_return st;
-  files_need_flush_ = true;
-  if (!lazy_refcounts_) {
-    st = co_await WriteBackRefcounts();
-    if (!st.ok()) co_return st;
-  }
-  st = co_await FlushFiles();
+  absl::Status st = co_await WriteNewMetadata(*host, table.data(), cluster_size_);
   if (!st.ok()) co_return st;
   l1_[l1_index] = *host | kOflagCopied;
   l2_tables_.erase(old);
@@ -688,15 +683,7 @@ Task<absl::Status> Qcow2Node::GrowL1Table(uint64_t entries, bool exact) {
   for (size_t i = 0; i < l1_.size(); ++i) StoreBe64(raw.data() + 8 * i, l1_[i]);
   absl::Status dirty = co_await EnsureDirtyBit();
   if (!dirty.ok()) co_return dirty;
-  absl::Status st = co_await file_->Pwrite(static_cast<int64_t>(*table), raw.data(),
-                                           static_cast<int64_t>(bytes));
-  if (!st.ok()) co_return st;
-  files_need_flush_ = true;
-  if (!lazy_refcounts_) {
-    st = co_await WriteBackRefcounts();
-    if (!st.ok()) co_return st;
-  }
-  st = co_await FlushFiles();
+  absl::Status st = co_await WriteNewMetadata(*table, raw.data(), static_cast<int64_t>(bytes));
   if (!st.ok()) co_return st;
   uint8_t hdr[12];
   StoreBe32(hdr, static_cast<uint32_t>(size));
