@@ -4,7 +4,6 @@
 // The workload runs through qemu-io (QEMU's qcow2 driver: it checks the harness and our check
 // on real crash states) and, once libblock's qcow2 driver is registered, through libblock.
 // Exits 77 without qemu-img/qemu-io.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <string>
 
@@ -166,4 +165,4 @@ TEST_CASE("qcow2 written by libblock: every cut is consistent and holds what was
 }  // namespace
 }  // namespace libblock::crash
 
-LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})
+LB_TEST_REQUIRES(.programs = {"qemu-img", "qemu-io"})

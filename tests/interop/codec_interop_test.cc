@@ -7,7 +7,6 @@
 //     source: QEMU reads what we write.
 // The qcow2 walk is the minimum for a one-L2-table image qemu-img just wrote (the driver
 // proper lives in lib/formats/qcow2). Exits 77 without qemu-img.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <string>
@@ -147,4 +146,4 @@ TEST_CASE("qemu-img's compressed clusters decompress here, ours decompress in QE
 }  // namespace
 }  // namespace libblock
 
-LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img"})
+LB_TEST_REQUIRES(.programs = {"qemu-img"})

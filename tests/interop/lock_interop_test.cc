@@ -5,7 +5,6 @@
 // Also: two Graphs on one loop (locks belong to the open file description, not the process)
 // and the POSIX-lock fallback, whose locks still conflict with QEMU's OFD locks on Linux.
 // Exits 77 when qemu-img or qemu-io is missing.
-#define CATCH_CONFIG_RUNNER
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -246,4 +245,4 @@ TEST_CASE("POSIX-lock fallback still conflicts with QEMU's OFD locks", "[lock][i
 }  // namespace
 }  // namespace libblock
 
-LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})
+LB_TEST_REQUIRES(.programs = {"qemu-img", "qemu-io"})

@@ -2,7 +2,6 @@
 // size option), `qemu-img map` on read-zeroes on and off next to libblock's block status,
 // and qemu-img's message for a filename other than the driver's URI.
 // Exits 77 when qemu-img is missing.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <string>
 #include <vector>
@@ -83,4 +82,4 @@ TEST_CASE("null filename errors match qemu-img's", "[null][interop]") {
 }  // namespace
 }  // namespace libblock
 
-LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img"})
+LB_TEST_REQUIRES(.programs = {"qemu-img"})

@@ -2,7 +2,6 @@
 // qemu-io and through a libblock backend leave identical files; (2) QEMU's own preallocation
 // under qcow2 (file size while open and after exit), reproduced by libblock with the same
 // file-level writes. Exits 77 when qemu-img or qemu-io is missing.
-#define CATCH_CONFIG_RUNNER
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -195,4 +194,4 @@ TEST_CASE("QEMU's preallocation under qcow2, reproduced by libblock", "[prealloc
 }  // namespace
 }  // namespace libblock
 
-LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})
+LB_TEST_REQUIRES(.programs = {"qemu-img", "qemu-io"})

@@ -2,7 +2,6 @@
 // made by editing refcounts or by a qemu-io killed mid-way, and corrupted by editing bytes)
 // must give the same counters, the same messages in the same order, and repairs that leave
 // images qemu-img finds clean with their data intact. Exits 77 without qemu-img/qemu-io.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <string>
@@ -398,4 +397,4 @@ TEST_CASE("a dirty lazy_refcounts image left by a killed qemu-io is repaired and
 }  // namespace
 }  // namespace libblock::qcow2
 
-LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})
+LB_TEST_REQUIRES(.programs = {"qemu-img", "qemu-io"})

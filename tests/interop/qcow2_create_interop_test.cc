@@ -1,7 +1,6 @@
 // qcow2 create against qemu-img 7.2: for each option set, the image libblock creates has the
 // same bytes, file length and allocated extents as qemu-img's, and `qemu-img check` finds it
 // clean. Refusals carry qemu-img's messages and create nothing. Exits 77 without qemu-img.
-#define CATCH_CONFIG_RUNNER
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -234,4 +233,4 @@ TEST_CASE("qcow2 create refuses what qemu-img refuses, with its message, creatin
 }  // namespace
 }  // namespace libblock
 
-LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img"})
+LB_TEST_REQUIRES(.programs = {"qemu-img"})

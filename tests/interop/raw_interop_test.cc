@@ -3,7 +3,6 @@
 // data, write-zeroes, discard=unmap) pass `qemu-img compare` against an independently built
 // reference and `qemu-io read -P`; `qemu-img map` and libblock's block status agree.
 // Exits 77 when qemu-img or qemu-io is missing.
-#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <random>
 #include <sstream>
@@ -241,4 +240,4 @@ TEST_CASE("qemu-img info agrees with libblock-created raw images", "[raw][intero
 }  // namespace
 }  // namespace libblock
 
-LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})
+LB_TEST_REQUIRES(.programs = {"qemu-img", "qemu-io"})

@@ -5,7 +5,6 @@
 // it is not root or losetup is missing. Every loop device and mount is undone by RAII, also
 // when an assertion fails. Expected values come from the kernel's own ioctls (BLKGETSIZE64,
 // BLKSSZGET, BLKPBSZGET) and QEMU's file-posix messages.
-#define CATCH_CONFIG_RUNNER
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -352,4 +351,4 @@ TEST_CASE("create: nocow=on sets the btrfs No_COW attribute", "[file]") {
 }  // namespace
 }  // namespace libblock
 
-LB_CATCH_MAIN_REQUIRING(.root = true, .programs = {"losetup"}, .devices = {"/dev/loop-control"})
+LB_TEST_REQUIRES(.root = true, .programs = {"losetup"}, .devices = {"/dev/loop-control"})

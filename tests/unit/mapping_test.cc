@@ -35,10 +35,15 @@ void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
   return std::malloc(n ? n : 1);
 }
 // Every form that frees what the two above allocate (the array and aligned forms keep the
-// library's own pairs, which sanitizers check against each other).
+// library's own pairs, which sanitizers check against each other). GCC sees malloc inlined
+// into a replaced operator new and std::free in the replaced delete, and warns of a mismatch
+// that is not there.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 namespace libblock {
 namespace {

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -127,8 +128,12 @@ std::vector<std::string> LocksOn(const std::string& path) {
   std::vector<std::string> out;
   struct stat st;
   if (stat(path.c_str(), &st) != 0) return out;
-  char suffix[64];
-  snprintf(suffix, sizeof(suffix), ":%lu ", static_cast<unsigned long>(st.st_ino));
+  // /proc/locks names the file as "MAJOR:MINOR:INODE" (hex device numbers). Matching the inode
+  // alone also caught locks another test process held on a file of another file system that
+  // happened to have the same inode number.
+  char suffix[96];
+  snprintf(suffix, sizeof(suffix), " %02x:%02x:%lu ", major(st.st_dev), minor(st.st_dev),
+           static_cast<unsigned long>(st.st_ino));
   std::ifstream locks("/proc/locks");
   std::string line;
   while (std::getline(locks, line)) {

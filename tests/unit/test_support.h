@@ -193,15 +193,15 @@ struct Requirements {
 // stderr and returns false.
 bool RequirementsMet(const Requirements& req);
 
-// Defines main() for a test executable with its own Catch session (#define CATCH_CONFIG_RUNNER
-// before including catch.hpp): exits 77, which meson reports as skipped, when a requirement
-// is missing. The arguments initialise Requirements:
-//   LB_CATCH_MAIN_REQUIRING(.programs = {"qemu-img", "qemu-io"})
-#define LB_CATCH_MAIN_REQUIRING(...)                                      \
-  int main(int argc, char** argv) {                                       \
-    if (!::libblock::testing::RequirementsMet({__VA_ARGS__})) return 77;  \
-    return Catch::Session().run(argc, argv);                              \
-  }
+// The requirements of a test executable linked with test_main_requiring (whose main() exits
+// 77, which meson reports as skipped, when one is missing). Each such executable defines it
+// once, at global scope, through the macro below; the arguments initialise Requirements:
+//   LB_TEST_REQUIRES(.programs = {"qemu-img", "qemu-io"})
+// (The runner is one shared translation unit: Catch's session code compiled into every
+// executable cost three minutes of each ASan build.)
+Requirements ExecutableRequirements();
+#define LB_TEST_REQUIRES(...) \
+  ::libblock::testing::Requirements libblock::testing::ExecutableRequirements() { return {__VA_ARGS__}; }
 
 }  // namespace libblock::testing
 
