@@ -26,6 +26,7 @@
 #include "core/info.h"
 #include "core/json_text.h"
 #include "core/options.h"
+#include "core/snapshot.h"
 #include "libblock.h"
 #include "libblock_config.h"
 #include "util/checked_math.h"
@@ -1275,4 +1276,134 @@ LB_API int lb_check(lb_context* ctx, const lb_open_args* args, uint32_t flags,
     if (!closed.ok()) return Fail(closed);
     return 0;
   });
+}
+
+// ---- internal snapshots ------------------------------------------------------------------------
+
+struct lb_snapshot_list {
+  std::vector<libblock::SnapshotInfo> items;
+};
+
+namespace {
+
+bool ValidNode(const lb_node* node) { return node && node->ctx && node->node; }
+
+int NodeHandle() { return Fail(EINVAL, "invalid or closed node handle"); }
+
+}  // namespace
+
+LB_API int lb_snapshot_list_get(lb_node* node, lb_snapshot_list** out) {
+  if (out) *out = nullptr;
+  return Guard([&]() -> int {
+    if (!out) return NullArgument("lb_snapshot_list_get");
+    if (!ValidNode(node)) return NodeHandle();
+    auto list = RunSync(node->ctx, libblock::ListSnapshots(*node->node));
+    if (!list.ok()) return Fail(list.status());
+    auto holder = std::make_unique<lb_snapshot_list>();
+    holder->items = std::move(*list);
+    *out = holder.release();
+    return 0;
+  });
+}
+
+LB_API size_t lb_snapshot_list_count(const lb_snapshot_list* list) {
+  return list ? list->items.size() : 0;
+}
+
+LB_API int lb_snapshot_list_entry(const lb_snapshot_list* list, size_t index, lb_snapshot* out) {
+  return Guard([&]() -> int {
+    if (!list || !out) return NullArgument("lb_snapshot_list_entry");
+    if (out->struct_size < offsetof(lb_snapshot, icount) + sizeof(uint64_t)) {
+      return Fail(EINVAL, "lb_snapshot_list_entry: lb_snapshot's struct_size is too small");
+    }
+    if (index >= list->items.size()) return Fail(EINVAL, "lb_snapshot_list_entry: no such entry");
+    const libblock::SnapshotInfo& s = list->items[index];
+    lb_snapshot full = LB_SNAPSHOT_INIT;
+    full.id = s.id.c_str();
+    full.name = s.name.c_str();
+    full.vm_state_size = s.vm_state_size;
+    full.date_sec = s.date_sec;
+    full.date_nsec = s.date_nsec;
+    full.vm_clock_nsec = s.vm_clock_nsec;
+    full.icount = s.icount;
+    size_t keep = out->struct_size;
+    std::memcpy(out, &full, std::min(keep, sizeof(full)));
+    out->struct_size = keep;
+    return 0;
+  });
+}
+
+LB_API void lb_snapshot_list_free(lb_snapshot_list* list) { delete list; }
+
+LB_API int lb_snapshot_create(lb_node* node, const lb_snapshot* sn, char** id_out) {
+  if (id_out) *id_out = nullptr;
+  return Guard([&]() -> int {
+    if (!sn) return NullArgument("lb_snapshot_create");
+    if (!ValidNode(node)) return NodeHandle();
+    if (sn->struct_size < offsetof(lb_snapshot, icount) + sizeof(uint64_t)) {
+      return Fail(EINVAL, "lb_snapshot_create: lb_snapshot's struct_size is too small");
+    }
+    libblock::SnapshotInfo info;
+    info.id = sn->id ? sn->id : "";
+    info.name = sn->name ? sn->name : "";
+    info.vm_state_size = sn->vm_state_size;
+    info.date_sec = sn->date_sec;
+    info.date_nsec = sn->date_nsec;
+    if (info.date_sec == 0 && info.date_nsec == 0) {
+      struct timespec now;
+      clock_gettime(CLOCK_REALTIME, &now);
+      info.date_sec = static_cast<uint32_t>(now.tv_sec);
+      info.date_nsec = static_cast<uint32_t>(now.tv_nsec);
+    }
+    info.vm_clock_nsec = sn->vm_clock_nsec;
+    info.icount = sn->icount;
+    absl::Status st = RunSync(node->ctx, libblock::CreateSnapshot(*node->node, info));
+    if (!st.ok()) return Fail(st);
+    if (id_out) {
+      *id_out = strdup(info.id.c_str());
+      if (!*id_out) return Fail(ENOMEM, "out of memory");
+    }
+    return 0;
+  });
+}
+
+LB_API int lb_snapshot_apply(lb_node* node, const char* id_or_name) {
+  return Guard([&]() -> int {
+    if (!id_or_name) return NullArgument("lb_snapshot_apply");
+    if (!ValidNode(node)) return NodeHandle();
+    return Check(RunSync(node->ctx, libblock::ApplySnapshot(*node->node, id_or_name)));
+  });
+}
+
+LB_API int lb_snapshot_delete(lb_node* node, const char* id, const char* name) {
+  return Guard([&]() -> int {
+    if (!ValidNode(node)) return NodeHandle();
+    if (!id && !name) return NullArgument("lb_snapshot_delete");
+    return Check(RunSync(node->ctx, libblock::DeleteSnapshot(*node->node, id ? id : "",
+                                                               name ? name : "")));
+  });
+}
+
+namespace {
+int VmStateIo(lb_node* node, void* buf, size_t count, uint64_t pos, bool write) {
+  if (!ValidNode(node)) return NodeHandle();
+  if (!buf && count) return NullArgument(write ? "lb_vmstate_write" : "lb_vmstate_read");
+  if (count > static_cast<uint64_t>(libblock::kMaxLength) ||
+      pos > static_cast<uint64_t>(libblock::kMaxLength)) {
+    return Fail(EINVAL, "VM-state range out of bounds");
+  }
+  auto task = write ? libblock::SaveVmState(*node->node, static_cast<int64_t>(pos), buf,
+                                            static_cast<int64_t>(count))
+                    : libblock::LoadVmState(*node->node, static_cast<int64_t>(pos), buf,
+                                            static_cast<int64_t>(count));
+  return Check(RunSync(node->ctx, std::move(task)));
+}
+}  // namespace
+
+LB_API int lb_vmstate_write(lb_node* node, const void* buf, size_t count, uint64_t pos) {
+  return Guard([&] { return VmStateIo(node, const_cast<void*>(buf), count, pos, true); });
+}
+
+LB_API int lb_vmstate_read(lb_node* node, void* buf, size_t count, uint64_t pos) {
+  return Guard([&] { return VmStateIo(node, buf, count, pos, false); });
 }

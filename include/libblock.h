@@ -604,6 +604,57 @@ typedef void (*lb_check_message_fn)(const char *line, void *user_data);
 LB_API int lb_check(lb_context *ctx, const lb_open_args *args, uint32_t flags,
                     lb_check_message_fn fn, void *user_data, lb_check_result *out);
 
+/* ---- internal snapshots (qemu-img snapshot; QEMU's savevm/loadvm/delvm) ------------------ */
+
+/* One internal snapshot (QEMU's QEMUSnapshotInfo). */
+typedef struct lb_snapshot {
+  size_t struct_size;
+  const char *id;          /* unique in the image: "1", "2", ... */
+  const char *name;        /* the tag; not necessarily unique */
+  uint64_t vm_state_size;  /* bytes of VM state saved with it; 0 for a disk-only snapshot */
+  uint32_t date_sec;       /* wall-clock time it was taken (seconds since the epoch) */
+  uint32_t date_nsec;
+  uint64_t vm_clock_nsec;  /* guest clock when it was taken */
+  uint64_t icount;         /* instruction count (record/replay), LB_SNAPSHOT_NO_ICOUNT: none */
+} lb_snapshot;
+#define LB_SNAPSHOT_NO_ICOUNT UINT64_MAX
+#define LB_SNAPSHOT_INIT {sizeof(lb_snapshot), NULL, NULL, 0, 0, 0, 0, LB_SNAPSHOT_NO_ICOUNT}
+
+typedef struct lb_snapshot_list lb_snapshot_list;
+
+/* The internal snapshots of the image under `node`, in table order. A format without
+ * internal snapshots fails with -ENOTSUP; a filter or a raw node over an image file asks what
+ * it sits on, as QEMU does. Free the list with lb_snapshot_list_free. Since 0.3. */
+LB_API int lb_snapshot_list_get(lb_node *node, lb_snapshot_list **out);
+LB_API size_t lb_snapshot_list_count(const lb_snapshot_list *list);
+/* Fills *out (out->struct_size set by the caller) with entry `index`; its strings live as
+ * long as the list. -EINVAL past the end. */
+LB_API int lb_snapshot_list_entry(const lb_snapshot_list *list, size_t index, lb_snapshot *out);
+LB_API void lb_snapshot_list_free(lb_snapshot_list *list);
+
+/* Takes a snapshot of the disk as it is now (qemu-img snapshot -c). sn->id NULL or empty:
+ * the next free id; sn->name NULL: "". date_sec and date_nsec both 0: the current time. The
+ * id given to the snapshot goes to *id_out (may be NULL; free with lb_free). The node must be
+ * writable; its parents' requests are drained first. Errors: -ENOTSUP (no internal
+ * snapshots, an external data file, refcount_bits=1), -EEXIST (the id exists), -EACCES
+ * (read-only), -EIO/-ENOSPC. Since 0.3. */
+LB_API int lb_snapshot_create(lb_node *node, const lb_snapshot *sn, char **id_out);
+/* Reverts the disk to a snapshot (qemu-img snapshot -a): the one whose id is `id_or_name`,
+ * else the first whose name is. The disk takes the size it had then. -ENOENT when there is
+ * none. Since 0.3. */
+LB_API int lb_snapshot_apply(lb_node *node, const char *id_or_name);
+/* Deletes the snapshot whose id is `id` and whose name is `name` (NULL: either is not
+ * compared; qemu-img snapshot -d finds the snapshot as lb_snapshot_apply does, then deletes
+ * by both). -ENOENT when there is none. Since 0.3. */
+LB_API int lb_snapshot_delete(lb_node *node, const char *id, const char *name);
+
+/* The VM-state area of the current disk state (QEMU's bdrv_save_vmstate/bdrv_load_vmstate):
+ * what the next lb_snapshot_create saves with the snapshot when sn->vm_state_size says how
+ * much of it there is, and what lb_snapshot_apply brings back. `pos` is a byte offset into
+ * the area. Since 0.3. */
+LB_API int lb_vmstate_write(lb_node *node, const void *buf, size_t count, uint64_t pos);
+LB_API int lb_vmstate_read(lb_node *node, void *buf, size_t count, uint64_t pos);
+
 #ifdef __cplusplus
 }
 #endif

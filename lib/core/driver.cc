@@ -69,6 +69,28 @@ Child* FilteredChild(const Node& node) {
 
 }  // namespace
 
+namespace {
+absl::Status NoSnapshots(const Node& node) {
+  return ErrnoError(ENOTSUP, absl::StrFormat("Block format '%s' used by node '%s' does not "
+                                             "support internal snapshots",
+                                             node.driver().name, node.name()));
+}
+}  // namespace
+
+Task<absl::StatusOr<std::vector<SnapshotInfo>>> NodeDriver::ListSnapshots() {
+  co_return NoSnapshots(node());
+}
+Task<absl::Status> NodeDriver::CreateSnapshot(SnapshotInfo&) { co_return NoSnapshots(node()); }
+Task<absl::Status> NodeDriver::ApplySnapshot(const std::string&, const std::string&) {
+  co_return NoSnapshots(node());
+}
+Task<absl::Status> NodeDriver::DeleteSnapshot(const std::string&, const std::string&) {
+  co_return NoSnapshots(node());
+}
+Task<absl::Status> NodeDriver::VmStateIo(int64_t, void*, int64_t, bool) {
+  co_return NoSnapshots(node());
+}
+
 bool NodeDriver::HasZeroInit() {
   // A filter shows its child's data; any other driver must say so itself (the safe default:
   // a format's metadata may make a new image read as anything).

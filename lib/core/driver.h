@@ -137,6 +137,17 @@ struct ImageInfo {
   nlohmann::ordered_json snapshots;
 };
 
+// An internal snapshot (QEMU's QEMUSnapshotInfo): what a format keeps per snapshot.
+struct SnapshotInfo {
+  std::string id;    // unique in the image ("1", "2", ...)
+  std::string name;  // the tag; need not be unique
+  uint64_t vm_state_size = 0;  // bytes of VM state saved with it (0: a disk-only snapshot)
+  uint32_t date_sec = 0;       // wall clock when taken
+  uint32_t date_nsec = 0;
+  uint64_t vm_clock_nsec = 0;  // guest clock when taken
+  uint64_t icount = ~uint64_t{0};  // instruction count (record/replay); ~0: none
+};
+
 // Logical and physical block sizes of a host device (QEMU's BlockSizes).
 struct BlockSizes {
   uint32_t logical = 512;
@@ -233,6 +244,22 @@ class NodeDriver {
                                                            bool want_zero);
   virtual Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode,
                                       ReqFlags flags);
+
+  // ---- internal snapshots (QEMU's bdrv_snapshot_*, bdrv_{save,load}_vmstate) -------------
+  // Callers go through core/snapshot.h, which drains the node and checks its mode first.
+  // Drivers without snapshots keep these defaults (ENOTSUP).
+  virtual bool SupportsSnapshots() const { return false; }
+  virtual Task<absl::StatusOr<std::vector<SnapshotInfo>>> ListSnapshots();
+  // Takes a snapshot of the current disk state. An empty sn.id gets the next free one (set
+  // in `sn`); a given id that exists already fails with EEXIST.
+  virtual Task<absl::Status> CreateSnapshot(SnapshotInfo& sn);
+  // Reverts the disk to the snapshot `id` (exact) whose name is `name` (either may be empty:
+  // then it is not compared).
+  virtual Task<absl::Status> ApplySnapshot(const std::string& id, const std::string& name);
+  virtual Task<absl::Status> DeleteSnapshot(const std::string& id, const std::string& name);
+  // Reads or writes the VM-state area of the current state (what the next CreateSnapshot
+  // saves along), `pos` bytes into it.
+  virtual Task<absl::Status> VmStateIo(int64_t pos, void* buf, int64_t bytes, bool write);
 
  protected:
   Capabilities caps_;

@@ -46,29 +46,24 @@ void PrintSpecific(const nlohmann::ordered_json& data, int indent) {
   }
 }
 
-// qemu-img's "Snapshot list:" table (QEMU's bdrv_snapshot_dump): dates in local time.
+// The "Snapshot list:" table of qemu-img info, from the info's JSON.
 void PrintSnapshots(const lb_image_info* info) {
   if (!info->json) return;
   auto j = nlohmann::ordered_json::parse(info->json, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object() || !j.contains("snapshots") || !j["snapshots"].is_array()) return;
-  printf("Snapshot list:\n");
-  printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+  std::vector<SnapshotRow> rows;
   for (const auto& sn : j["snapshots"]) {
-    time_t secs = static_cast<time_t>(sn.value("date-sec", uint64_t{0}));
-    struct tm tm {};
-    localtime_r(&secs, &tm);
-    char date[32];
-    strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
-    uint64_t clock_s = sn.value("vm-clock-sec", uint64_t{0});
-    uint64_t clock_ms = sn.value("vm-clock-nsec", uint64_t{0}) / 1000000;
-    char clock[48];
-    snprintf(clock, sizeof clock, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
-             clock_s / 3600, clock_s / 60 % 60, clock_s % 60, clock_ms);
-    std::string icount = sn.contains("icount") ? std::to_string(sn["icount"].get<uint64_t>()) : "";
-    printf("%-9s %-16s %8s%20s%13s%11s\n", sn.value("id", std::string()).c_str(),
-           sn.value("name", std::string()).c_str(),
-           HumanSize(sn.value("vm-state-size", uint64_t{0})).c_str(), date, clock, icount.c_str());
+    SnapshotRow r;
+    r.id = sn.value("id", std::string());
+    r.name = sn.value("name", std::string());
+    r.vm_state_size = sn.value("vm-state-size", uint64_t{0});
+    r.date_sec = sn.value("date-sec", uint64_t{0});
+    r.vm_clock_nsec = sn.value("vm-clock-sec", uint64_t{0}) * 1000000000ull +
+                      sn.value("vm-clock-nsec", uint64_t{0});
+    if (sn.contains("icount")) r.icount = sn["icount"].get<uint64_t>();
+    rows.push_back(std::move(r));
   }
+  PrintSnapshotTable(rows);
 }
 
 void PrintHuman(const lb_image_info* info) {

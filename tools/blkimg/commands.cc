@@ -10,6 +10,7 @@ int RunConvert(int argc, char** argv);
 int RunCompare(int argc, char** argv);
 int RunMap(int argc, char** argv);
 int RunResize(int argc, char** argv);
+int RunSnapshot(int argc, char** argv);
 int RunBench(int argc, char** argv);
 int RunDd(int argc, char** argv);
 int RunIo(int argc, char** argv);
@@ -56,6 +57,10 @@ const std::vector<Command>& Commands() {
        "[--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] "
        "[--max-length=len] [--output=ofmt] [-U] filename",
        RunMap},
+      {"snapshot",
+       "[--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | "
+       "-d snapshot] filename",
+       RunSnapshot},
       {"resize",
        "[--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] "
        "[--shrink] filename [+ | -]size",

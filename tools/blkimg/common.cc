@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 
 #include <sys/stat.h>
 
@@ -438,6 +439,26 @@ bool IsHelpOption(const std::string& options) {
     start = end + 1;
   }
   return false;
+}
+
+void PrintSnapshotTable(const std::vector<SnapshotRow>& rows) {
+  printf("Snapshot list:\n");
+  printf("%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+  for (const SnapshotRow& sn : rows) {
+    time_t secs = static_cast<time_t>(sn.date_sec);
+    struct tm tm {};
+    localtime_r(&secs, &tm);
+    char date[32];
+    strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+    uint64_t clock_s = sn.vm_clock_nsec / 1000000000ull;
+    uint64_t clock_ms = sn.vm_clock_nsec % 1000000000ull / 1000000;
+    char clock[48];
+    snprintf(clock, sizeof clock, "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
+             clock_s / 3600, clock_s / 60 % 60, clock_s % 60, clock_ms);
+    std::string icount = sn.icount ? std::to_string(*sn.icount) : "";
+    printf("%-9s %-16s %8s%20s%13s%11s\n", sn.id.c_str(), sn.name.c_str(),
+           HumanSize(sn.vm_state_size).c_str(), date, clock, icount.c_str());
+  }
 }
 
 }  // namespace blkimg

@@ -114,6 +114,17 @@ std::optional<int64_t> CvtNum(std::string_view what, std::string_view text,
 // qemu-img's human sizes (size_to_str): "64 MiB", "1.5 GiB", "512 B".
 std::string HumanSize(uint64_t bytes);
 
+// One row of qemu-img's "Snapshot list:" table (info, snapshot -l).
+struct SnapshotRow {
+  std::string id, name;
+  uint64_t vm_state_size = 0;
+  uint64_t date_sec = 0;
+  uint64_t vm_clock_nsec = 0;
+  std::optional<uint64_t> icount;
+};
+// Prints the table (QEMU's bdrv_snapshot_dump lines): dates in local time.
+void PrintSnapshotTable(const std::vector<SnapshotRow>& rows);
+
 // qemu-img's check of one -o argument: not empty, no leading comma, no trailing single comma
 // (",," is an escaped comma).
 bool ValidOptionList(std::string_view options);

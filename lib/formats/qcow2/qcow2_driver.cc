@@ -132,60 +132,6 @@ void Qcow2Node::ArmCacheCleanTimer() {
   });
 }
 
-Task<void> Qcow2Node::LoadSnapshotList() {
-  // The snapshot table's entries (qcow2.txt "Snapshot table"), for info: id, name, dates,
-  // VM state size and icount, as qemu-img info lists them. The header parser bounded the
-  // table's count and offset; an entry that does not fit the file ends the list with a
-  // warning (check reports the table as corrupt).
-  snapshot_list_ = nlohmann::ordered_json();
-  if (header_.nb_snapshots == 0) co_return;
-  nlohmann::ordered_json list = nlohmann::ordered_json::array();
-  const uint64_t file_size = static_cast<uint64_t>(file_->node()->size());
-  uint64_t pos = header_.snapshots_offset;
-  for (uint32_t i = 0; i < header_.nb_snapshots; ++i) {
-    uint8_t fixed[40];
-    bool fits = pos + sizeof fixed <= file_size;
-    absl::Status st = fits ? co_await file_->Pread(static_cast<int64_t>(pos), fixed, sizeof fixed)
-                           : absl::OkStatus();
-    uint32_t extra = fits ? LoadBe32(fixed + 36) : 0;
-    uint16_t id_len = fits ? LoadBe16(fixed + 12) : 0;
-    uint16_t name_len = fits ? LoadBe16(fixed + 14) : 0;
-    uint64_t tail = uint64_t{extra} + id_len + name_len;
-    if (!st.ok() || !fits || extra > 1024 || pos + sizeof fixed + tail > file_size) {
-      node().graph().Warn(absl::StrFormat("qcow2: image '%s': snapshot table entry %u at "
-                                          "offset %#x is not readable; the snapshot list is "
-                                          "incomplete", filename_, i, pos));
-      break;
-    }
-    std::vector<uint8_t> rest(static_cast<size_t>(tail));
-    if (tail) {
-      st = co_await file_->Pread(static_cast<int64_t>(pos + sizeof fixed), rest.data(),
-                                 static_cast<int64_t>(tail));
-      if (!st.ok()) break;
-    }
-    uint64_t vm_state = LoadBe32(fixed + 32);
-    if (extra >= 8) vm_state = LoadBe64(rest.data());
-    std::optional<uint64_t> icount;
-    if (extra >= 24 && LoadBe64(rest.data() + 16) != ~uint64_t{0}) icount = LoadBe64(rest.data() + 16);
-    uint64_t clock = LoadBe64(fixed + 24);
-    std::string id(reinterpret_cast<const char*>(rest.data()) + extra, id_len);
-    std::string name(reinterpret_cast<const char*>(rest.data()) + extra + id_len, name_len);
-    // QEMU's SnapshotInfo, in the order qemu-img info --output=json prints its members.
-    nlohmann::ordered_json sn;
-    if (icount) sn["icount"] = *icount;
-    sn["vm-clock-nsec"] = clock % 1000000000ull;
-    sn["name"] = name;
-    sn["date-sec"] = LoadBe32(fixed + 16);
-    sn["date-nsec"] = LoadBe32(fixed + 20);
-    sn["vm-clock-sec"] = clock / 1000000000ull;
-    sn["id"] = id;
-    sn["vm-state-size"] = vm_state;
-    list.push_back(std::move(sn));
-    pos += AlignUp<uint64_t>(sizeof fixed + tail, 8);
-  }
-  snapshot_list_ = std::move(list);
-}
-
 size_t Qcow2Node::CachedSlotsForTest() {
   size_t n = 0;
   for (MetadataCache* c : {l2_cache_.get(), rc_cache_.get()}) {
@@ -442,7 +388,7 @@ Task<absl::Status> Qcow2Node::Open(OpenContext& ctx) {
     if (!fl.ok()) co_return fl;
   }
 
-  co_await LoadSnapshotList();
+  co_await LoadSnapshotTable();
   InitMapping(/*compressed_writes=*/!header_.has_data_file());
   caps_.truncate = true;
   opened_ = true;
@@ -484,7 +430,7 @@ bool Qcow2Node::HasZeroInit() {
 
 absl::Status Qcow2Node::GetImageInfo(ImageInfo& info) {
   info.cluster_size = static_cast<uint32_t>(cluster_size_);
-  info.snapshots = snapshot_list_;
+  info.snapshots = SnapshotListJson();
   info.dirty = header_.incompatible_features & kIncompatDirty;
   info.backing_filename = header_.backing_file;
   info.backing_format = header_.backing_format;

@@ -91,6 +91,14 @@ class Qcow2Node final : public MappingDriver {
   absl::Status CheckDataWrite(const Child& child, HostOffset host, int64_t bytes) override;
   absl::Status ReportCorruption(absl::Status problem) override;
 
+  // ---- internal snapshots (qcow2_snapshot.cc) ----
+  bool SupportsSnapshots() const override { return true; }
+  Task<absl::StatusOr<std::vector<SnapshotInfo>>> ListSnapshots() override;
+  Task<absl::Status> CreateSnapshot(SnapshotInfo& sn) override;
+  Task<absl::Status> ApplySnapshot(const std::string& id, const std::string& name) override;
+  Task<absl::Status> DeleteSnapshot(const std::string& id, const std::string& name) override;
+  Task<absl::Status> VmStateIo(int64_t pos, void* buf, int64_t bytes, bool write) override;
+
   // For tests and check: the parsed header as the driver keeps it.
   const Header& header() const { return header_; }
 
@@ -106,6 +114,15 @@ class Qcow2Node final : public MappingDriver {
     FreeReason reason;
   };
 
+  // One snapshot table entry (qcow2.txt "Snapshot table").
+  struct SnapshotEntry {
+    uint64_t l1_table_offset = 0;
+    uint32_t l1_size = 0;
+    SnapshotInfo info;
+    uint64_t disk_size = 0;           // the extra data's, else the image size
+    std::vector<uint8_t> extra_tail;  // extra data past the three known fields, kept
+  };
+
   // ---- qcow2_driver.cc ----
   absl::Status ReadOptions(const OptionValues& values);
   Task<absl::StatusOr<Header>> ReadHeader();
@@ -115,8 +132,27 @@ class Qcow2Node final : public MappingDriver {
   // With lazy refcounts: the dirty bit is on disk before any metadata write.
   Task<absl::Status> EnsureDirtyBit();
   Task<absl::Status> ClearDirtyBit();
-  // Reads the snapshot table into snapshot_list_ (info's "snapshots").
-  Task<void> LoadSnapshotList();
+  // ---- qcow2_snapshot.cc ----
+  // Reads the snapshot table into snapshots_ at open. An entry that cannot be read ends the
+  // list with a warning and leaves snapshot_table_ok_ false (snapshot changes are refused).
+  Task<void> LoadSnapshotTable();
+  // Writes `list` as a new table, switches the header to it and frees the old one.
+  Task<absl::Status> WriteSnapshotTable(std::vector<SnapshotEntry> list);
+  // QEMU's qcow2_update_snapshot_refcount: adds `addend` to the refcount of every L2 table
+  // `l1` names and of every cluster those map, then sets COPIED in the L2 entries and in
+  // `l1` from the counts. Returns whether an entry of `l1` changed.
+  Task<absl::StatusOr<bool>> AdjustL1Refcounts(std::vector<uint64_t>& l1, int64_t addend);
+  // EINVAL when AdjustL1Refcounts(l1, +1) would overflow a refcount (nothing changed).
+  Task<absl::Status> CheckRefcountHeadroom(const std::vector<uint64_t>& l1);
+  // The L1 table of a snapshot, validated (entries aligned).
+  Task<absl::StatusOr<std::vector<uint64_t>>> ReadSnapshotL1(const SnapshotEntry& sn);
+  // Writes the whole active L1 table (l1_) in place.
+  Task<absl::Status> WriteL1Table();
+  // The snapshot `id`/`name` names (an empty one is not compared), or null.
+  const SnapshotEntry* FindSnapshotEntry(const std::string& id, const std::string& name) const;
+  // Where the VM-state area starts in the guest address space (QEMU's qcow2_vm_state_offset).
+  uint64_t VmStateOffset() const;
+  nlohmann::ordered_json SnapshotListJson() const;
   // cache-clean-interval: a timer that drops clean slots unused for a whole interval.
   void ArmCacheCleanTimer();
   void DropIdleSlots();  // under meta_
@@ -228,7 +264,9 @@ class Qcow2Node final : public MappingDriver {
   uint32_t overlap_checks_ = 0;
   int64_t cache_clean_interval_s_ = 0;
   uint64_t clean_timer_ = 0;  // the loop's timer id (0: none)
-  nlohmann::ordered_json snapshot_list_;  // QEMU's SnapshotInfo list, or null without any
+  std::vector<SnapshotEntry> snapshots_;
+  bool snapshot_table_ok_ = true;
+  uint64_t snapshot_table_bytes_ = 0;  // of the table the header points at
   bool opened_ = false;
   bool prealloc_checked_ = false;
   bool metadata_prealloc_ = false;  // kData mappings ask the file whether they read as zeroes

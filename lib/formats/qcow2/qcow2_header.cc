@@ -52,9 +52,6 @@ constexpr size_t kFullV3HeaderLength = 112;
 // QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE; the backing name is at most 1023 bytes.
 constexpr uint64_t kMaxL1Bytes = 32ull << 20;
 constexpr uint64_t kMaxRefcountTableBytes = 8ull << 20;
-constexpr uint64_t kMaxSnapshots = 65536;
-constexpr uint64_t kMaxSnapshotTableBytes = 64ull << 20;
-constexpr uint64_t kSnapshotHeaderMinBytes = 40;
 constexpr uint32_t kMaxBackingNameBytes = 1023;
 // QEMU stores the backing format in a 16-byte buffer (so at most 15 characters).
 constexpr uint32_t kMaxBackingFormatBytes = 15;

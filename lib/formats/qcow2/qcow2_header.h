@@ -51,6 +51,12 @@ inline constexpr uint32_t kExtDataFile = 0x44415441;
 inline constexpr uint64_t kOflagCopied = 1ull << 63;
 inline constexpr uint64_t kOflagCompressed = 1ull << 62;
 inline constexpr uint64_t kOflagZero = 1ull << 0;          // standard L2 entries (v3)
+// The snapshot table (QEMU's QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE,
+// QCOW_MAX_SNAPSHOT_EXTRA_DATA): entries are at least 40 bytes, 8-byte aligned.
+inline constexpr uint32_t kMaxSnapshots = 65536;
+inline constexpr uint64_t kMaxSnapshotTableBytes = 64ull << 20;
+inline constexpr uint64_t kSnapshotHeaderMinBytes = 40;
+inline constexpr uint32_t kMaxSnapshotExtraData = 1024;
 inline constexpr uint64_t kL1OffsetMask = 0x00fffffffffffe00ull;
 inline constexpr uint64_t kL2OffsetMask = 0x00fffffffffffe00ull;
 inline constexpr uint64_t kRefcountTableOffsetMask = 0xfffffffffffffe00ull;
