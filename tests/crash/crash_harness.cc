@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "core/backend.h"
 #include "core/node.h"
+#include "core/snapshot.h"
 #include "nlohmann/json.hpp"
 
 namespace libblock::crash {
@@ -48,6 +49,12 @@ std::vector<GuestOp> MakeWorkload(const WorkloadConfig& cfg) {
       ops.push_back(op);
       continue;
     }
+    if (cfg.snapshot_every && uniform(1, cfg.snapshot_every) == 1) {
+      op.kind = GuestOp::kSnapshot;
+      op.pattern = static_cast<uint8_t>(uniform(0, 255));
+      ops.push_back(op);
+      continue;
+    }
     op.kind = r < 75 ? GuestOp::kWrite : r < 88 ? GuestOp::kZero : GuestOp::kDiscard;
     bool aligned = !cfg.unaligned || uniform(0, 2) == 0 || op.kind != GuestOp::kWrite;
     int64_t bytes = uniform(1, cfg.max_write);
@@ -63,7 +70,7 @@ std::vector<GuestOp> MakeWorkload(const WorkloadConfig& cfg) {
     // Overlap: every fourth request lands on a range an earlier one used.
     if (!ops.empty() && uniform(0, 3) == 0) {
       const GuestOp& prev = ops[static_cast<size_t>(uniform(0, static_cast<int64_t>(ops.size()) - 1))];
-      if (prev.kind != GuestOp::kFlush) {
+      if (prev.kind != GuestOp::kFlush && prev.kind != GuestOp::kSnapshot) {
         offset = std::min(prev.offset + prev.bytes / 2, cfg.disk_size - 512);
         if (aligned) offset = offset / 512 * 512;
         bytes = std::min(bytes, cfg.disk_size - offset);
@@ -130,7 +137,7 @@ Expectation Expected(const std::string& initial, const std::vector<GuestOp>& ops
                 std::vector<int>(initial.size(), -1)};
   for (size_t i = 0; i < ops.size(); ++i) {
     const GuestOp& op = ops[i];
-    if (op.kind == GuestOp::kFlush) continue;
+    if (op.kind == GuestOp::kFlush || op.kind == GuestOp::kSnapshot) continue;
     size_t start = static_cast<size_t>(op.offset);
     size_t len = std::min(static_cast<size_t>(op.bytes), e.data.size() - start);
     bool certain = i < durable;
@@ -176,6 +183,18 @@ void RunWorkload(testing::GraphEnv& env, const FormatUnderTest& fmt, const std::
       case GuestOp::kFlush:
         st = env.Flush(*be);
         break;
+      case GuestOp::kSnapshot: {
+        auto list = env.loop->Run(ListSnapshots(*be->root()));
+        REQUIRE(list.ok());
+        if ((op.pattern & 1) || list->empty()) {
+          SnapshotInfo sn;
+          sn.name = "crash" + std::to_string(op.pattern);
+          st = env.loop->Run(CreateSnapshot(*be->root(), sn));
+        } else {
+          st = env.loop->Run(DeleteSnapshot(*be->root(), list->front().id, ""));
+        }
+        break;
+      }
     }
     INFO("op at " << op.offset << " +" << op.bytes << ": " << st.ToString());
     REQUIRE(st.ok());
@@ -224,6 +243,9 @@ void RunQemuIoWorkload(const testing::GraphEnv& env, const FormatUnderTest& fmt,
         break;
       case GuestOp::kFlush:
         run_epoch(op);
+        break;
+      case GuestOp::kSnapshot:
+        FAIL("qemu-io cannot take internal snapshots: no kSnapshot in qemu-io workloads");
         break;
     }
   }

@@ -33,7 +33,9 @@ namespace libblock::crash {
 
 // One guest request of a workload.
 struct GuestOp {
-  enum Kind { kWrite, kZero, kDiscard, kFlush } kind = kWrite;
+  // kSnapshot: an internal snapshot is taken (odd pattern, or none exists yet) or the oldest
+  // one deleted (RunWorkload only; the guest content does not change).
+  enum Kind { kWrite, kZero, kDiscard, kFlush, kSnapshot } kind = kWrite;
   int64_t offset = 0;
   int64_t bytes = 0;
   uint8_t pattern = 0;  // kWrite: the data is MakeData(pattern, offset, bytes, constant)
@@ -55,6 +57,7 @@ struct WorkloadConfig {
   bool unaligned = true;
   int flush_every = 12;  // on average
   bool constant_data = false;  // constant-pattern writes (what qemu-io can write)
+  int snapshot_every = 0;  // on average, an internal snapshot op (0: none)
 };
 
 // A random workload (sequential requests; the last one is a flush).

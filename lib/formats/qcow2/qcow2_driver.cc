@@ -467,7 +467,12 @@ Task<absl::Status> Qcow2Node::WriteIncompatibleFeatures() {
 }
 
 Task<absl::Status> Qcow2Node::EnsureDirtyBit() {
-  if (!lazy_refcounts_ || dirty_on_disk_) co_return absl::OkStatus();
+  if (!lazy_refcounts_) co_return absl::OkStatus();
+  co_return co_await SetDirtyBit();
+}
+
+Task<absl::Status> Qcow2Node::SetDirtyBit() {
+  if (dirty_on_disk_ || header_.version < 3) co_return absl::OkStatus();
   // Whatever was written before this is consistent; flush it before the bit goes on.
   absl::Status fl = co_await file_->Flush();
   if (!fl.ok()) co_return fl;

@@ -131,6 +131,13 @@ class Qcow2Node final : public MappingDriver {
   Task<absl::Status> WriteIncompatibleFeatures();
   // With lazy refcounts: the dirty bit is on disk before any metadata write.
   Task<absl::Status> EnsureDirtyBit();
+  // Sets the dirty bit now (v3), whatever lazy_refcounts says: for updates that leave
+  // refcounts and COPIED flags disagreeing for a while (snapshot refcount walks), so that a
+  // crash meanwhile is repaired on the next open.
+  Task<absl::Status> SetDirtyBit();
+  // Ends such an update: everything written back, the bit cleared unless lazy_refcounts
+  // keeps it until close.
+  Task<absl::Status> EndDirtyUpdate();
   Task<absl::Status> ClearDirtyBit();
   // ---- qcow2_snapshot.cc ----
   // Reads the snapshot table into snapshots_ at open. An entry that cannot be read ends the

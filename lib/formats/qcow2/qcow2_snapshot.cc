@@ -9,7 +9,10 @@
 // place); every walk that changes refcounts also sets COPIED from the counts it leaves.
 //
 // Crash safety: at every point a power cut leaves a consistent image, with leaked clusters
-// at most (tests/crash covers create and delete):
+// at most (tests/crash covers create and delete). The refcount walks change refcounts and
+// COPIED flags in separate writes, so for a moment they disagree (QEMU has the same window,
+// which its check then reports as OFLAG_COPIED errors); v3 images carry the dirty bit over
+// each operation, so that a crash inside it is repaired when the image is next opened:
 //   create: the L1 copy is written and the raised refcounts are durable before a new snapshot
 //           table naming it is written and flushed; the header then switches to that table
 //           (one 12-byte write) and the old table is freed;
@@ -363,6 +366,15 @@ Task<absl::Status> Qcow2Node::WriteL1Table() {
   co_return absl::OkStatus();
 }
 
+Task<absl::Status> Qcow2Node::EndDirtyUpdate() {
+  absl::Status st = co_await FlushLocked();
+  if (!st.ok()) co_return st;
+  st = co_await FlushFiles();
+  if (!st.ok()) co_return st;
+  if (lazy_refcounts_) co_return absl::OkStatus();
+  co_return co_await ClearDirtyBit();
+}
+
 // ---- operations ------------------------------------------------------------------------------
 
 Task<absl::StatusOr<std::vector<SnapshotInfo>>> Qcow2Node::ListSnapshots() {
@@ -400,6 +412,8 @@ Task<absl::Status> Qcow2Node::CreateSnapshot(SnapshotInfo& sn) {
   absl::Status st = co_await FlushLocked();
   if (!st.ok()) co_return st;
   st = co_await CheckRefcountHeadroom(l1_);
+  if (!st.ok()) co_return st;
+  st = co_await SetDirtyBit();
   if (!st.ok()) co_return st;
 
   // The copy of the active L1 table (without COPIED flags: nothing in it is writable in place).
@@ -455,9 +469,7 @@ Task<absl::Status> Qcow2Node::CreateSnapshot(SnapshotInfo& sn) {
       (*slot)->dirty = true;
     }
   }
-  st = co_await FlushLocked();
-  if (!st.ok()) co_return st;
-  st = co_await FlushFiles();
+  st = co_await EndDirtyUpdate();
   if (!st.ok()) co_return st;
   InvalidateMappingCaches();
   co_return absl::OkStatus();
@@ -479,6 +491,8 @@ Task<absl::Status> Qcow2Node::ApplySnapshot(const std::string& id, const std::st
   absl::Status st = co_await FlushLocked();
   if (!st.ok()) co_return st;
   st = co_await CheckRefcountHeadroom(*sn_l1);
+  if (!st.ok()) co_return st;
+  st = co_await SetDirtyBit();
   if (!st.ok()) co_return st;
   if (sn.l1_size > l1_.size()) {
     st = co_await GrowL1Table(sn.l1_size, /*exact=*/true);
@@ -527,9 +541,7 @@ Task<absl::Status> Qcow2Node::ApplySnapshot(const std::string& id, const std::st
     st = co_await WriteL1Table();
     if (!st.ok()) co_return st;
   }
-  st = co_await FlushLocked();
-  if (!st.ok()) co_return st;
-  st = co_await FlushFiles();
+  st = co_await EndDirtyUpdate();
   if (!st.ok()) co_return st;
   free_byte_ = 0;
   node().NoteMetadataChanged();
@@ -549,6 +561,8 @@ Task<absl::Status> Qcow2Node::DeleteSnapshot(const std::string& id, const std::s
   absl::StatusOr<std::vector<uint64_t>> sn_l1 = co_await ReadSnapshotL1(sn);
   if (!sn_l1.ok()) co_return sn_l1.status();
   absl::Status st = co_await FlushLocked();
+  if (!st.ok()) co_return st;
+  st = co_await SetDirtyBit();
   if (!st.ok()) co_return st;
   std::vector<SnapshotEntry> list;
   for (const SnapshotEntry& e : snapshots_) {
@@ -572,9 +586,7 @@ Task<absl::Status> Qcow2Node::DeleteSnapshot(const std::string& id, const std::s
     st = co_await WriteL1Table();
     if (!st.ok()) co_return st;
   }
-  st = co_await FlushLocked();
-  if (!st.ok()) co_return st;
-  st = co_await FlushFiles();
+  st = co_await EndDirtyUpdate();
   if (!st.ok()) co_return st;
   InvalidateMappingCaches();
   co_return absl::OkStatus();
