@@ -1407,3 +1407,85 @@ LB_API int lb_vmstate_write(lb_node* node, const void* buf, size_t count, uint64
 LB_API int lb_vmstate_read(lb_node* node, void* buf, size_t count, uint64_t pos) {
   return Guard([&] { return VmStateIo(node, buf, count, pos, false); });
 }
+
+// ---- VM snapshots ------------------------------------------------------------------------------
+
+namespace {
+
+// The root nodes of `disks`, all of one context (returned in *ctx); a negative errno when
+// the set is empty or a handle is invalid.
+int VmDisks(lb_backend* const* disks, size_t count, lb_context** ctx,
+            std::vector<libblock::Node*>* nodes) {
+  if (!disks || count == 0) return Fail(EINVAL, "no disks given");
+  *ctx = nullptr;
+  for (size_t i = 0; i < count; ++i) {
+    if (!ValidBackend(disks[i])) return BadHandle();
+    if (*ctx && disks[i]->ctx != *ctx) return Fail(EINVAL, "the disks belong to different contexts");
+    *ctx = disks[i]->ctx;
+    nodes->push_back(disks[i]->be->root());
+  }
+  return 0;
+}
+
+}  // namespace
+
+LB_API int lb_vm_snapshot_save(lb_backend* const* disks, size_t count, const char* name,
+                               const void* vm_state, size_t vm_state_size,
+                               uint64_t vm_clock_nsec) {
+  return Guard([&]() -> int {
+    if (!name || (!vm_state && vm_state_size)) return NullArgument("lb_vm_snapshot_save");
+    lb_context* ctx = nullptr;
+    std::vector<libblock::Node*> nodes;
+    if (int r = VmDisks(disks, count, &ctx, &nodes)) return r;
+    std::string blob(static_cast<const char*>(vm_state ? vm_state : ""), vm_state_size);
+    return Check(RunSync(ctx, libblock::SaveVmSnapshot(nodes, name, blob, vm_clock_nsec)));
+  });
+}
+
+LB_API int lb_vm_snapshot_load(lb_backend* const* disks, size_t count, const char* name,
+                               void** vm_state, size_t* vm_state_size) {
+  if (vm_state) *vm_state = nullptr;
+  if (vm_state_size) *vm_state_size = 0;
+  return Guard([&]() -> int {
+    if (!name || (vm_state && !vm_state_size)) return NullArgument("lb_vm_snapshot_load");
+    lb_context* ctx = nullptr;
+    std::vector<libblock::Node*> nodes;
+    if (int r = VmDisks(disks, count, &ctx, &nodes)) return r;
+    auto blob = RunSync(ctx, libblock::LoadVmSnapshot(nodes, name, vm_state != nullptr));
+    if (!blob.ok()) return Fail(blob.status());
+    if (vm_state) {
+      void* copy = std::malloc(blob->size() ? blob->size() : 1);
+      if (!copy) return Fail(ENOMEM, "out of memory");
+      std::memcpy(copy, blob->data(), blob->size());
+      *vm_state = copy;
+      *vm_state_size = blob->size();
+    }
+    return 0;
+  });
+}
+
+LB_API int lb_vm_snapshot_delete(lb_backend* const* disks, size_t count, const char* name) {
+  return Guard([&]() -> int {
+    if (!name) return NullArgument("lb_vm_snapshot_delete");
+    lb_context* ctx = nullptr;
+    std::vector<libblock::Node*> nodes;
+    if (int r = VmDisks(disks, count, &ctx, &nodes)) return r;
+    return Check(RunSync(ctx, libblock::DeleteVmSnapshot(nodes, name)));
+  });
+}
+
+LB_API int lb_vm_snapshot_list(lb_backend* const* disks, size_t count, lb_snapshot_list** out) {
+  if (out) *out = nullptr;
+  return Guard([&]() -> int {
+    if (!out) return NullArgument("lb_vm_snapshot_list");
+    lb_context* ctx = nullptr;
+    std::vector<libblock::Node*> nodes;
+    if (int r = VmDisks(disks, count, &ctx, &nodes)) return r;
+    auto list = RunSync(ctx, libblock::ListVmSnapshots(nodes));
+    if (!list.ok()) return Fail(list.status());
+    auto holder = std::make_unique<lb_snapshot_list>();
+    holder->items = std::move(*list);
+    *out = holder.release();
+    return 0;
+  });
+}

@@ -655,6 +655,37 @@ LB_API int lb_snapshot_delete(lb_node *node, const char *id, const char *name);
 LB_API int lb_vmstate_write(lb_node *node, const void *buf, size_t count, uint64_t pos);
 LB_API int lb_vmstate_read(lb_node *node, void *buf, size_t count, uint64_t pos);
 
+/* ---- VM snapshots (QEMU's savevm, loadvm, delvm, info snapshots) ------------------------ */
+
+/* One snapshot, by name, across the `count` disks of a VM (backends of one context). The
+ * disks that take part are the writable ones; read-only disks are skipped, as QEMU skips
+ * them. Each taking part must hold internal snapshots (qcow2): a writable raw disk fails the
+ * call with -ENOTSUP ("Device '...' is writable but does not support snapshots") before
+ * anything changes. The VM state goes into the first disk taking part (QEMU's vmstate
+ * device).
+ *
+ * lb_vm_snapshot_save takes snapshot `name` on every disk, with the date, `vm_clock_nsec`
+ * and `vm_state` (`vm_state_size` bytes, may be 0) recorded in the first; all or none: when
+ * one disk fails, the snapshots already taken are deleted again. Older snapshots with that
+ * name are deleted once the new one is everywhere, as savevm replaces them. Since 0.3. */
+LB_API int lb_vm_snapshot_save(lb_backend *const *disks, size_t count, const char *name,
+                               const void *vm_state, size_t vm_state_size,
+                               uint64_t vm_clock_nsec);
+/* Reverts every disk to snapshot `name` (the first with that name on each) and returns the
+ * saved VM state in *vm_state (allocated, free with lb_free) and *vm_state_size. With
+ * vm_state NULL a disk-only snapshot may be loaded too; otherwise it fails with -EINVAL, as
+ * loadvm does. -ENOENT when a disk lacks the snapshot. All or none: every disk takes an undo
+ * snapshot first, and a failure midway reverts the disks already switched. Since 0.3. */
+LB_API int lb_vm_snapshot_load(lb_backend *const *disks, size_t count, const char *name,
+                               void **vm_state, size_t *vm_state_size);
+/* Deletes snapshot `name` from every disk that has it (-ENOENT when none has). Every disk is
+ * checked before the first deletion; an I/O error midway is reported and leaves the later
+ * disks with their snapshot. Since 0.3. */
+LB_API int lb_vm_snapshot_delete(lb_backend *const *disks, size_t count, const char *name);
+/* The snapshots of the VM-state disk whose name every other disk taking part also has (QEMU's
+ * "info snapshots" list). Free with lb_snapshot_list_free. Since 0.3. */
+LB_API int lb_vm_snapshot_list(lb_backend *const *disks, size_t count, lb_snapshot_list **out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -39,6 +39,29 @@ Task<absl::Status> DeleteSnapshot(Node& node, const std::string& id, const std::
 Task<absl::Status> SaveVmState(Node& node, int64_t pos, const void* buf, int64_t bytes);
 Task<absl::Status> LoadVmState(Node& node, int64_t pos, void* buf, int64_t bytes);
 
+// ---- VM snapshots (QEMU's savevm, loadvm, delvm, info snapshots) -------------------------
+// One snapshot, by name, across the disks of a VM. The disks that take part are the
+// writable ones (read-only disks are skipped, as QEMU skips them); each must hold internal
+// snapshots. The VM state goes to the first of them (QEMU's vmstate node).
+
+// Takes snapshot `name` of every disk, with `vm_state` saved into the first; all or none (a
+// failure deletes what was taken). Older snapshots of that name are deleted afterwards, as
+// savevm replaces them.
+Task<absl::Status> SaveVmSnapshot(const std::vector<Node*>& disks, const std::string& name,
+                                  const std::string& vm_state, uint64_t vm_clock_nsec);
+// Reverts every disk to snapshot `name` and returns the saved VM state (`need_vm_state`:
+// EINVAL for a disk-only snapshot, as loadvm refuses it). All or none: every disk is first
+// checked to have the snapshot, then takes an undo snapshot, so that a failure midway
+// reverts the disks already switched.
+Task<absl::StatusOr<std::string>> LoadVmSnapshot(const std::vector<Node*>& disks,
+                                                 const std::string& name, bool need_vm_state);
+// Deletes snapshot `name` from every disk that has it; every disk is checked first (a disk
+// that cannot change fails the call before anything is deleted). An I/O error midway leaves
+// the disks after it with their snapshot (reported).
+Task<absl::Status> DeleteVmSnapshot(const std::vector<Node*>& disks, const std::string& name);
+// The snapshots of the VM-state disk whose name every other taking part also has.
+Task<absl::StatusOr<std::vector<SnapshotInfo>>> ListVmSnapshots(const std::vector<Node*>& disks);
+
 }  // namespace libblock
 
 #endif  // LIBBLOCK_CORE_SNAPSHOT_H_
