@@ -300,6 +300,38 @@ TEST_CASE("a data write onto metadata is refused and marks the image corrupt", "
   REQUIRE((HeaderField64(path, kIncompat) & 2) == 0);
 }
 
+TEST_CASE("data writes onto the snapshot table or a snapshot's L1 table are refused",
+          "[qcow2][snapshot]") {
+  LB_SKIP_UNLESS(HaveProgram("qemu-io"), "qemu-io is not installed");
+  for (const char* target : {"snapshot table", "inactive L1 table"}) {
+    DYNAMIC_SECTION(target) {
+      GraphEnv env;
+      std::string path = env.dir.File("s.qcow2");
+      QemuImg({"create", "-f", "qcow2", path, "2M"});
+      REQUIRE(Run({"qemu-io", "-c", "write -P 1 1M 64k", path}).exit_code == 0);
+      QemuImg({"snapshot", "-c", "s", path});
+      // The write copies the shared L2 table: the active one is private (COPIED) again.
+      REQUIRE(Run({"qemu-io", "-c", "write -P 2 1M 64k", path}).exit_code == 0);
+      uint64_t snapshots = HeaderField64(path, 64);
+      std::string f = ReadFile(path);
+      auto* bytes = reinterpret_cast<uint8_t*>(f.data());
+      uint64_t metadata = std::string(target) == "snapshot table" ? snapshots
+                                                                  : LoadBe64(bytes + snapshots);
+      uint64_t l1 = HeaderField64(path, 40);
+      uint64_t l2 = LoadBe64(bytes + l1) & 0x00fffffffffffe00ull;
+      StoreBe64(bytes + l2 + 16 * 8, metadata | (1ull << 63));  // guest cluster 16 (1M)
+      WriteFile(path, f);
+      auto be = env.MustOpenBackend(Opts(path));
+      std::string data(4096, 'x');
+      absl::Status st = be->PwriteSync(1 << 20, data.data(), 4096);
+      REQUIRE(StatusErrno(st) == EIO);
+      REQUIRE(env.warnings.size() == 1);
+      REQUIRE_THAT(env.warnings[0],
+                   Catch::Contains(std::string("(overlaps with ") + target + ")"));
+    }
+  }
+}
+
 TEST_CASE("compressed writes pack clusters that qemu reads", "[qcow2]") {
   LB_SKIP_UNLESS(HaveProgram("qemu-img"), "qemu-img is not installed");
   for (const char* type : {"zlib", "zstd"}) {

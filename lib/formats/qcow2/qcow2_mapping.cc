@@ -898,6 +898,16 @@ absl::Status Qcow2Node::CheckDataWrite(const Child& child, HostOffset host, int6
     hit = "active L2 table";
   } else if ((overlap_checks_ & kOlRefcountBlock) && in_set(refcount_blocks_)) {
     hit = "refcount block";
+  } else if ((overlap_checks_ & kOlSnapshotTable) && header_.nb_snapshots &&
+             overlaps(header_.snapshots_offset, snapshot_table_bytes_)) {
+    hit = "snapshot table";
+  } else if (overlap_checks_ & kOlInactiveL1) {
+    for (const SnapshotEntry& sn : snapshots_) {
+      if (overlaps(sn.l1_table_offset, uint64_t{sn.l1_size} * 8)) {
+        hit = "inactive L1 table";
+        break;
+      }
+    }
   }
   if (!hit) return absl::OkStatus();
   return ReportCorruption(ErrnoError(
