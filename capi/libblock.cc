@@ -1290,6 +1290,11 @@ bool ValidNode(const lb_node* node) { return node && node->ctx && node->node; }
 
 int NodeHandle() { return Fail(EINVAL, "invalid or closed node handle"); }
 
+// NULL: not compared.
+libblock::SnapshotKey Key(const char* s) {
+  return s ? libblock::SnapshotKey(s) : std::nullopt;
+}
+
 }  // namespace
 
 LB_API int lb_snapshot_list_get(lb_node* node, lb_snapshot_list** out) {
@@ -1379,8 +1384,15 @@ LB_API int lb_snapshot_delete(lb_node* node, const char* id, const char* name) {
   return Guard([&]() -> int {
     if (!ValidNode(node)) return NodeHandle();
     if (!id && !name) return NullArgument("lb_snapshot_delete");
-    return Check(RunSync(node->ctx, libblock::DeleteSnapshot(*node->node, id ? id : "",
-                                                               name ? name : "")));
+    return Check(RunSync(node->ctx, libblock::DeleteSnapshot(*node->node, Key(id), Key(name))));
+  });
+}
+
+LB_API int lb_snapshot_load_tmp(lb_node* node, const char* id, const char* name) {
+  return Guard([&]() -> int {
+    if (!ValidNode(node)) return NodeHandle();
+    return Check(RunSync(node->ctx, libblock::LoadSnapshotTemporarily(*node->node, Key(id),
+                                                                       Key(name))));
   });
 }
 

@@ -648,6 +648,12 @@ LB_API int lb_snapshot_apply(lb_node *node, const char *id_or_name);
  * by both). -ENOENT when there is none. Since 0.3. */
 LB_API int lb_snapshot_delete(lb_node *node, const char *id, const char *name);
 
+/* Makes a read-only node show the snapshot whose id is `id` and whose name is `name` (NULL:
+ * not compared) instead of the current state, until the node is closed (qemu-img convert -l,
+ * QEMU's bdrv_snapshot_load_tmp). -ENOENT ("Can't find snapshot"), -EPERM for a writable
+ * node, -ENOTSUP without internal snapshots. Since 0.3. */
+LB_API int lb_snapshot_load_tmp(lb_node *node, const char *id, const char *name);
+
 /* The VM-state area of the current disk state (QEMU's bdrv_save_vmstate/bdrv_load_vmstate):
  * what the next lb_snapshot_create saves with the snapshot when sn->vm_state_size says how
  * much of it there is, and what lb_snapshot_apply brings back. `pos` is a byte offset into

@@ -81,13 +81,16 @@ Task<absl::StatusOr<std::vector<SnapshotInfo>>> NodeDriver::ListSnapshots() {
   co_return NoSnapshots(node());
 }
 Task<absl::Status> NodeDriver::CreateSnapshot(SnapshotInfo&) { co_return NoSnapshots(node()); }
-Task<absl::Status> NodeDriver::ApplySnapshot(const std::string&, const std::string&) {
+Task<absl::Status> NodeDriver::ApplySnapshot(const SnapshotKey&, const SnapshotKey&) {
   co_return NoSnapshots(node());
 }
-Task<absl::Status> NodeDriver::DeleteSnapshot(const std::string&, const std::string&) {
+Task<absl::Status> NodeDriver::DeleteSnapshot(const SnapshotKey&, const SnapshotKey&) {
   co_return NoSnapshots(node());
 }
 Task<absl::Status> NodeDriver::VmStateIo(int64_t, void*, int64_t, bool) {
+  co_return NoSnapshots(node());
+}
+Task<absl::Status> NodeDriver::LoadSnapshotTemporarily(const SnapshotKey&, const SnapshotKey&) {
   co_return NoSnapshots(node());
 }
 

@@ -137,6 +137,10 @@ struct ImageInfo {
   nlohmann::ordered_json snapshots;
 };
 
+// Selects snapshots by id or name: nullopt is not compared (an empty string is: it matches
+// only an empty id or name).
+using SnapshotKey = std::optional<std::string>;
+
 // An internal snapshot (QEMU's QEMUSnapshotInfo): what a format keeps per snapshot.
 struct SnapshotInfo {
   std::string id;    // unique in the image ("1", "2", ...)
@@ -253,13 +257,15 @@ class NodeDriver {
   // Takes a snapshot of the current disk state. An empty sn.id gets the next free one (set
   // in `sn`); a given id that exists already fails with EEXIST.
   virtual Task<absl::Status> CreateSnapshot(SnapshotInfo& sn);
-  // Reverts the disk to the snapshot `id` (exact) whose name is `name` (either may be empty:
-  // then it is not compared).
-  virtual Task<absl::Status> ApplySnapshot(const std::string& id, const std::string& name);
-  virtual Task<absl::Status> DeleteSnapshot(const std::string& id, const std::string& name);
+  // Reverts the disk to the snapshot whose id is `id` and whose name is `name`.
+  virtual Task<absl::Status> ApplySnapshot(const SnapshotKey& id, const SnapshotKey& name);
+  virtual Task<absl::Status> DeleteSnapshot(const SnapshotKey& id, const SnapshotKey& name);
   // Reads or writes the VM-state area of the current state (what the next CreateSnapshot
   // saves along), `pos` bytes into it.
   virtual Task<absl::Status> VmStateIo(int64_t pos, void* buf, int64_t bytes, bool write);
+  // Makes a read-only node show the snapshot with this id and name in place of the current state, until it is closed (QEMU's
+  // bdrv_snapshot_load_tmp, for convert -l).
+  virtual Task<absl::Status> LoadSnapshotTemporarily(const SnapshotKey& id, const SnapshotKey& name);
 
  protected:
   Capabilities caps_;

@@ -86,12 +86,34 @@ Task<absl::Status> ApplySnapshot(Node& node, std::string_view id_or_name) {
   co_return st;
 }
 
-Task<absl::Status> DeleteSnapshot(Node& node, const std::string& id, const std::string& name) {
+Task<absl::Status> DeleteSnapshot(Node& node, const SnapshotKey& id, const SnapshotKey& name) {
   absl::StatusOr<Node*> holder = WritableHolder(node);
   if (!holder.ok()) co_return holder.status();
   DrainedSection drained(node.graph(), node);
   co_await drained.Wait();
   co_return co_await (*holder)->impl()->DeleteSnapshot(id, name);
+}
+
+Task<absl::Status> LoadSnapshotTemporarily(Node& node, const SnapshotKey& id, const SnapshotKey& name) {
+  Node* holder = SnapshotHolder(node);
+  if (!holder) {
+    co_return ErrnoError(ENOTSUP, absl::StrFormat("Block format '%s' used by device '' does not "
+                                                  "support temporarily loading internal "
+                                                  "snapshots", node.driver().name));
+  }
+  if (!node.flags().read_only || !holder->flags().read_only) {
+    co_return ErrnoError(EPERM, absl::StrFormat("Device '%s' is writable: a snapshot is loaded "
+                                                "temporarily only read-only",
+                                                DisplayFilename(node)));
+  }
+  DrainedSection drained(node.graph(), node);
+  co_await drained.Wait();
+  absl::Status st = co_await holder->impl()->LoadSnapshotTemporarily(id, name);
+  for (Node* n = &node; n && n != holder; n = n->primary_child()->node()) {
+    absl::Status refreshed = n->RefreshSize();
+    if (st.ok()) st = refreshed;
+  }
+  co_return st;
 }
 
 Task<absl::Status> SaveVmState(Node& node, int64_t pos, const void* buf, int64_t bytes) {

@@ -33,8 +33,11 @@ Task<absl::StatusOr<std::vector<SnapshotInfo>>> ListSnapshots(Node& node);
 Task<absl::Status> CreateSnapshot(Node& node, SnapshotInfo& sn);
 // Reverts to the snapshot `id_or_name` names (FindSnapshot's rule).
 Task<absl::Status> ApplySnapshot(Node& node, std::string_view id_or_name);
-// Deletes the snapshot with this id and name (either may be empty: not compared).
-Task<absl::Status> DeleteSnapshot(Node& node, const std::string& id, const std::string& name);
+// Deletes the snapshot with this id and name.
+Task<absl::Status> DeleteSnapshot(Node& node, const SnapshotKey& id, const SnapshotKey& name);
+// Shows the snapshot with this id and name on a read-only node until it
+// is closed (convert -l).
+Task<absl::Status> LoadSnapshotTemporarily(Node& node, const SnapshotKey& id, const SnapshotKey& name);
 // The current state's VM-state area, `pos` bytes in.
 Task<absl::Status> SaveVmState(Node& node, int64_t pos, const void* buf, int64_t bytes);
 Task<absl::Status> LoadVmState(Node& node, int64_t pos, void* buf, int64_t bytes);

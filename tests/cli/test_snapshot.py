@@ -40,9 +40,9 @@ class SnapshotTest(CliTestCase):
         r = self.qemu_img("check", name)
         self.assertEqual(r.code, 0, f"{name}: {r!r}")
 
-    def snapshot_bytes(self, name, snapshot):
+    def snapshot_bytes(self, name, snapshot, tool=None):
         out = self.path(f"{name}.{snapshot}.raw")
-        self.assertOk(self.qemu_img("convert", "-l", snapshot, "-O", "raw", name, out))
+        self.assertOk((tool or self.qemu_img)("convert", "-l", snapshot, "-O", "raw", name, out))
         with open(out, "rb") as f:
             data = f.read()
         os.unlink(out)
@@ -56,8 +56,9 @@ class SnapshotTest(CliTestCase):
         lo, lt = self.snapshots(ours), self.snapshots(theirs)
         self.assertEqual(lo, lt)
         for sn in lo:
-            self.assertEqual(self.snapshot_bytes(ours, sn[0]), self.snapshot_bytes(theirs, sn[0]),
-                             f"snapshot {sn[0]}")
+            # blkimg convert -l reads our copy's snapshot, qemu-img convert -l theirs.
+            self.assertEqual(self.snapshot_bytes(ours, sn[0], self.blkimg),
+                             self.snapshot_bytes(theirs, sn[0]), f"snapshot {sn[0]}")
 
     def random_writes(self, rng, size, count=6):
         cmds = []
@@ -175,6 +176,36 @@ class SnapshotTest(CliTestCase):
         self.check_clean("t.qcow2")
         self.io("t.qcow2", "read -P 1 0 1M", "read -P 2 1M 2M")
         self.assertEqual(self.snapshots("t.qcow2"), [])
+
+    def test_convert_l_forms(self):
+        self.make("v.qcow2", [])
+        self.io("v.qcow2", "write -P 1 0 3M")
+        self.assertOk(self.qemu_img("snapshot", "-c", "one", "v.qcow2"))
+        self.io("v.qcow2", "write -P 2 1M 3M")
+        self.assertOk(self.qemu_img("snapshot", "-c", "7", "v.qcow2"))  # a name that looks like an id
+        self.io("v.qcow2", "write -P 3 2M 3M")
+        for form in ("1", "one", "2", "7", "snapshot.id=1", "snapshot.name=one",
+                     "snapshot.id=2,snapshot.name=7", "snapshot.id=1,snapshot.name=7",
+                     "snapshot.foo=1", "9", "snapshot.id=", "snapshot.name="):
+            with self.subTest(form=form):
+                ours = self.blkimg("convert", "-l", form, "-O", "raw", "v.qcow2", "o.raw")
+                theirs = self.qemu_img("convert", "-l", form, "-O", "raw", "v.qcow2", "t.raw")
+                self.assertSameErrors(ours, theirs)
+                if theirs.code == 0:
+                    self.assertEqual(self.read("o.raw"), self.read("t.raw"))
+                for f in ("o.raw", "t.raw"):
+                    if os.path.exists(self.path(f)):
+                        os.unlink(self.path(f))
+        # qcow2 targets too, and the read-only open leaves the image as it was.
+        self.assertOk(self.blkimg("convert", "-l", "one", "-O", "qcow2", "v.qcow2", "o.qcow2"))
+        self.assertOk(self.qemu_img("convert", "-l", "one", "-O", "qcow2", "v.qcow2", "t.qcow2"))
+        self.assertEqual(self.qemu_img("compare", "o.qcow2", "t.qcow2").code, 0)
+        self.check_clean("v.qcow2")
+        self.assertEqual(len(self.snapshots("v.qcow2")), 2)
+        # Several sources and a snapshot: refused as qemu-img refuses it.
+        ours = self.blkimg("convert", "-l", "one", "-O", "raw", "v.qcow2", "v.qcow2", "m.raw")
+        theirs = self.qemu_img("convert", "-l", "one", "-O", "raw", "v.qcow2", "v.qcow2", "m.raw")
+        self.assertSameErrors(ours, theirs)
 
     def test_apply_restores_the_size(self):
         self.make("s.qcow2", [], size="4M")

@@ -95,9 +95,10 @@ class Qcow2Node final : public MappingDriver {
   bool SupportsSnapshots() const override { return true; }
   Task<absl::StatusOr<std::vector<SnapshotInfo>>> ListSnapshots() override;
   Task<absl::Status> CreateSnapshot(SnapshotInfo& sn) override;
-  Task<absl::Status> ApplySnapshot(const std::string& id, const std::string& name) override;
-  Task<absl::Status> DeleteSnapshot(const std::string& id, const std::string& name) override;
+  Task<absl::Status> ApplySnapshot(const SnapshotKey& id, const SnapshotKey& name) override;
+  Task<absl::Status> DeleteSnapshot(const SnapshotKey& id, const SnapshotKey& name) override;
   Task<absl::Status> VmStateIo(int64_t pos, void* buf, int64_t bytes, bool write) override;
+  Task<absl::Status> LoadSnapshotTemporarily(const SnapshotKey& id, const SnapshotKey& name) override;
 
   // For tests and check: the parsed header as the driver keeps it.
   const Header& header() const { return header_; }
@@ -155,8 +156,8 @@ class Qcow2Node final : public MappingDriver {
   Task<absl::StatusOr<std::vector<uint64_t>>> ReadSnapshotL1(const SnapshotEntry& sn);
   // Writes the whole active L1 table (l1_) in place.
   Task<absl::Status> WriteL1Table();
-  // The snapshot `id`/`name` names (an empty one is not compared), or null.
-  const SnapshotEntry* FindSnapshotEntry(const std::string& id, const std::string& name) const;
+  // The first snapshot `id` and `name` select, or null.
+  const SnapshotEntry* FindSnapshotEntry(const SnapshotKey& id, const SnapshotKey& name) const;
   // Where the VM-state area starts in the guest address space (QEMU's qcow2_vm_state_offset).
   uint64_t VmStateOffset() const;
   nlohmann::ordered_json SnapshotListJson() const;

@@ -196,10 +196,10 @@ Task<absl::Status> Qcow2Node::WriteSnapshotTable(std::vector<SnapshotEntry> list
   co_return absl::OkStatus();
 }
 
-const Qcow2Node::SnapshotEntry* Qcow2Node::FindSnapshotEntry(const std::string& id,
-                                                             const std::string& name) const {
+const Qcow2Node::SnapshotEntry* Qcow2Node::FindSnapshotEntry(const SnapshotKey& id,
+                                                             const SnapshotKey& name) const {
   for (const SnapshotEntry& e : snapshots_) {
-    if ((id.empty() || e.info.id == id) && (name.empty() || e.info.name == name)) return &e;
+    if ((!id || e.info.id == *id) && (!name || e.info.name == *name)) return &e;
   }
   return nullptr;
 }
@@ -406,7 +406,7 @@ Task<absl::Status> Qcow2Node::CreateSnapshot(SnapshotInfo& sn) {
     unsigned long max_id = 0;
     for (const SnapshotEntry& e : snapshots_) max_id = std::max(max_id, std::strtoul(e.info.id.c_str(), nullptr, 10));
     sn.id = std::to_string(max_id + 1);
-  } else if (FindSnapshotEntry(sn.id, "")) {
+  } else if (FindSnapshotEntry(sn.id, std::nullopt)) {
     co_return ErrnoError(EEXIST, absl::StrFormat("Snapshot with ID '%s' already exists", sn.id));
   }
   absl::Status st = co_await FlushLocked();
@@ -475,7 +475,7 @@ Task<absl::Status> Qcow2Node::CreateSnapshot(SnapshotInfo& sn) {
   co_return absl::OkStatus();
 }
 
-Task<absl::Status> Qcow2Node::ApplySnapshot(const std::string& id, const std::string& name) {
+Task<absl::Status> Qcow2Node::ApplySnapshot(const SnapshotKey& id, const SnapshotKey& name) {
   CoMutex::Guard guard = co_await meta_.ScopedLock();
   if (corrupt_) co_return CorruptionStatus("the image is marked corrupt; writes are refused");
   const SnapshotEntry* found = FindSnapshotEntry(id, name);
@@ -548,7 +548,7 @@ Task<absl::Status> Qcow2Node::ApplySnapshot(const std::string& id, const std::st
   co_return node().RefreshSize();
 }
 
-Task<absl::Status> Qcow2Node::DeleteSnapshot(const std::string& id, const std::string& name) {
+Task<absl::Status> Qcow2Node::DeleteSnapshot(const SnapshotKey& id, const SnapshotKey& name) {
   CoMutex::Guard guard = co_await meta_.ScopedLock();
   if (corrupt_) co_return CorruptionStatus("the image is marked corrupt; writes are refused");
   if (!snapshot_table_ok_) {
@@ -590,6 +590,28 @@ Task<absl::Status> Qcow2Node::DeleteSnapshot(const std::string& id, const std::s
   if (!st.ok()) co_return st;
   InvalidateMappingCaches();
   co_return absl::OkStatus();
+}
+
+Task<absl::Status> Qcow2Node::LoadSnapshotTemporarily(const SnapshotKey& id, const SnapshotKey& name) {
+  if (writable()) {
+    co_return ErrnoError(EPERM, "qcow2: a snapshot can be loaded temporarily only into a "
+                                "read-only node");
+  }
+  CoMutex::Guard guard = co_await meta_.ScopedLock();
+  const SnapshotEntry* found = FindSnapshotEntry(id, name);
+  if (!found) co_return ErrnoError(ENOENT, "Can't find snapshot");
+  const SnapshotEntry sn = *found;
+  absl::StatusOr<std::vector<uint64_t>> sn_l1 = co_await ReadSnapshotL1(sn);
+  if (!sn_l1.ok()) co_return sn_l1.status();
+  // Only memory changes: reads go through the snapshot's tables from now on.
+  l1_ = std::move(*sn_l1);
+  header_.size = sn.disk_size;
+  l2_tables_.clear();
+  for (uint64_t e : l1_) {
+    if (e & kL1OffsetMask) l2_tables_.insert(e & kL1OffsetMask);
+  }
+  InvalidateMappingCaches();
+  co_return node().RefreshSize();
 }
 
 Task<absl::Status> Qcow2Node::VmStateIo(int64_t pos, void* buf, int64_t bytes, bool write) {
