@@ -26,6 +26,7 @@
 #include "core/info.h"
 #include "core/json_text.h"
 #include "core/options.h"
+#include "core/measure.h"
 #include "core/snapshot.h"
 #include "libblock.h"
 #include "libblock_config.h"
@@ -1498,6 +1499,35 @@ LB_API int lb_vm_snapshot_list(lb_backend* const* disks, size_t count, lb_snapsh
     auto holder = std::make_unique<lb_snapshot_list>();
     holder->items = std::move(*list);
     *out = holder.release();
+    return 0;
+  });
+}
+
+// ---- measure -----------------------------------------------------------------------------------
+
+LB_API int lb_measure(lb_context* ctx, const char* format, const char* options, lb_backend* in,
+                      uint64_t size, lb_measure_result* out) {
+  return Guard([&]() -> int {
+    if (!ctx || !format || !out) return NullArgument("lb_measure");
+    if (out->struct_size < offsetof(lb_measure_result, fully_allocated) + sizeof(uint64_t)) {
+      return Fail(EINVAL, "lb_measure: lb_measure_result's struct_size is too small");
+    }
+    if (in && (!ValidBackend(in) || in->ctx != ctx)) return BadHandle();
+    if (size > static_cast<uint64_t>(libblock::kMaxLength)) return Fail(EFBIG, "size too large");
+    auto opts = ParseOptions(options);
+    if (!opts.ok()) return Fail(opts.status());
+    auto r = RunSync(ctx, libblock::Measure(ctx->graph->registry(), format, std::move(*opts),
+                                            in ? in->be.get() : nullptr,
+                                            in ? std::nullopt : std::optional<uint64_t>(size)));
+    if (!r.ok()) return Fail(r.status());
+    lb_measure_result full = LB_MEASURE_RESULT_INIT;
+    full.required = r->required;
+    full.fully_allocated = r->fully_allocated;
+    full.has_bitmaps = r->bitmaps.has_value();
+    full.bitmaps = r->bitmaps.value_or(0);
+    size_t keep = out->struct_size;
+    std::memcpy(out, &full, std::min(keep, sizeof(full)));
+    out->struct_size = keep;
     return 0;
   });
 }

@@ -604,6 +604,26 @@ typedef void (*lb_check_message_fn)(const char *line, void *user_data);
 LB_API int lb_check(lb_context *ctx, const lb_open_args *args, uint32_t flags,
                     lb_check_message_fn fn, void *user_data, lb_check_result *out);
 
+/* ---- measure (qemu-img measure) --------------------------------------------------------- */
+
+typedef struct lb_measure_result {
+  size_t struct_size;
+  uint64_t required;         /* bytes the new image file needs */
+  uint64_t fully_allocated;  /* bytes it needs with every cluster allocated */
+  bool has_bitmaps;          /* the input's persistent bitmaps could be copied (convert --bitmaps) */
+  uint64_t bitmaps;          /* ... and would take this many bytes more */
+} lb_measure_result;
+#define LB_MEASURE_RESULT_INIT {sizeof(lb_measure_result), 0, 0, false, 0}
+
+/* How much storage an image of `format` created with `options` (creation options, the file
+ * protocol's included; NULL for none) needs: for a virtual size of `size` bytes when `in` is
+ * NULL, or to hold a copy of what `in` reads (its whole backing chain, zeroes skipped), as
+ * qemu-img measure computes it for the same input. Errors: -EINVAL (an unknown format "Unknown
+ * file format 'F'", an invalid option with qemu-img's message), -ENOTSUP ("Block driver 'F'
+ * does not support size measurement"). Since 0.3. */
+LB_API int lb_measure(lb_context *ctx, const char *format, const char *options, lb_backend *in,
+                      uint64_t size, lb_measure_result *out);
+
 /* ---- internal snapshots (qemu-img snapshot; QEMU's savevm/loadvm/delvm) ------------------ */
 
 /* One internal snapshot (QEMU's QEMUSnapshotInfo). */

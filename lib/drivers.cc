@@ -57,6 +57,7 @@ const Driver kQcow2 = {
     .instantiate = qcow2::Instantiate,
     .create = qcow2::Create,
     .check = qcow2::CheckImage,
+    .measure = qcow2::Measure,
     .compresses = true,
 };
 

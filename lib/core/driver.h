@@ -39,6 +39,7 @@ struct NodeFlags;
 class Transaction;
 struct OpenContext;
 struct CreateContext;
+class Backend;
 
 enum class DriverKind { kProtocol, kFormat, kFilter };
 
@@ -152,6 +153,21 @@ struct SnapshotInfo {
   uint64_t icount = ~uint64_t{0};  // instruction count (record/replay); ~0: none
 };
 
+// A persistent dirty bitmap stored in an image (qcow2's bitmap directory).
+struct PersistentBitmap {
+  std::string name;
+  uint32_t granularity = 0;  // bytes per bit
+  bool in_use = false;       // not saved cleanly (inconsistent)
+  bool auto_enabled = false; // tracks writes once the image is open read-write
+};
+
+// The storage an image needs (QEMU's BlockMeasureInfo, qemu-img measure).
+struct MeasureResult {
+  uint64_t required = 0;         // bytes the image file needs for the data given
+  uint64_t fully_allocated = 0;  // bytes it needs with every cluster allocated
+  std::optional<uint64_t> bitmaps;  // bytes for the persistent bitmaps copied (convert --bitmaps)
+};
+
 // Logical and physical block sizes of a host device (QEMU's BlockSizes).
 struct BlockSizes {
   uint32_t logical = 512;
@@ -248,6 +264,12 @@ class NodeDriver {
                                                            bool want_zero);
   virtual Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode,
                                       ReqFlags flags);
+
+  // ---- persistent dirty bitmaps ----------------------------------------------------------
+  // Whether the image can store them (QEMU's bdrv_supports_persistent_dirty_bitmap), and the
+  // ones it stores.
+  virtual bool SupportsPersistentBitmaps() const { return false; }
+  virtual std::vector<PersistentBitmap> PersistentBitmaps() const { return {}; }
 
   // ---- internal snapshots (QEMU's bdrv_snapshot_*, bdrv_{save,load}_vmstate) -------------
   // Callers go through core/snapshot.h, which drains the node and checks its mode first.
@@ -358,6 +380,10 @@ struct Driver {
   // checks").
   Task<absl::StatusOr<ImageCheckResult>> (*check)(Child& file, uint32_t fix,
                                                   std::string_view filename) = nullptr;
+  // Formats: the storage an image created with `opts` (create options, validated, with
+  // "size" set) needs, holding a copy of what `in` reads when it is given (QEMU's
+  // bdrv_measure). nullptr: the format "does not support size measurement".
+  Task<absl::StatusOr<MeasureResult>> (*measure)(const OptionValues& opts, Backend* in) = nullptr;
   // Formats: images can store compressed clusters (kReqCompressed writes; QEMU's
   // block_driver_can_compress, which qemu-img convert -c asks before creating the target).
   bool compresses = false;

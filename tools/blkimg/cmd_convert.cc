@@ -38,64 +38,9 @@ struct ConvertArgs {
   bool bitmaps = false, skip_broken_bitmaps = false;
   std::string cache, src_cache = "writeback", format, out_format, backing, backing_format;
   std::vector<std::string> options;
-  std::string snapshot;                 // -l ID_OR_NAME
-  bool snapshot_opts = false;            // -l snapshot.id=ID,snapshot.name=NAME
-  std::optional<std::string> snapshot_id, snapshot_name;  // absent: not compared
+  SnapshotParam snapshot;  // -l
   std::vector<std::string> files;
 };
-
-// -l's "snapshot.id=[ID],snapshot.name=[NAME]" form (QEMU's internal_snapshot_opts); prints
-// qemu-img's messages when it does not parse.
-bool ParseSnapshotOpts(const std::string& text, ConvertArgs* a) {
-  lb_options* o = nullptr;
-  if (lb_options_new(&o) < 0) return false;
-  bool ok = lb_options_parse(o, text.c_str()) == 0;
-  if (!ok) Error(LibError());
-  char* all = ok ? lb_options_to_string(o) : nullptr;
-  // Only the two keys: anything else is an invalid parameter.
-  for (std::string rest = all ? all : ""; ok && !rest.empty();) {
-    size_t comma = rest.find(',');
-    std::string item = rest.substr(0, comma);
-    rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
-    std::string key = item.substr(0, item.find('='));
-    if (key != "snapshot.id" && key != "snapshot.name") {
-      Error("Invalid parameter '" + key + "'");
-      ok = false;
-    }
-  }
-  lb_free(all);
-  if (ok) {
-    const char* id = lb_options_get(o, "snapshot.id");
-    const char* name = lb_options_get(o, "snapshot.name");
-    a->snapshot_opts = true;
-    if (id) a->snapshot_id = id;
-    if (name) a->snapshot_name = name;
-  }
-  lb_options_free(o);
-  if (!ok) Error("Failed in parsing snapshot param '" + text + "'");
-  return ok;
-}
-
-// Shows the snapshot -l names on the first source (QEMU's bdrv_snapshot_load_tmp; the bare
-// form tries it as an id, then as a name).
-bool LoadSnapshot(const ConvertArgs& a, lb_backend* be) {
-  lb_node* node = nullptr;
-  if (lb_backend_get_node(be, &node) < 0) {
-    Error(LibError());
-    return false;
-  }
-  int r;
-  if (a.snapshot_opts) {
-    r = lb_snapshot_load_tmp(node, a.snapshot_id ? a.snapshot_id->c_str() : nullptr,
-                             a.snapshot_name ? a.snapshot_name->c_str() : nullptr);
-  } else {
-    r = lb_snapshot_load_tmp(node, a.snapshot.c_str(), nullptr);
-    if (r == -ENOENT || r == -EINVAL) r = lb_snapshot_load_tmp(node, nullptr, a.snapshot.c_str());
-  }
-  if (r < 0) Error("Failed to load snapshot: " + LibError());
-  lb_node_close(node);
-  return r == 0;
-}
 
 // The effective numeric settings, validated.
 struct Settings {
@@ -808,13 +753,13 @@ int Run(Context& ctx, const ConvertArgs& a, const Settings& settings) {
     total += s.padded;
     sources.push_back(s);
   }
-  if (!a.snapshot.empty() && sources.size() > 1) {
+  if (!a.snapshot.id_or_name.empty() && sources.size() > 1) {
     Error("No support for concatenating multiple snapshot");
     CloseAll(sources);
     return 1;
   }
-  if (!a.snapshot.empty() || a.snapshot_opts) {
-    if (!LoadSnapshot(a, sources[0].be)) {
+  if (a.snapshot.given()) {
+    if (!LoadSnapshotParam(a.snapshot, sources[0].be)) {
       CloseAll(sources);
       return 1;
     }
@@ -957,11 +902,7 @@ int RunConvert(int argc, char** argv) {
         if (!AddOptionList(optarg, &a.options)) return 1;
         break;
       case 'l':
-        if (!strncmp(optarg, "snapshot.", 9)) {
-          if (!ParseSnapshotOpts(optarg, &a)) return 1;
-        } else {
-          a.snapshot = optarg;
-        }
+        if (!ParseSnapshotParam(optarg, &a.snapshot)) return 1;
         break;
       case 'S':
         if (!ParseSparse(optarg, &settings)) return 1;

@@ -11,6 +11,7 @@ int RunCompare(int argc, char** argv);
 int RunMap(int argc, char** argv);
 int RunResize(int argc, char** argv);
 int RunSnapshot(int argc, char** argv);
+int RunMeasure(int argc, char** argv);
 int RunBench(int argc, char** argv);
 int RunDd(int argc, char** argv);
 int RunIo(int argc, char** argv);
@@ -57,6 +58,10 @@ const std::vector<Command>& Commands() {
        "[--object objectdef] [--image-opts] [-f fmt] [--start-offset=offset] "
        "[--max-length=len] [--output=ofmt] [-U] filename",
        RunMap},
+      {"measure",
+       "[--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] "
+       "[--image-opts] [-f fmt] [-l snapshot_param] filename]",
+       RunMeasure},
       {"snapshot",
        "[--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | "
        "-d snapshot] filename",

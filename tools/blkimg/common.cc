@@ -461,4 +461,57 @@ void PrintSnapshotTable(const std::vector<SnapshotRow>& rows) {
   }
 }
 
+bool ParseSnapshotParam(const std::string& text, SnapshotParam* out) {
+  if (text.rfind("snapshot.", 0) != 0) {
+    out->id_or_name = text;
+    return true;
+  }
+  lb_options* o = nullptr;
+  if (lb_options_new(&o) < 0) return false;
+  bool ok = lb_options_parse(o, text.c_str()) == 0;
+  if (!ok) Error(LibError());
+  char* all = ok ? lb_options_to_string(o) : nullptr;
+  // Only the two keys: anything else is an invalid parameter.
+  for (std::string rest = all ? all : ""; ok && !rest.empty();) {
+    size_t comma = rest.find(',');
+    std::string item = rest.substr(0, comma);
+    rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+    std::string key = item.substr(0, item.find('='));
+    if (key != "snapshot.id" && key != "snapshot.name") {
+      Error("Invalid parameter '" + key + "'");
+      ok = false;
+    }
+  }
+  lb_free(all);
+  if (ok) {
+    const char* id = lb_options_get(o, "snapshot.id");
+    const char* name = lb_options_get(o, "snapshot.name");
+    out->opts = true;
+    if (id) out->id = id;
+    if (name) out->name = name;
+  }
+  lb_options_free(o);
+  if (!ok) Error("Failed in parsing snapshot param '" + text + "'");
+  return ok;
+}
+
+bool LoadSnapshotParam(const SnapshotParam& sn, lb_backend* be) {
+  lb_node* node = nullptr;
+  if (lb_backend_get_node(be, &node) < 0) {
+    Error(LibError());
+    return false;
+  }
+  int r;
+  if (sn.opts) {
+    r = lb_snapshot_load_tmp(node, sn.id ? sn.id->c_str() : nullptr,
+                             sn.name ? sn.name->c_str() : nullptr);
+  } else {
+    r = lb_snapshot_load_tmp(node, sn.id_or_name.c_str(), nullptr);
+    if (r == -ENOENT || r == -EINVAL) r = lb_snapshot_load_tmp(node, nullptr, sn.id_or_name.c_str());
+  }
+  if (r < 0) Error("Failed to load snapshot: " + LibError());
+  lb_node_close(node);
+  return r == 0;
+}
+
 }  // namespace blkimg

@@ -114,6 +114,20 @@ std::optional<int64_t> CvtNum(std::string_view what, std::string_view text,
 // qemu-img's human sizes (size_to_str): "64 MiB", "1.5 GiB", "512 B".
 std::string HumanSize(uint64_t bytes);
 
+// -l SNAPSHOT_PARAM of convert and measure: "snapshot.id=[ID],snapshot.name=[NAME]" or a
+// bare ID_OR_NAME.
+struct SnapshotParam {
+  std::string id_or_name;
+  bool opts = false;                      // the snapshot.* form
+  std::optional<std::string> id, name;    // absent: not compared
+  bool given() const { return opts || !id_or_name.empty(); }
+};
+// Parses -l's argument, printing qemu-img's messages when it does not parse.
+bool ParseSnapshotParam(const std::string& text, SnapshotParam* out);
+// Shows the snapshot on the read-only `be` (QEMU's bdrv_snapshot_load_tmp; the bare form is
+// tried as an id, then as a name); prints "Failed to load snapshot: ..." on failure.
+bool LoadSnapshotParam(const SnapshotParam& sn, lb_backend* be);
+
 // One row of qemu-img's "Snapshot list:" table (info, snapshot -l).
 struct SnapshotRow {
   std::string id, name;

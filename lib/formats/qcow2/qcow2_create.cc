@@ -305,26 +305,6 @@ void Builder::FreeClusters(int64_t start, int64_t n) {
   free_cluster_index_ = std::min(free_cluster_index_, start);
 }
 
-// QEMU's qcow2_refcount_metadata_size: refcount blocks needed for `clusters` clusters plus
-// the refcount structures themselves.
-int64_t RefblocksNeeded(int64_t clusters, int64_t cs, int refcount_order, bool generous) {
-  const int64_t per_table_cluster = cs / 8;
-  const int64_t per_block = cs * 8 / (int64_t{1} << refcount_order);
-  int64_t table = 0, blocks = 0, n = 0, last = 0;
-  do {
-    last = n;
-    blocks = (clusters + table + blocks + per_block - 1) / per_block;
-    table = (blocks + per_table_cluster - 1) / per_table_cluster;
-    n = clusters + blocks + table;
-    if (n == last && generous) {
-      clusters += (table + 1) / 2;
-      n = 0;
-      generous = false;
-    }
-  } while (n != last);
-  return blocks;
-}
-
 absl::StatusOr<int64_t> Builder::RefcountArea(int64_t start_cluster, int64_t additional,
                                               bool exact,
                                               std::optional<std::pair<int64_t, int64_t>> new_block) {
@@ -615,6 +595,24 @@ absl::StatusOr<CompressionType> ParseCompressionType(std::string_view text) {
 }
 
 }  // namespace
+
+int64_t RefblocksNeeded(int64_t clusters, int64_t cs, int refcount_order, bool generous) {
+  const int64_t per_table_cluster = cs / 8;
+  const int64_t per_block = cs * 8 / (int64_t{1} << refcount_order);
+  int64_t table = 0, blocks = 0, n = 0, last = 0;
+  do {
+    last = n;
+    blocks = (clusters + table + blocks + per_block - 1) / per_block;
+    table = (blocks + per_table_cluster - 1) / per_table_cluster;
+    n = clusters + blocks + table;
+    if (n == last && generous) {
+      clusters += (table + 1) / 2;
+      n = 0;
+      generous = false;
+    }
+  } while (n != last);
+  return blocks;
+}
 
 absl::StatusOr<CreateParams> ParseCreateParams(const OptionValues& v) {
   CreateParams p;

@@ -64,6 +64,13 @@ struct ImagePlan {
 // The image qemu-img would create for `params` (ENOSPC, EFBIG for what does not fit).
 absl::StatusOr<ImagePlan> PlanImage(const CreateParams& params);
 
+// QEMU's qcow2_refcount_metadata_size: the refcount blocks needed for `clusters` clusters
+// plus the refcount structures themselves (`generous`: room to grow, as creation leaves).
+int64_t RefblocksNeeded(int64_t clusters, int64_t cs, int refcount_order, bool generous);
+
+// qemu-img measure for qcow2 targets (qcow2_measure.cc).
+Task<absl::StatusOr<MeasureResult>> Measure(const OptionValues& opts, Backend* in);
+
 // The driver's create entry point.
 Task<absl::Status> Create(CreateContext& ctx);
 

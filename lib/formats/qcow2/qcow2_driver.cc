@@ -389,6 +389,7 @@ Task<absl::Status> Qcow2Node::Open(OpenContext& ctx) {
   }
 
   co_await LoadSnapshotTable();
+  co_await LoadBitmapDirectory();
   InitMapping(/*compressed_writes=*/!header_.has_data_file());
   caps_.truncate = true;
   opened_ = true;

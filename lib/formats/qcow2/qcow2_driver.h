@@ -91,6 +91,10 @@ class Qcow2Node final : public MappingDriver {
   absl::Status CheckDataWrite(const Child& child, HostOffset host, int64_t bytes) override;
   absl::Status ReportCorruption(absl::Status problem) override;
 
+  // ---- persistent dirty bitmaps (qcow2_bitmap.cc) ----
+  bool SupportsPersistentBitmaps() const override { return header_.version >= 3; }
+  std::vector<PersistentBitmap> PersistentBitmaps() const override { return bitmaps_; }
+
   // ---- internal snapshots (qcow2_snapshot.cc) ----
   bool SupportsSnapshots() const override { return true; }
   Task<absl::StatusOr<std::vector<SnapshotInfo>>> ListSnapshots() override;
@@ -140,6 +144,11 @@ class Qcow2Node final : public MappingDriver {
   // keeps it until close.
   Task<absl::Status> EndDirtyUpdate();
   Task<absl::Status> ClearDirtyBit();
+  // ---- qcow2_bitmap.cc ----
+  // Reads the bitmap directory named by the bitmaps extension into bitmaps_ (an unreadable
+  // one is warned about and left out).
+  Task<void> LoadBitmapDirectory();
+
   // ---- qcow2_snapshot.cc ----
   // Reads the snapshot table into snapshots_ at open. An entry that cannot be read ends the
   // list with a warning and leaves snapshot_table_ok_ false (snapshot changes are refused).
@@ -272,6 +281,7 @@ class Qcow2Node final : public MappingDriver {
   uint32_t overlap_checks_ = 0;
   int64_t cache_clean_interval_s_ = 0;
   uint64_t clean_timer_ = 0;  // the loop's timer id (0: none)
+  std::vector<PersistentBitmap> bitmaps_;
   std::vector<SnapshotEntry> snapshots_;
   bool snapshot_table_ok_ = true;
   uint64_t snapshot_table_bytes_ = 0;  // of the table the header points at

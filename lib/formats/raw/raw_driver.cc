@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "core/backend.h"
 #include "core/graph.h"
 #include "core/info.h"
 #include "core/node.h"
@@ -227,6 +228,14 @@ Task<absl::Status> Create(CreateContext& ctx) {
 
 int Probe(const uint8_t*, size_t, std::string_view) { return 1; }
 
+// qemu-img measure (QEMU's raw_measure): the virtual size, whatever is allocated (unallocated
+// sectors count towards a raw file's size).
+Task<absl::StatusOr<MeasureResult>> Measure(const OptionValues& v, Backend* in) {
+  uint64_t required = in ? static_cast<uint64_t>(in->size())
+                         : AlignUp<uint64_t>(v.FindSize("size").value_or(0), kSectorSize);
+  co_return MeasureResult{.required = required, .fully_allocated = required};
+}
+
 // Options that change the data, as qemu-img's json: names show them (see Driver).
 constexpr std::string_view kStrongOptions[] = {"offset", "size"};
 
@@ -239,6 +248,7 @@ const Driver kDriver = {
     .instantiate = Instantiate,
     .create = Create,
     .strong_options = kStrongOptions,
+    .measure = Measure,
 };
 
 }  // namespace libblock::raw
