@@ -4,6 +4,7 @@ allocated, bitmaps) and the same output (human and JSON) for raw and qcow2 targe
 zero and compressed clusters, backing chains, persistent bitmaps, internal snapshots with
 -l), with every qcow2 option measure reads; and the same errors and exit codes."""
 import os
+import shutil
 import unittest
 
 from clitest import CliTestCase, errors
@@ -80,6 +81,22 @@ class MeasureTest(CliTestCase):
                     if target == ["-O", "qcow2"] and not out:
                         self.assertIn("bitmaps size: ", r.out)
                         self.assertNotIn("bitmaps size: 0\n", r.out)
+
+    def test_info_lists_bitmaps(self):
+        self.assertOk(self.qemu_img("create", "-q", "-f", "qcow2", "i.qcow2", "10M"))
+        self.assertOk(self.qemu_img("bitmap", "--add", "i.qcow2", "on"))
+        self.assertOk(self.qemu_img("bitmap", "--add", "-g", "4k", "--disable", "i.qcow2", "off"))
+        # A copy taken while qemu-io has the image open read-write: its bitmaps are in use.
+        with self.held_by_qemu_io("i.qcow2", "qcow2"):
+            shutil.copy(self.path("i.qcow2"), self.path("inuse.qcow2"))
+        for name in ("i.qcow2", "inuse.qcow2"):
+            for out in ([], ["--output=json"]):
+                with self.subTest(name=name, out=out):
+                    ours = self.blkimg("info", "-U", *out, name)
+                    theirs = self.qemu_img("info", "-U", *out, name)
+                    self.assertOk(ours)
+                    self.assertEqual(ours.out.replace("disk size", "x"), theirs.out.replace("disk size", "x"))
+        self.assertIn("in-use", self.blkimg("info", "inuse.qcow2").out)
 
     def test_snapshot_param(self):
         self.assertOk(self.qemu_img("create", "-q", "-f", "qcow2", "s.qcow2", "8M"))

@@ -31,12 +31,15 @@ void PrintSpecific(const nlohmann::ordered_json& data, int indent) {
       PrintSpecific(value, indent + 4);
     } else if (value.is_array()) {
       printf("%*s%s:\n", indent, "", name.c_str());
-      for (const auto& e : value) {
+      // QEMU's dump_qlist: "[i]:" and the nested lines for objects, "[i]: value" otherwise.
+      for (size_t i = 0; i < value.size(); ++i) {
+        const auto& e = value[i];
         if (e.is_object()) {
-          printf("%*s[%zu]:\n", indent + 4, "", &e - &value[0]);
+          printf("%*s[%zu]:\n", indent + 4, "", i);
           PrintSpecific(e, indent + 8);
         } else {
-          printf("%*s%s\n", indent + 4, "", e.is_string() ? e.get<std::string>().c_str() : e.dump().c_str());
+          printf("%*s[%zu]: %s\n", indent + 4, "", i,
+                 e.is_string() ? e.get<std::string>().c_str() : e.dump().c_str());
         }
       }
     } else {

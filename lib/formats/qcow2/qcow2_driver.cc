@@ -444,6 +444,17 @@ absl::Status Qcow2Node::GetImageInfo(ImageInfo& info) {
     data["compat"] = "1.1";
     data["compression-type"] = header_.compression_type == CompressionType::kZstd ? "zstd" : "zlib";
     data["lazy-refcounts"] = static_cast<bool>(header_.compatible_features & kCompatLazyRefcounts);
+    if (!bitmaps_.empty()) {
+      // QEMU's Qcow2BitmapInfo: flags in-use, then auto.
+      nlohmann::ordered_json list = nlohmann::ordered_json::array();
+      for (const PersistentBitmap& b : bitmaps_) {
+        nlohmann::ordered_json flags = nlohmann::ordered_json::array();
+        if (b.in_use) flags.push_back("in-use");
+        if (b.auto_enabled) flags.push_back("auto");
+        list.push_back({{"flags", std::move(flags)}, {"name", b.name}, {"granularity", b.granularity}});
+      }
+      data["bitmaps"] = std::move(list);
+    }
     data["refcount-bits"] = header_.refcount_bits();
     if (header_.has_data_file()) {
       if (header_.data_file) data["data-file"] = *header_.data_file;
