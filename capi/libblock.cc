@@ -26,6 +26,7 @@
 #include "core/info.h"
 #include "core/json_text.h"
 #include "core/options.h"
+#include "core/commit.h"
 #include "core/measure.h"
 #include "core/snapshot.h"
 #include "libblock.h"
@@ -1529,5 +1530,27 @@ LB_API int lb_measure(lb_context* ctx, const char* format, const char* options, 
     std::memcpy(out, &full, std::min(keep, sizeof(full)));
     out->struct_size = keep;
     return 0;
+  });
+}
+
+// ---- commit ------------------------------------------------------------------------------------
+
+LB_API int lb_commit(lb_backend* top, const char* base, uint64_t rate_limit, uint32_t flags,
+                     lb_progress_fn fn, void* user_data) {
+  return Guard([&]() -> int {
+    if (!ValidBackend(top)) return BadHandle();
+    if (flags & ~LB_COMMIT_KEEP_TOP) return UnknownFlags();
+    libblock::CommitOptions opts;
+    opts.rate_limit = rate_limit;
+    opts.keep_top = flags & LB_COMMIT_KEEP_TOP;
+    if (base) {
+      opts.base = libblock::FindBackingImage(*top->be->root(), base);
+      if (!opts.base) {
+        return Fail(ENOENT, absl::StrFormat("Did not find '%s' in the backing chain of '%s'", base,
+                                            libblock::DisplayFilename(*top->be->root())));
+      }
+    }
+    if (fn) opts.progress = [fn, user_data](uint64_t done, uint64_t total) { fn(done, total, user_data); };
+    return Check(libblock::Commit(*top->be, opts));
   });
 }

@@ -604,6 +604,28 @@ typedef void (*lb_check_message_fn)(const char *line, void *user_data);
 LB_API int lb_check(lb_context *ctx, const lb_open_args *args, uint32_t flags,
                     lb_check_message_fn fn, void *user_data, lb_check_result *out);
 
+/* ---- commit (qemu-img commit) ------------------------------------------------------------ */
+
+/* Receives a long operation's progress: `done` of `total` units. */
+typedef void (*lb_progress_fn)(uint64_t done, uint64_t total, void *user_data);
+
+/* lb_commit flags */
+#define LB_COMMIT_KEEP_TOP 0x1u /* do not empty the top image afterwards (qemu-img commit -d) */
+
+/* Writes everything the images above `base` in `top`'s backing chain hold into `base` (QEMU's
+ * commit job, as qemu-img commit runs it; `top` must be a read-write backend). `base`: NULL
+ * for the immediate backing file, else an image of the chain as its overlay names it or by
+ * its path. The base is reopened read-write for the copy (and grows to the top's size when
+ * smaller), then back to read-only. Afterwards the top is emptied so that it reads through
+ * again, unless LB_COMMIT_KEEP_TOP or an explicit `base` is given (an explicit base implies
+ * -d in qemu-img too; formats that cannot be emptied are left as they are). `rate_limit`:
+ * bytes per second, 0 for none. `fn` (may be NULL) gets the progress in bytes of the top's
+ * address space. Errors: -ENOTSUP "Image does not have a backing file", -ENOENT "Did not
+ * find 'B' in the backing chain of 'T'", -EAGAIN/-EPERM when the base cannot be opened for
+ * writing, I/O errors. Since 0.3. */
+LB_API int lb_commit(lb_backend *top, const char *base, uint64_t rate_limit, uint32_t flags,
+                     lb_progress_fn fn, void *user_data);
+
 /* ---- measure (qemu-img measure) --------------------------------------------------------- */
 
 typedef struct lb_measure_result {

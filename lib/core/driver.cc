@@ -77,6 +77,11 @@ absl::Status NoSnapshots(const Node& node) {
 }
 }  // namespace
 
+Task<absl::Status> NodeDriver::MakeEmpty() {
+  co_return ErrnoError(ENOTSUP, absl::StrFormat("Block format '%s' cannot be emptied",
+                                                node().driver().name));
+}
+
 Task<absl::StatusOr<std::vector<SnapshotInfo>>> NodeDriver::ListSnapshots() {
   co_return NoSnapshots(node());
 }

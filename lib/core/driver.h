@@ -265,6 +265,11 @@ class NodeDriver {
   virtual Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode,
                                       ReqFlags flags);
 
+  // Makes every cluster unallocated, so the image reads as its backing file again (QEMU's
+  // bdrv_make_empty, after qemu-img commit). Called with the node drained. Default: ENOTSUP.
+  virtual Task<absl::Status> MakeEmpty();
+  virtual bool SupportsMakeEmpty() const { return false; }
+
   // ---- persistent dirty bitmaps ----------------------------------------------------------
   // Whether the image can store them (QEMU's bdrv_supports_persistent_dirty_bitmap), and the
   // ones it stores.

@@ -4,6 +4,7 @@
 namespace blkimg {
 
 int RunCheck(int argc, char** argv);
+int RunCommit(int argc, char** argv);
 int RunCreate(int argc, char** argv);
 int RunInfo(int argc, char** argv);
 int RunConvert(int argc, char** argv);
@@ -27,6 +28,10 @@ const std::vector<Command>& Commands() {
        "[--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] "
        "[-T src_cache] [-U] filename",
        RunCheck},
+      {"commit",
+       "[--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] "
+       "[-r rate_limit] [-d] [-p] filename",
+       RunCommit},
       {"compare",
        "[--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] "
        "[-U] filename1 filename2",

@@ -91,6 +91,9 @@ class Qcow2Node final : public MappingDriver {
   absl::Status CheckDataWrite(const Child& child, HostOffset host, int64_t bytes) override;
   absl::Status ReportCorruption(absl::Status problem) override;
 
+  Task<absl::Status> MakeEmpty() override;  // qcow2_snapshot.cc
+  bool SupportsMakeEmpty() const override { return true; }
+
   // ---- persistent dirty bitmaps (qcow2_bitmap.cc) ----
   bool SupportsPersistentBitmaps() const override { return header_.version >= 3; }
   std::vector<PersistentBitmap> PersistentBitmaps() const override { return bitmaps_; }

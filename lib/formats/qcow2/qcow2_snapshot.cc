@@ -592,6 +592,35 @@ Task<absl::Status> Qcow2Node::DeleteSnapshot(const SnapshotKey& id, const Snapsh
   co_return absl::OkStatus();
 }
 
+Task<absl::Status> Qcow2Node::MakeEmpty() {
+  // The active state drops every reference it holds, as applying an empty snapshot would:
+  // the zeroed L1 table is durable first, then the refcounts drop (snapshots keep theirs).
+  if (data_file_ != file_) {
+    co_return Unsupported("qcow2: emptying an image with an external data file is not supported");
+  }
+  CoMutex::Guard guard = co_await meta_.ScopedLock();
+  if (corrupt_) co_return CorruptionStatus("the image is marked corrupt; writes are refused");
+  absl::Status st = co_await FlushLocked();
+  if (!st.ok()) co_return st;
+  st = co_await SetDirtyBit();
+  if (!st.ok()) co_return st;
+  std::vector<uint64_t> old = l1_;
+  std::fill(l1_.begin(), l1_.end(), 0);
+  st = co_await WriteL1Table();
+  if (!st.ok()) co_return st;
+  st = co_await FlushFiles();
+  if (!st.ok()) co_return st;
+  l2_tables_.clear();
+  InvalidateMappingCaches();
+  absl::StatusOr<bool> dropped = co_await AdjustL1Refcounts(old, -1);
+  if (!dropped.ok()) co_return dropped.status();
+  st = co_await EndDirtyUpdate();
+  if (!st.ok()) co_return st;
+  free_byte_ = 0;
+  node().NoteMetadataChanged();
+  co_return absl::OkStatus();
+}
+
 Task<absl::Status> Qcow2Node::LoadSnapshotTemporarily(const SnapshotKey& id, const SnapshotKey& name) {
   if (writable()) {
     co_return ErrnoError(EPERM, "qcow2: a snapshot can be loaded temporarily only into a "
