@@ -28,6 +28,7 @@
 #include "core/options.h"
 #include "core/commit.h"
 #include "core/measure.h"
+#include "core/rebase.h"
 #include "core/snapshot.h"
 #include "libblock.h"
 #include "libblock_config.h"
@@ -1552,5 +1553,22 @@ LB_API int lb_commit(lb_backend* top, const char* base, uint64_t rate_limit, uin
     }
     if (fn) opts.progress = [fn, user_data](uint64_t done, uint64_t total) { fn(done, total, user_data); };
     return Check(libblock::Commit(*top->be, opts));
+  });
+}
+
+LB_API int lb_rebase(lb_backend* be, const char* backing_file, const char* backing_fmt,
+                     const char* options, uint32_t flags, lb_progress_fn fn, void* user_data) {
+  return Guard([&]() -> int {
+    if (!ValidBackend(be)) return BadHandle();
+    if (flags & ~LB_REBASE_UNSAFE) return UnknownFlags();
+    auto opts = ParseOptions(options);
+    if (!opts.ok()) return Fail(opts.status());
+    libblock::RebaseOptions ro;
+    ro.backing = backing_file ? backing_file : "";
+    if (backing_fmt) ro.format = backing_fmt;
+    ro.unsafe = flags & LB_REBASE_UNSAFE;
+    ro.backing_options = std::move(*opts);
+    if (fn) ro.progress = [fn, user_data](uint64_t done, uint64_t total) { fn(done, total, user_data); };
+    return Check(libblock::Rebase(*be->be, ro));
   });
 }

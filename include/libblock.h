@@ -626,6 +626,23 @@ typedef void (*lb_progress_fn)(uint64_t done, uint64_t total, void *user_data);
 LB_API int lb_commit(lb_backend *top, const char *base, uint64_t rate_limit, uint32_t flags,
                      lb_progress_fn fn, void *user_data);
 
+/* lb_rebase flags */
+#define LB_REBASE_UNSAFE 0x1u /* only the header changes (qemu-img rebase -u) */
+
+/* Makes `backing_file` (as the header will store it; NULL or "" for none) with format
+ * `backing_fmt` the backing file of the image `be` (read-write) writes to (qemu-img
+ * rebase). Safe mode keeps what the image reads: wherever the image itself allocates nothing
+ * and the new backing file (opened relative to the image, read-only, with the extra open
+ * `options` such as "cache.direct=on"; NULL for none) reads differently from the old chain,
+ * the old content is written into the image first, and the node then reads through the new
+ * backing file. LB_REBASE_UNSAFE only rewrites the header. `fn` (may be NULL) gets the
+ * progress in bytes of the image. Errors: -EINVAL "backing format must be specified" (a name
+ * without a format, checked before anything is written), "Could not open new backing file
+ * 'B': ...", -ENOTSUP "Operation not supported" (a format without backing files), I/O
+ * errors. Since 0.3. */
+LB_API int lb_rebase(lb_backend *be, const char *backing_file, const char *backing_fmt,
+                     const char *options, uint32_t flags, lb_progress_fn fn, void *user_data);
+
 /* ---- measure (qemu-img measure) --------------------------------------------------------- */
 
 typedef struct lb_measure_result {

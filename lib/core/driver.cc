@@ -77,6 +77,11 @@ absl::Status NoSnapshots(const Node& node) {
 }
 }  // namespace
 
+Task<absl::Status> NodeDriver::ChangeBackingFile(const std::optional<std::string>&,
+                                                 const std::optional<std::string>&) {
+  co_return ErrnoError(ENOTSUP, "Operation not supported");
+}
+
 Task<absl::Status> NodeDriver::MakeEmpty() {
   co_return ErrnoError(ENOTSUP, absl::StrFormat("Block format '%s' cannot be emptied",
                                                 node().driver().name));

@@ -265,6 +265,10 @@ class NodeDriver {
   virtual Task<absl::Status> Truncate(int64_t size, bool exact, PreallocMode mode,
                                       ReqFlags flags);
 
+  // Records another backing file (name as stored, nullopt: none) and format in the image
+  // header (QEMU's bdrv_change_backing_file); the graph is not changed. Default: ENOTSUP.
+  virtual Task<absl::Status> ChangeBackingFile(const std::optional<std::string>& name,
+                                               const std::optional<std::string>& format);
   // Makes every cluster unallocated, so the image reads as its backing file again (QEMU's
   // bdrv_make_empty, after qemu-img commit). Called with the node drained. Default: ENOTSUP.
   virtual Task<absl::Status> MakeEmpty();

@@ -77,7 +77,9 @@ Task<absl::Status> ApplySnapshot(Node& node, std::string_view id_or_name) {
   if (!list.ok()) co_return list.status();
   std::optional<SnapshotInfo> sn = FindSnapshot(*list, id_or_name);
   if (!sn) co_return ErrnoError(ENOENT, "Failed to load snapshot: No such file or directory");
-  absl::Status st = co_await (*holder)->impl()->ApplySnapshot(sn->id, sn->name);
+  // Named SnapshotKeys: GCC 12 destroys converted temporaries of a co_await operand twice.
+  const SnapshotKey id(sn->id), name(sn->name);
+  absl::Status st = co_await (*holder)->impl()->ApplySnapshot(id, name);
   // Every node between the caller's and the holder follows the size the snapshot had.
   for (Node* n = &node; n && n != *holder; n = n->primary_child()->node()) {
     absl::Status refreshed = n->RefreshSize();
@@ -206,7 +208,8 @@ Task<absl::Status> SaveVmSnapshot(const std::vector<Node*>& disks, const std::st
     if (!st.ok()) {
       // All or none: the disks that took it give it back.
       for (size_t k = 0; k < taken.size(); ++k) {
-        (void)co_await DeleteSnapshot(*(*nodes)[k], taken[k], name);
+        const SnapshotKey id(taken[k]), key(name);
+        (void)co_await DeleteSnapshot(*(*nodes)[k], id, key);
       }
       co_return Prepend(st, absl::StrFormat("Error while creating snapshot on '%s': ",
                                             DisplayFilename(*n)));
@@ -215,7 +218,8 @@ Task<absl::Status> SaveVmSnapshot(const std::vector<Node*>& disks, const std::st
   }
   for (size_t i = 0; i < nodes->size(); ++i) {
     for (const SnapshotInfo& old : older[i]) {
-      absl::Status st = co_await DeleteSnapshot(*(*nodes)[i], old.id, old.name);
+      const SnapshotKey id(old.id), key(old.name);
+      absl::Status st = co_await DeleteSnapshot(*(*nodes)[i], id, key);
       if (!st.ok()) {
         co_return Prepend(st, absl::StrFormat("Snapshot '%s' was taken, but its older namesake "
                                               "on '%s' could not be deleted: ", name,
@@ -255,7 +259,8 @@ Task<absl::StatusOr<std::string>> LoadVmSnapshot(const std::vector<Node*>& disks
   std::vector<std::string> undo;
   auto drop_undo = [&]() -> Task<void> {
     for (size_t k = 0; k < undo.size(); ++k) {
-      (void)co_await DeleteSnapshot(*(*nodes)[k], undo[k], undo_name);
+      const SnapshotKey id(undo[k]), key(undo_name);
+      (void)co_await DeleteSnapshot(*(*nodes)[k], id, key);
     }
   };
   for (Node* n : *nodes) {
@@ -302,7 +307,8 @@ Task<absl::Status> DeleteVmSnapshot(const std::vector<Node*>& disks, const std::
   if (!any) co_return ErrnoError(ENOENT, absl::StrFormat("Snapshot '%s' not found", name));
   for (size_t i = 0; i < nodes->size(); ++i) {
     for (const SnapshotInfo& sn : found[i]) {
-      absl::Status st = co_await DeleteSnapshot(*(*nodes)[i], sn.id, sn.name);
+      const SnapshotKey id(sn.id), key(sn.name);
+      absl::Status st = co_await DeleteSnapshot(*(*nodes)[i], id, key);
       if (!st.ok()) {
         co_return Prepend(st, absl::StrFormat("Error while deleting snapshot on '%s': ",
                                               DisplayFilename(*(*nodes)[i])));

@@ -191,7 +191,8 @@ void RunWorkload(testing::GraphEnv& env, const FormatUnderTest& fmt, const std::
           sn.name = "crash" + std::to_string(op.pattern);
           st = env.loop->Run(CreateSnapshot(*be->root(), sn));
         } else {
-          st = env.loop->Run(DeleteSnapshot(*be->root(), list->front().id, std::nullopt));
+          const SnapshotKey id(list->front().id);
+          st = env.loop->Run(DeleteSnapshot(*be->root(), id, std::nullopt));
         }
         break;
       }

@@ -12,6 +12,7 @@ int RunCompare(int argc, char** argv);
 int RunMap(int argc, char** argv);
 int RunResize(int argc, char** argv);
 int RunSnapshot(int argc, char** argv);
+int RunRebase(int argc, char** argv);
 int RunMeasure(int argc, char** argv);
 int RunBench(int argc, char** argv);
 int RunDd(int argc, char** argv);
@@ -71,6 +72,10 @@ const std::vector<Command>& Commands() {
        "[--object objectdef] [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | "
        "-d snapshot] filename",
        RunSnapshot},
+      {"rebase",
+       "[--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] "
+       "[-u] -b backing_file [-F backing_fmt] filename",
+       RunRebase},
       {"resize",
        "[--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] "
        "[--shrink] filename [+ | -]size",

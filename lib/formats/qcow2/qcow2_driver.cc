@@ -397,6 +397,31 @@ Task<absl::Status> Qcow2Node::Open(OpenContext& ctx) {
   co_return absl::OkStatus();
 }
 
+Task<absl::Status> Qcow2Node::ChangeBackingFile(const std::optional<std::string>& name,
+                                                const std::optional<std::string>& format) {
+  if (!writable()) co_return ErrnoError(EACCES, "Image is read-only");
+  if (name && (header_.autoclear_features & kAutoclearDataFileRaw)) {
+    co_return ErrnoError(EINVAL, "Cannot use a backing file with a raw external data file");
+  }
+  CoMutex::Guard guard = co_await meta_.ScopedLock();
+  absl::Status st = co_await FlushLocked();
+  if (!st.ok()) co_return st;
+  // The whole header cluster is rewritten, as QEMU's qcow2_update_header does.
+  Header h = header_;
+  h.backing_file = name && !name->empty() ? name : std::nullopt;
+  h.backing_format = h.backing_file ? format : std::nullopt;
+  absl::StatusOr<std::vector<uint8_t>> cluster = SerializeHeader(h);
+  if (!cluster.ok()) co_return cluster.status();
+  st = co_await file_->Pwrite(0, cluster->data(), static_cast<int64_t>(cluster->size()));
+  if (!st.ok()) co_return Prepend(st, "Could not update qcow2 header: ");
+  files_need_flush_ = true;
+  st = co_await FlushFiles();
+  if (!st.ok()) co_return st;
+  header_ = std::move(h);
+  node().NoteMetadataChanged();
+  co_return absl::OkStatus();
+}
+
 Task<absl::StatusOr<Header>> Qcow2Node::ReadHeader() {
   int64_t file_size = file_->node()->size();
   // The fixed header first (for cluster_bits), then the header cluster.

@@ -91,6 +91,8 @@ class Qcow2Node final : public MappingDriver {
   absl::Status CheckDataWrite(const Child& child, HostOffset host, int64_t bytes) override;
   absl::Status ReportCorruption(absl::Status problem) override;
 
+  Task<absl::Status> ChangeBackingFile(const std::optional<std::string>& name,
+                                       const std::optional<std::string>& format) override;
   Task<absl::Status> MakeEmpty() override;  // qcow2_snapshot.cc
   bool SupportsMakeEmpty() const override { return true; }
 
