@@ -79,6 +79,19 @@ class _CheckResult(ctypes.Structure):
 _CHECK_MESSAGE_FN = ctypes.CFUNCTYPE(None, _c_char_p, _void_p)
 
 
+class _Snapshot(ctypes.Structure):
+    _fields_ = [
+        ('struct_size', ctypes.c_size_t),
+        ('id', ctypes.c_char_p),
+        ('name', ctypes.c_char_p),
+        ('vm_state_size', ctypes.c_uint64),
+        ('date_sec', ctypes.c_uint32),
+        ('date_nsec', ctypes.c_uint32),
+        ('vm_clock_nsec', ctypes.c_uint64),
+        ('icount', ctypes.c_uint64),
+    ]
+
+
 class _ImageInfo(ctypes.Structure):
     """struct lb_image_info (allocated by the library)"""
 
@@ -189,6 +202,13 @@ _PROTOTYPES = {
                                ctypes.POINTER(_Completion)]),
     'lb_check': (ctypes.c_int, [_void_p, ctypes.POINTER(_OpenArgs), ctypes.c_uint32,
                                 _CHECK_MESSAGE_FN, _void_p, ctypes.POINTER(_CheckResult)]),
+    'lb_snapshot_list_get': (ctypes.c_int, [_void_p, ctypes.POINTER(_void_p)]),
+    'lb_snapshot_list_count': (ctypes.c_size_t, [_void_p]),
+    'lb_snapshot_list_entry': (ctypes.c_int, [_void_p, ctypes.c_size_t, ctypes.POINTER(_Snapshot)]),
+    'lb_snapshot_list_free': (None, [_void_p]),
+    'lb_snapshot_create': (ctypes.c_int, [_void_p, ctypes.POINTER(_Snapshot), ctypes.POINTER(_void_p)]),
+    'lb_snapshot_apply': (ctypes.c_int, [_void_p, _c_char_p]),
+    'lb_snapshot_delete': (ctypes.c_int, [_void_p, _c_char_p, _c_char_p]),
 }
 
 _lib = None
@@ -595,6 +615,54 @@ class Image:
             return chain if backing_chain else chain[0]
         finally:
             self._lib.lb_image_info_free(info)
+
+    # internal snapshots (qemu-img snapshot)
+    def _node_call(self, fn):
+        node = _void_p()
+        _check(self._lib.lb_backend_get_node(self._ptr(), ctypes.byref(node)))
+        try:
+            return fn(node)
+        finally:
+            self._lib.lb_node_close(node)
+
+    def snapshots(self):
+        """The image's internal snapshots, as dicts (id, name, vm_state_size, date_sec,
+        date_nsec, vm_clock_nsec, icount or None)."""
+        def run(node):
+            handle = _void_p()
+            _check(self._lib.lb_snapshot_list_get(node, ctypes.byref(handle)))
+            try:
+                out = []
+                for i in range(self._lib.lb_snapshot_list_count(handle)):
+                    sn = _Snapshot(ctypes.sizeof(_Snapshot))
+                    _check(self._lib.lb_snapshot_list_entry(handle, i, ctypes.byref(sn)))
+                    out.append({'id': _dec(sn.id), 'name': _dec(sn.name),
+                                'vm_state_size': sn.vm_state_size, 'date_sec': sn.date_sec,
+                                'date_nsec': sn.date_nsec, 'vm_clock_nsec': sn.vm_clock_nsec,
+                                'icount': None if sn.icount == 2**64 - 1 else sn.icount})
+                return out
+            finally:
+                self._lib.lb_snapshot_list_free(handle)
+        return self._node_call(run)
+
+    def create_snapshot(self, name, id=None):
+        """Takes a snapshot (needs a read-write image); returns its id."""
+        def run(node):
+            sn = _Snapshot(ctypes.sizeof(_Snapshot), _enc(id), _enc(name), 0, 0, 0, 0, 2**64 - 1)
+            out = _void_p()
+            _check(self._lib.lb_snapshot_create(node, ctypes.byref(sn), ctypes.byref(out)))
+            try:
+                return ctypes.cast(out, ctypes.c_char_p).value.decode()
+            finally:
+                self._lib.lb_free(out)
+        return self._node_call(run)
+
+    def apply_snapshot(self, id_or_name):
+        """Reverts the disk to a snapshot (by id, else by name)."""
+        self._node_call(lambda node: _check(self._lib.lb_snapshot_apply(node, _enc(id_or_name))))
+
+    def delete_snapshot(self, id=None, name=None):
+        self._node_call(lambda node: _check(self._lib.lb_snapshot_delete(node, _enc(id), _enc(name))))
 
     # asynchronous I/O: each returns a Request that Context.reap() hands back once
     def submit_read(self, offset, length, user_data=None):

@@ -152,7 +152,27 @@ class ContextTest(Base):
 
 
 class Qcow2Test(Base):
-    """0.3: compressed writes and check, through qcow2."""
+    """0.3: compressed writes and check, internal snapshots, through qcow2."""
+
+    def test_snapshots(self):
+        path = self.path('s.qcow2')
+        self.ctx.create(path, 'qcow2', 4 * MiB)
+        with self.ctx.open(path, format='qcow2', readonly=False) as img:
+            img.write(0, b'a' * 65536)
+            self.assertEqual(img.snapshots(), [])
+            self.assertEqual(img.create_snapshot('first'), '1')
+            img.write(0, b'b' * 65536)
+            listed = img.snapshots()
+            self.assertEqual([(s['id'], s['name'], s['icount']) for s in listed], [('1', 'first', None)])
+            self.assertGreater(listed[0]['date_sec'], 0)
+            img.apply_snapshot('first')
+            self.assertEqual(img.read(0, 65536), b'a' * 65536)
+            self.assert_error(errno.ENOENT, img.apply_snapshot, 'nope')
+            self.assert_error(errno.EEXIST, img.create_snapshot, 'again', id='1')
+            img.delete_snapshot(name='first')
+            self.assertEqual(img.snapshots(), [])
+        result = self.ctx.check(path)
+        self.assertEqual((result['corruptions'], result['leaks']), (0, 0))
 
     def test_compressed_writes_and_check(self):
         self.assertEqual(self.ctx.drivers(compressed=True), ['qcow2'])
