@@ -6,6 +6,7 @@
 // one the library can raise). The thread-local error storage is plain arrays, without
 // destructors, so the library can be dlclose()d from any thread.
 #include <cerrno>
+#include <unistd.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -62,6 +63,11 @@ struct lb_backend {
   lb_context* ctx;
   std::unique_ptr<libblock::Backend> be;
   std::string extent_filename;  // backing store of the last lb_extent.filename
+  std::string temp_overlay;     // LB_OPEN_SNAPSHOT: the overlay file, deleted with the handle
+  ~lb_backend() {
+    be.reset();
+    if (!temp_overlay.empty()) unlink(temp_overlay.c_str());
+  }
 };
 
 struct lb_node {
@@ -142,7 +148,7 @@ libblock::ReqFlags ToReqFlags(uint32_t flags) {
 constexpr uint32_t kReqFlagsAll = LB_REQ_FUA | LB_REQ_MAY_UNMAP | LB_REQ_NO_FALLBACK;
 constexpr uint32_t kOpenFlagsAll = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE |
                                    LB_OPEN_FORCE_SHARE | LB_OPEN_NO_BACKING | LB_OPEN_UNMAP |
-                                   LB_OPEN_SHARE_ALL | LB_OPEN_CACHE_MASK | LB_OPEN_AIO_MASK;
+                                   LB_OPEN_SHARE_ALL | LB_OPEN_CACHE_MASK | LB_OPEN_AIO_MASK | LB_OPEN_SNAPSHOT;
 // What a backend's permissions are made of: lb_backend_new and lb_reopen take these.
 constexpr uint32_t kBackendPermFlags = LB_OPEN_RDWR | LB_OPEN_SHARE_RW | LB_OPEN_RESIZE |
                                        LB_OPEN_SHARE_ALL;
@@ -760,12 +766,67 @@ LB_API int lb_create(lb_context* ctx, const char* filename, const char* format,
   });
 }
 
+namespace {
+
+// LB_OPEN_SNAPSHOT: the image read-only under a temporary qcow2 overlay (QEMU's
+// bdrv_append_temp_snapshot: created with the image's size and no backing file in its
+// header, opened with the image as its backing node, cache=unsafe).
+int OpenSnapshotMode(lb_context* ctx, OpenPlan& plan, lb_backend** out) {
+  plan.options.Set("read-only", true);
+  auto base = OpenNode(ctx, plan);
+  if (!base.ok()) return Fail(base.status());
+  libblock::Node* image = *base;
+  const char* dir = getenv("TMPDIR");
+  std::string path = std::string(dir && *dir ? dir : "/tmp") + "/vl.XXXXXX";
+  int fd = mkstemp(path.data());
+  if (fd < 0) {
+    int err = errno;
+    ctx->graph->Unref(image);
+    return Fail(err, absl::StrFormat("Could not get temporary filename: %s", strerror(err)));
+  }
+  close(fd);
+  libblock::Options create;
+  create.Set("size", static_cast<uint64_t>(image->size()));
+  absl::Status made = ctx->graph->Create(path, "qcow2", std::move(create));
+  if (!made.ok()) {
+    unlink(path.c_str());
+    ctx->graph->Unref(image);
+    return Fail(libblock::Prepend(made, "Could not create temporary overlay: "));
+  }
+  libblock::Options o;
+  o.Set("driver", std::string("qcow2"));
+  o.Set("file.driver", std::string("file"));
+  o.Set("file.filename", path);
+  o.Set("backing", image->name());
+  o.Set("cache.direct", false);
+  o.Set("cache.no-flush", true);
+  libblock::OpenParams params = plan.params;
+  auto overlay = ctx->graph->Open("", std::move(o), params);
+  ctx->graph->Unref(image);  // the overlay's backing edge holds it now (or it closes)
+  if (!overlay.ok()) {
+    unlink(path.c_str());
+    return Fail(overlay.status());
+  }
+  auto be = libblock::Backend::Attach(*ctx->graph, **overlay, plan.backend);
+  ctx->graph->Unref(*overlay);
+  if (!be.ok()) {
+    unlink(path.c_str());
+    return Fail(be.status());
+  }
+  int r = NewBackendHandle(ctx, std::move(*be), out);
+  (*out)->temp_overlay = path;
+  return r;
+}
+
+}  // namespace
+
 LB_API int lb_open_ex(lb_context* ctx, const lb_open_args* args, lb_backend** out) {
   if (out) *out = nullptr;
   return Guard([&]() -> int {
     if (!ctx || !out) return NullArgument("lb_open_ex");
     auto plan = PlanOpen(args);
     if (!plan.ok()) return Fail(plan.status());
+    if (args->flags & LB_OPEN_SNAPSHOT) return OpenSnapshotMode(ctx, *plan, out);
     auto node = OpenNode(ctx, *plan);
     if (!node.ok()) return Fail(node.status());
     auto be = libblock::Backend::Attach(*ctx->graph, **node, plan->backend);

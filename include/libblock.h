@@ -193,6 +193,11 @@ LB_API int lb_create(lb_context *ctx, const char *filename, const char *format,
  * LB_OPEN_SHARE_RW. Meant for tools that work as qemu-img does; a backend whose user
  * caches data or metadata (a guest) should not use it. Since 0.1. */
 #define LB_OPEN_SHARE_ALL 0x40u
+/* Snapshot mode (QEMU's -snapshot): the image is opened read-only under a temporary qcow2
+ * overlay in $TMPDIR (else /tmp) that takes every write; the overlay is deleted when the
+ * backend closes. lb_commit(be, NULL, 0, LB_COMMIT_KEEP_TOP, ...) writes what was written
+ * back into the image (the seeds' "commit" monitor command). Since 0.3. */
+#define LB_OPEN_SNAPSHOT 0x80u
 /* Cache mode (QEMU's cache=): one of */
 #define LB_OPEN_CACHE_WRITEBACK 0x000u /* default */
 #define LB_OPEN_CACHE_NONE 0x100u

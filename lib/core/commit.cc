@@ -11,6 +11,7 @@
 #include "core/event_loop.h"
 #include "core/graph.h"
 #include "core/info.h"
+#include "core/transaction.h"
 #include "util/status.h"
 
 namespace libblock {
@@ -97,11 +98,37 @@ Task<absl::Status> MakeEmptyDrained(Graph& graph, Node& node) {
 
 }  // namespace
 
+static absl::Status CommitInto(Backend& top, Node* base, const CommitOptions& opts);
+
 absl::Status Commit(Backend& top, const CommitOptions& opts) {
   Node* root = top.root();
   if (!root) return ErrnoError(EINVAL, "the backend has no node");
   Node* base = opts.base ? opts.base : NextInChain(*root);
   if (!base) return ErrnoError(ENOTSUP, "Image does not have a backing file");
+  Graph& graph = top.graph();
+  // The images above the base let it be written meanwhile, whatever their users share (QEMU's
+  // commit filters do the same): the ranges written are ones they shadow.
+  std::vector<Node*> above;
+  for (Node* n = root; n && n != base; n = NextInChain(*n)) above.push_back(n);
+  auto allow = [&](bool on) {
+    for (Node* n : above) n->set_backing_writes_allowed(on);
+    Transaction tran;
+    absl::Status st = graph.RefreshPerms({root}, tran, /*relaxing=*/on);
+    if (st.ok()) st = graph.Commit(tran);
+    return st;
+  };
+  LB_RETURN_IF_ERROR(allow(true));
+  absl::Status result = CommitInto(top, base, opts);
+  absl::Status restored = allow(false);
+  if (result.ok()) result = restored;
+  if (!result.ok() || opts.keep_top || opts.base) return result;
+  // The top reads through to the base again; a format that cannot be emptied stays as it is
+  // (qemu-img ignores ENOTSUP there).
+  if (!root->impl()->SupportsMakeEmpty()) return absl::OkStatus();
+  return graph.loop().Run(MakeEmptyDrained(graph, *root));
+}
+
+static absl::Status CommitInto(Backend& top, Node* base, const CommitOptions& opts) {
   Graph& graph = top.graph();
   const bool was_read_only = base->flags().read_only;
   if (was_read_only) LB_RETURN_IF_ERROR(graph.Reopen(*base, /*read_only=*/false));
@@ -124,11 +151,7 @@ absl::Status Commit(Backend& top, const CommitOptions& opts) {
     absl::Status st = graph.Reopen(*base, /*read_only=*/true);
     if (result.ok()) result = st;
   }
-  if (!result.ok() || opts.keep_top || opts.base) return result;
-  // The top reads through to the base again; a format that cannot be emptied stays as it is
-  // (qemu-img ignores ENOTSUP there).
-  if (!root->impl()->SupportsMakeEmpty()) return absl::OkStatus();
-  return graph.loop().Run(MakeEmptyDrained(graph, *root));
+  return result;
 }
 
 }  // namespace libblock

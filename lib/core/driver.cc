@@ -32,6 +32,7 @@ void NodeDriver::ChildPerm(const Child& child, Perm perm, Perm shared, Perm* npe
                            Perm* nshared) {
   ChildPermContext ctx;
   ctx.parent_writable = !node().EffectiveReadOnly();
+  ctx.backing_may_change = node().backing_writes_allowed();
   DefaultChildPerm(child.role(), ctx, perm, shared, nperm, nshared);
 }
 

@@ -155,6 +155,12 @@ class Node final : public ChildParent {
   // told in turn.
   void Drained(bool begin) override;
   bool drained() const { return quiesce_counter_ > 0; }
+  // While set, the node's backing child lets others write and resize the backing file even
+  // when the node's own users do not share write (a commit writing into the base: what the
+  // node reads does not change, the written ranges being its own). Takes effect at the next
+  // permission refresh.
+  void set_backing_writes_allowed(bool allowed) { backing_writes_allowed_ = allowed; }
+  bool backing_writes_allowed() const { return backing_writes_allowed_; }
 
   // ---- request accounting (core/io.cc) -----------------------------------------------------
   int in_flight() const { return in_flight_; }
@@ -194,6 +200,7 @@ class Node final : public ChildParent {
   bool opened_ = false;           // the driver's Open succeeded
   std::optional<bool> pending_read_only_;  // set while a reopen is being prepared
   bool probed_raw_backing_ = false;  // a backing file probed as raw: never made writable
+  bool backing_writes_allowed_ = false;
 
   Perm perm_ = 0;
   Perm shared_ = kPermAll;

@@ -32,7 +32,7 @@ void DefaultChildPerm(ChildRole role, const ChildPermContext& ctx, Perm perm, Pe
     // A backing file is only read, and only the parent's consistent-read need matters. If the
     // parent's users accept changing data (they share write), the backing file may change too.
     Perm p = perm & kPermConsistentRead;
-    Perm s = (shared & kPermWrite) ? (kPermWrite | kPermResize) : 0;
+    Perm s = (shared & kPermWrite) || ctx.backing_may_change ? (kPermWrite | kPermResize) : 0;
     s |= kPermConsistentRead | kPermWriteUnchanged;
     *nperm = p;
     *nshared = s;

@@ -36,6 +36,7 @@ inline constexpr ChildRole kRoleImage = kRoleData | kRoleMetadata;
 // State of the parent node that the default rules depend on.
 struct ChildPermContext {
   bool parent_writable = false;   // the parent is (or is becoming) read-write
+  bool backing_may_change = false;  // Node::backing_writes_allowed: cow children share write
 };
 
 // QEMU's default child permissions (bdrv_default_perms), derived from the parent's cumulative

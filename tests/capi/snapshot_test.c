@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "libblock.h"
@@ -150,6 +151,54 @@ static void single_image(lb_context *ctx, const char *dir) {
   unlink(path);
 }
 
+/* Snapshot mode: writes go to a temporary overlay in $TMPDIR, gone at close; lb_commit
+ * writes them back into the image. */
+static void snapshot_mode(lb_context *ctx, const char *dir) {
+  char path[256], tmpdir[256];
+  snprintf(path, sizeof path, "%s/base.raw", dir);
+  snprintf(tmpdir, sizeof tmpdir, "%s/tmp", dir);
+  CHECK(mkdir(tmpdir, 0700) == 0);
+  setenv("TMPDIR", tmpdir, 1);
+  CHECK(lb_create(ctx, path, "raw", NULL, kSize, 0) == 0);
+  lb_backend *be = NULL;
+  CHECK(lb_open(ctx, path, "driver=raw", LB_OPEN_RDWR, &be) == 0);
+  fill(disk_data[0], kSize, 5);
+  CHECK(lb_pwrite(be, disk_data[0], kSize, 0, 0) == 0);
+  CHECK(lb_close(be) == 0);
+
+  fill(back, 65536, 6);
+  static unsigned char changed[65536];
+  memcpy(changed, back, sizeof changed);
+  for (int commit = 0; commit < 2; ++commit) {
+    be = NULL;
+    CHECK(lb_open(ctx, path, "driver=raw", LB_OPEN_RDWR | LB_OPEN_SNAPSHOT, &be) == 0);
+    if (!be) return;
+    CHECK(lb_pwrite(be, changed, sizeof changed, 4096, 0) == 0);
+    static unsigned char got[65536];
+    CHECK(lb_pread(be, got, sizeof got, 4096, 0) == 0);
+    CHECK(memcmp(got, changed, sizeof got) == 0);
+    lb_node *node = NULL;
+    lb_image_info *info = NULL;
+    CHECK(lb_backend_get_node(be, &node) == 0);
+    CHECK(lb_node_get_info(node, 0, &info) == 0);
+    CHECK(info && strcmp(info->format, "qcow2") == 0);  /* the overlay */
+    lb_image_info_free(info);
+    lb_node_close(node);
+    if (commit) CHECK(lb_commit(be, NULL, 0, LB_COMMIT_KEEP_TOP, NULL, NULL) == 0);
+    CHECK(lb_close(be) == 0);
+    /* The overlay is gone; the image changed only when committed. */
+    CHECK(rmdir(tmpdir) == 0 && mkdir(tmpdir, 0700) == 0);
+    be = NULL;
+    CHECK(lb_open(ctx, path, "driver=raw", 0, &be) == 0);
+    if (commit) memcpy(disk_data[0] + 4096, changed, sizeof changed);
+    CHECK(same(be, disk_data[0]));
+    CHECK(lb_close(be) == 0);
+  }
+  rmdir(tmpdir);
+  unsetenv("TMPDIR");
+  unlink(path);
+}
+
 int main(void) {
   char dir[] = "/tmp/lb-snapshot-XXXXXX";
   if (!mkdtemp(dir)) return 1;
@@ -157,6 +206,7 @@ int main(void) {
   CHECK(lb_context_new(0, &ctx) == 0);
   if (!ctx) return 1;
   single_image(ctx, dir);
+  snapshot_mode(ctx, dir);
 
   char paths[kDisks][256], raw[256];
   lb_backend *disks[kDisks + 1] = {NULL};

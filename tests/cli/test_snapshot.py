@@ -262,6 +262,35 @@ class SnapshotTest(CliTestCase):
                 self.assertEqual(ours.out, theirs.out)
         self.assertEqual(self.snapshots("e.qcow2"), [])
 
+    def test_snapshot_mode(self):
+        # blkimg io -s / qemu-io -s: a temporary overlay in $TMPDIR takes the writes and is
+        # deleted at the end; the image is untouched.
+        tmp = self.path("tmp")
+        os.mkdir(tmp)
+        saved = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = tmp
+        self.addCleanup(lambda: os.environ.pop("TMPDIR") if saved is None
+                        else os.environ.__setitem__("TMPDIR", saved))
+        for fmt in ("raw", "qcow2"):
+            with self.subTest(fmt=fmt):
+                name = f"m.{fmt}"
+                self.assertOk(self.qemu_img("create", "-q", "-f", fmt, name, "4M"))
+                self.assertOk(self.qemu_io("-f", fmt, "-c", "write -P 7 0 4M", name))
+                before = self.read(name)
+                cmds = ["-c", "write -P 9 64k 1M", "-c", "read -P 9 64k 1M", "-c", "read -P 7 0 64k",
+                        "-c", "write -z 2M 64k", "-c", "read -P 0 2M 64k"]
+                ours = self.blkimg("io", "-f", fmt, "-s", *cmds, name)
+                theirs = self.qemu_io("-f", fmt, "-s", *cmds, name)
+                self.assertOk(ours)
+                self.assertNotIn("fail", ours.out + ours.err)
+                strip = lambda out: [l for l in out.splitlines() if "ops/sec" not in l]
+                self.assertEqual(strip(ours.out), strip(theirs.out))
+                self.assertEqual(self.read(name), before)
+                self.assertEqual(os.listdir(tmp), [])
+                # --snapshot is the long form.
+                self.assertOk(self.blkimg("io", "-f", fmt, "--snapshot", "-c", "write 0 4k", name))
+                self.assertEqual(self.read(name), before)
+
     def test_pass_discard_snapshot(self):
         def allocated(name):
             return os.stat(self.path(name)).st_blocks * 512

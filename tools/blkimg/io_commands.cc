@@ -677,15 +677,12 @@ int Session::Open(const OpenRequest& r) {
       return -EINVAL;
     }
   }
-  if (r.snapshot) {
-    // snapshot=on puts a temporary qcow2 overlay over the image.
-    ErrorReport(failed + "snapshot mode needs the qcow2 driver, which this build of libblock lacks");
-    return -ENOTSUP;
-  }
   // -C (copy-on-read) is accepted and has nothing to do: no libblock image has a backing file
   // to copy from yet.
   uint32_t flags = kIoSharing | (r.read_only ? 0 : LB_OPEN_RDWR);
   if (r.force_share) flags |= LB_OPEN_FORCE_SHARE;
+  // -s: a temporary qcow2 overlay over the image takes the writes (deleted at close).
+  if (r.snapshot) flags |= LB_OPEN_SNAPSHOT;
   // qemu-io's default cache mode is writethrough (every write is flushed), unlike qemu-img's.
   flags |= CacheFlags(r.cache.empty() ? "writethrough" : r.cache);
   if (!r.aio.empty()) flags |= AioFlags(r.aio);
