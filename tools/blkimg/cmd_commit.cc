@@ -21,12 +21,6 @@ struct CommitArgs {
   std::string filename;
 };
 
-void OnProgress(uint64_t done, uint64_t total, void* user_data) {
-  auto* p = static_cast<Progress*>(user_data);
-  p->Set(total ? static_cast<float>(100.0 * static_cast<double>(done) / static_cast<double>(total))
-               : 100.f);
-}
-
 int Run(Context& ctx, const CommitArgs& a) {
   std::optional<uint32_t> cache = ParseCacheMode(a.cache);
   if (!cache) {
@@ -40,7 +34,7 @@ int Run(Context& ctx, const CommitArgs& a) {
   Progress::InstallSignalHandler();
   progress.Set(0);
   int r = lb_commit(be, a.has_base ? a.base.c_str() : nullptr, a.rate_limit,
-                    a.drop ? LB_COMMIT_KEEP_TOP : 0, OnProgress, &progress);
+                    a.drop ? LB_COMMIT_KEEP_TOP : 0, Progress::Callback, &progress);
   if (r == 0) progress.Set(100);
   progress.End();
   if (r < 0) {

@@ -21,12 +21,6 @@ struct RebaseArgs {
   std::string filename;
 };
 
-void OnProgress(uint64_t done, uint64_t total, void* user_data) {
-  auto* p = static_cast<Progress*>(user_data);
-  p->Set(total ? static_cast<float>(100.0 * static_cast<double>(done) / static_cast<double>(total))
-               : 100.f);
-}
-
 int Run(Context& ctx, const RebaseArgs& a) {
   if (!a.unsafe && !a.has_backing) return UsageError("Must specify backing file (-b) or use unsafe mode (-u)");
   std::optional<uint32_t> cache = ParseCacheMode(a.cache);
@@ -57,7 +51,7 @@ int Run(Context& ctx, const RebaseArgs& a) {
   int r = lb_rebase(be, a.has_backing ? a.backing.c_str() : nullptr,
                     a.has_backing_format ? a.backing_format.c_str() : nullptr,
                     options.empty() ? nullptr : options.c_str(), a.unsafe ? LB_REBASE_UNSAFE : 0,
-                    OnProgress, &progress);
+                    Progress::Callback, &progress);
   if (r == 0) progress.Set(100);
   progress.End();
   if (r < 0) {

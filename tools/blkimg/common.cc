@@ -461,6 +461,12 @@ void PrintSnapshotTable(const std::vector<SnapshotRow>& rows) {
   }
 }
 
+void Progress::Callback(uint64_t done, uint64_t total, void* user_data) {
+  auto* p = static_cast<Progress*>(user_data);
+  p->Set(total ? static_cast<float>(100.0 * static_cast<double>(done) / static_cast<double>(total))
+               : 100.f);
+}
+
 bool ParseSnapshotParam(const std::string& text, SnapshotParam* out) {
   if (text.rfind("snapshot.", 0) != 0) {
     out->id_or_name = text;

@@ -205,6 +205,8 @@ class Progress {
   void Add(float percent) { Set(current_ + percent / 100 * 100); }
   // Ends the progress line.
   void End();
+  // An lb_progress_fn whose user_data is a Progress: sets done/total as a percentage.
+  static void Callback(uint64_t done, uint64_t total, void* user_data);
 
  private:
   bool enabled_;

@@ -164,6 +164,8 @@ class Qcow2Node final : public MappingDriver {
   // `l1` names and of every cluster those map, then sets COPIED in the L2 entries and in
   // `l1` from the counts. Returns whether an entry of `l1` changed.
   Task<absl::StatusOr<bool>> AdjustL1Refcounts(std::vector<uint64_t>& l1, int64_t addend);
+  // COPIED in the active L1/L2 tables from the refcounts as they are, written back.
+  Task<absl::Status> RefreshActiveCopiedFlags();
   // EINVAL when AdjustL1Refcounts(l1, +1) would overflow a refcount (nothing changed).
   Task<absl::Status> CheckRefcountHeadroom(const std::vector<uint64_t>& l1);
   // The L1 table of a snapshot, validated (entries aligned).

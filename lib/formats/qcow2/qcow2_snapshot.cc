@@ -366,6 +366,16 @@ Task<absl::Status> Qcow2Node::WriteL1Table() {
   co_return absl::OkStatus();
 }
 
+Task<absl::Status> Qcow2Node::RefreshActiveCopiedFlags() {
+  absl::StatusOr<bool> changed = co_await AdjustL1Refcounts(l1_, 0);
+  if (!changed.ok()) co_return changed.status();
+  if (!*changed) co_return absl::OkStatus();
+  // The L2 tables the flags changed in go first, then the L1 table.
+  absl::Status st = co_await FlushLocked();
+  if (!st.ok()) co_return st;
+  co_return co_await WriteL1Table();
+}
+
 Task<absl::Status> Qcow2Node::EndDirtyUpdate() {
   absl::Status st = co_await FlushLocked();
   if (!st.ok()) co_return st;
@@ -533,14 +543,8 @@ Task<absl::Status> Qcow2Node::ApplySnapshot(const SnapshotKey& id, const Snapsho
   // The old state's references go; then COPIED follows the counts left.
   absl::StatusOr<bool> dropped = co_await AdjustL1Refcounts(old, -1);
   if (!dropped.ok()) co_return dropped.status();
-  changed = co_await AdjustL1Refcounts(l1_, 0);
-  if (!changed.ok()) co_return changed.status();
-  if (*changed) {
-    st = co_await FlushLocked();
-    if (!st.ok()) co_return st;
-    st = co_await WriteL1Table();
-    if (!st.ok()) co_return st;
-  }
+  st = co_await RefreshActiveCopiedFlags();
+  if (!st.ok()) co_return st;
   st = co_await EndDirtyUpdate();
   if (!st.ok()) co_return st;
   free_byte_ = 0;
@@ -578,14 +582,8 @@ Task<absl::Status> Qcow2Node::DeleteSnapshot(const SnapshotKey& id, const Snapsh
                                   FreeReason::kSnapshot);
     if (!st.ok()) co_return st;
   }
-  absl::StatusOr<bool> changed = co_await AdjustL1Refcounts(l1_, 0);
-  if (!changed.ok()) co_return changed.status();
-  if (*changed) {
-    st = co_await FlushLocked();
-    if (!st.ok()) co_return st;
-    st = co_await WriteL1Table();
-    if (!st.ok()) co_return st;
-  }
+  st = co_await RefreshActiveCopiedFlags();
+  if (!st.ok()) co_return st;
   st = co_await EndDirtyUpdate();
   if (!st.ok()) co_return st;
   InvalidateMappingCaches();
