@@ -28,6 +28,7 @@ class CommitTest(CliTestCase):
         self.assertOk(self.qemu_img("create", "-q", "-f", "qcow2", "-b", "base.img", "-F", base_fmt,
                                     f"{d}/mid.qcow2", "6M"))
         self.io(f"{d}/mid.qcow2", "write -P 2 1M 1M", "write -z 3M 64k", "write -P 5 4M 100k")
+        top_opts = [o.replace("{dir}", self.path(d)) for o in top_opts]
         self.assertOk(self.qemu_img("create", "-q", "-f", "qcow2", *top_opts, "-b", "mid.qcow2",
                                     "-F", "qcow2", f"{d}/top.qcow2", "6M"))
         self.io(f"{d}/top.qcow2", "write -P 3 1536k 1M", "write -P 4 5M 512k", "write -z 200k 100k",
@@ -68,7 +69,8 @@ class CommitTest(CliTestCase):
         for args in ([], ["-d"], ["-q"], ["-b", "base.img"], ["-b", "mid.qcow2"], ["-b", "base.img", "-d"],
                      ["-t", "none"], ["-t", "unsafe"], ["-r", "100M"], ["-f", "qcow2"]):
             for chain in ({}, {"base_fmt": "raw"}, {"base_size": "2M"}, {"snapshot": True},
-                          {"top_opts": ("-o", "cluster_size=4k")}):
+                          {"top_opts": ("-o", "cluster_size=4k")},
+                          {"top_opts": ("-o", "data_file={dir}/top.data")}):
                 with self.subTest(args=args, chain=chain):
                     self.both(*args, **chain)
 

@@ -94,7 +94,9 @@ class Qcow2Node final : public MappingDriver {
   Task<absl::Status> ChangeBackingFile(const std::optional<std::string>& name,
                                        const std::optional<std::string>& format) override;
   Task<absl::Status> MakeEmpty() override;  // qcow2_snapshot.cc
-  bool SupportsMakeEmpty() const override { return true; }
+  bool SupportsMakeEmpty() const override {
+    return !(header_.autoclear_features & kAutoclearDataFileRaw);
+  }
 
   // ---- persistent dirty bitmaps (qcow2_bitmap.cc) ----
   bool SupportsPersistentBitmaps() const override { return header_.version >= 3; }

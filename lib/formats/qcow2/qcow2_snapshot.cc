@@ -593,8 +593,9 @@ Task<absl::Status> Qcow2Node::DeleteSnapshot(const SnapshotKey& id, const Snapsh
 Task<absl::Status> Qcow2Node::MakeEmpty() {
   // The active state drops every reference it holds, as applying an empty snapshot would:
   // the zeroed L1 table is durable first, then the refcounts drop (snapshots keep theirs).
-  if (data_file_ != file_) {
-    co_return Unsupported("qcow2: emptying an image with an external data file is not supported");
+  // A raw external data file must keep reading as the disk: SupportsMakeEmpty() says no.
+  if (header_.autoclear_features & kAutoclearDataFileRaw) {
+    co_return Unsupported("qcow2: an image with a raw external data file cannot be emptied");
   }
   CoMutex::Guard guard = co_await meta_.ScopedLock();
   if (corrupt_) co_return CorruptionStatus("the image is marked corrupt; writes are refused");
@@ -610,8 +611,18 @@ Task<absl::Status> Qcow2Node::MakeEmpty() {
   if (!st.ok()) co_return st;
   l2_tables_.clear();
   InvalidateMappingCaches();
-  absl::StatusOr<bool> dropped = co_await AdjustL1Refcounts(old, -1);
-  if (!dropped.ok()) co_return dropped.status();
+  if (data_file_ != file_) {
+    // Data-file clusters are not refcounted (and there are no snapshots): only the L2
+    // tables are freed.
+    for (uint64_t e : old) {
+      if (!(e & kL1OffsetMask)) continue;
+      st = co_await UpdateRefcounts(e & kL1OffsetMask, cluster_size_, -1, FreeReason::kOther);
+      if (!st.ok()) co_return st;
+    }
+  } else {
+    absl::StatusOr<bool> dropped = co_await AdjustL1Refcounts(old, -1);
+    if (!dropped.ok()) co_return dropped.status();
+  }
   st = co_await EndDirtyUpdate();
   if (!st.ok()) co_return st;
   free_byte_ = 0;
